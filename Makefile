@@ -1,0 +1,55 @@
+# TrackGo — every target works on a fresh machine after `make setup`.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build on the reference machine; GPU hosts may set TORCH_SPEC to the CUDA build they want.
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= tiny-cpu
+SOURCE ?=
+OUT ?= data/sample
+PROFILE ?= local
+VIPSEG ?=
+CHECKPOINT ?=
+
+.PHONY: setup dataset dataset-direct server down test test-fast train eval-vipseg bench clean-data
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	@command -v ffmpeg >/dev/null 2>&1 || { echo "installing ffmpeg (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg) >/dev/null \
+	  || { echo "ffmpeg is required: install it with your package manager"; exit 1; }; }
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	@echo "setup done: activate with 'source $(BIN)/activate'"
+
+# The main job: build-dataset as a Prefect deployment on the local server (bundled sample videos).
+dataset: setup
+	bash scripts/dataset.sh "$(SOURCE)" "$(OUT)" "$(PROFILE)"
+
+# The same stages in-process, without Prefect.
+dataset-direct: setup
+	$(BIN)/trackgo data build --source "$(or $(SOURCE),samples)" --out "$(OUT)" --profile $(PROFILE)
+
+server: setup
+	bash scripts/server.sh up
+
+down:
+	bash scripts/server.sh down
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+train: setup
+	$(BIN)/trackgo train --config $(CONFIG)
+
+eval-vipseg: setup
+	$(BIN)/trackgo eval-vipseg --vipseg "$(VIPSEG)" --checkpoint "$(CHECKPOINT)"
+
+bench: setup
+	$(BIN)/python benchmarks/clip_cost.py
+	$(BIN)/python benchmarks/adapter_overhead.py
+	$(BIN)/python benchmarks/orchestration.py

