@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Local Prefect server + process worker for the TrackGo deployments.
+#
+#   bash scripts/server.sh up       start (idempotent: already running -> nothing), deploy */local
+#   bash scripts/server.sh down     stop exactly the processes `up` started (recorded pids)
+#   bash scripts/server.sh status   say what runs, where, and where the logs are
+#
+# Server state (SQLite database, logs, pids) lives in the project: $TRACKGO_PREFECT_DIR (default
+# .prefect/). `up` also creates and activates a Prefect profile (default "trackgo") whose
+# PREFECT_API_URL points at this server, so a plain `prefect deployment run build-dataset/local ...`
+# from the project's environment reaches it; `down` re-activates the profile that was active before.
+#
+# Environment: TRACKGO_PREFECT_PORT (4200), TRACKGO_PREFECT_HOST (127.0.0.1; set 0.0.0.0 only if
+# you mean to expose the server), TRACKGO_PREFECT_DIR (.prefect), TRACKGO_PREFECT_PROFILE (trackgo),
+# TRACKGO_WORK_POOL (trackgo-local), PREFECT_BIN (.venv/bin/prefect).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PORT="${TRACKGO_PREFECT_PORT:-4200}"
+HOST="${TRACKGO_PREFECT_HOST:-127.0.0.1}"
+STATE="${TRACKGO_PREFECT_DIR:-$ROOT/.prefect}"
+PROFILE="${TRACKGO_PREFECT_PROFILE:-trackgo}"
+POOL="${TRACKGO_WORK_POOL:-trackgo-local}"
+PREFECT="${PREFECT_BIN:-$ROOT/.venv/bin/prefect}"
+PY="$(dirname "$PREFECT")/python"
+# entrypoints of the */local deployments in prefect.yaml (a missing flow file is skipped)
+LOCAL_DEPLOYMENTS="flows/build_dataset.py:build_dataset_flow flows/train.py:train_flow flows/eval_vipseg.py:eval_vipseg_flow"
+mkdir -p "$STATE/logs" "$STATE/run"
+STATE="$(cd "$STATE" && pwd)"
+LOGS="$STATE/logs"
+RUN="$STATE/run"
+CLIENT_HOST="$HOST"
+[[ "$HOST" == "0.0.0.0" ]] && CLIENT_HOST=127.0.0.1
+API_URL="http://$CLIENT_HOST:$PORT/api"
+UI_URL="http://$CLIENT_HOST:$PORT"
+
+# The server and worker keep their database/storage in the project; the profiles file stays the
+# user's (PREFECT_PROFILES_PATH is resolved before PREFECT_HOME is changed for the children).
+PROFILES_PATH="${PREFECT_PROFILES_PATH:-${PREFECT_HOME:-$HOME/.prefect}/profiles.toml}"
+
+log() { echo "[server.sh] $*" >&2; }
+
+[[ -x "$PREFECT" ]] || { log "prefect not found at $PREFECT (run 'make setup' first)"; exit 1; }
+
+alive() {  # alive NAME -> 0 if the recorded pid runs
+  local f="$RUN/$1.pid"
+  [[ -s "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+healthy() { curl -sf --max-time 2 "$API_URL/health" >/dev/null 2>&1; }
+
+pf() {  # prefect CLI against this server, with the project's Prefect home
+  PREFECT_HOME="$STATE" PREFECT_PROFILES_PATH="$PROFILES_PATH" PREFECT_API_URL="$API_URL" "$PREFECT" "$@"
+}
+
+start_bg() {  # start_bg NAME CMD... : detached, own session, pid recorded
+  local name="$1"; shift
+  setsid nohup env PREFECT_HOME="$STATE" PREFECT_PROFILES_PATH="$PROFILES_PATH" PREFECT_API_URL="$API_URL" \
+    "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/$name.pid"
+}
+
+stop_one() {  # stop_one NAME : TERM the recorded pid (and its process group), then KILL if needed
+  local name="$1" f="$RUN/$1.pid" pid
+  [[ -s "$f" ]] || return 0
+  pid="$(cat "$f")"
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $name (pid $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true; }
+  fi
+  rm -f "$f"
+}
+
+profile_py() {  # profile_py ACTION [NAME] : read/switch the active profile in the user's profiles file
+  PREFECT_PROFILES_PATH="$PROFILES_PATH" "$PY" - "$@" <<'PYEOF'
+import sys
+from prefect.settings import PREFECT_API_URL
+from prefect.settings.profiles import load_profiles, save_profiles
+
+action, args = sys.argv[1], sys.argv[2:]
+profiles = load_profiles()
+if action == "active":
+    print(profiles.active_name or "")
+elif action == "point":          # point NAME URL: create/update NAME with PREFECT_API_URL, activate it
+    name, url = args
+    profiles.update_profile(name, settings={PREFECT_API_URL: url})
+    profiles.set_active(name)
+    save_profiles(profiles)
+elif action == "use":            # use NAME
+    profiles.set_active(args[0])
+    save_profiles(profiles)
+PYEOF
+}
+
+use_profile() {
+  local current; current="$(profile_py active)"
+  if [[ -n "$current" && "$current" != "$PROFILE" && ! -s "$RUN/previous_profile" ]]; then
+    echo "$current" > "$RUN/previous_profile"
+  fi
+  profile_py point "$PROFILE" "$API_URL"
+  log "profile '$PROFILE' active in $PROFILES_PATH (PREFECT_API_URL=$API_URL)"
+}
+
+up() {
+  if alive server && healthy; then
+    log "server already running at $UI_URL (pid $(cat "$RUN/server.pid"))"
+  else
+    stop_one server
+    if healthy; then
+      log "something else already answers on $API_URL; set TRACKGO_PREFECT_PORT to another port"; exit 1
+    fi
+    log "starting Prefect server on $HOST:$PORT (state in $STATE, log $LOGS/server.log)"
+    start_bg server "$PREFECT" server start --host "$HOST" --port "$PORT"
+    for _ in $(seq 1 240); do healthy && break; alive server || break; sleep 0.5; done
+    healthy || { log "server did not come up; see $LOGS/server.log"; tail -20 "$LOGS/server.log" >&2; stop_one server; exit 1; }
+  fi
+  use_profile
+  pf --no-prompt work-pool create "$POOL" --type process >/dev/null 2>&1 || true   # exists: fine
+  # (Re)register the local deployments of prefect.yaml whose flow file exists (cheap, keeps them in
+  # sync with the code). `prefect deploy --name` matches "<entrypoint function>/<deployment>".
+  local names=() entry
+  for entry in $LOCAL_DEPLOYMENTS; do
+    [[ -f "${entry%%:*}" ]] && names+=(--name "${entry##*:}/local")
+  done
+  log "deploying ${#names[@]} local deployment(s) from prefect.yaml (log $LOGS/deploy.log)"
+  pf --no-prompt deploy "${names[@]}" >>"$LOGS/deploy.log" 2>&1 \
+    || { log "deploy failed; see $LOGS/deploy.log"; tail -20 "$LOGS/deploy.log" >&2; exit 1; }
+  if alive worker; then
+    log "worker already running (pid $(cat "$RUN/worker.pid"))"
+  else
+    log "starting process worker for pool '$POOL' (log $LOGS/worker.log)"
+    start_bg worker "$PREFECT" worker start --pool "$POOL" --type process
+    sleep 1
+    alive worker || { log "worker exited; see $LOGS/worker.log"; tail -20 "$LOGS/worker.log" >&2; exit 1; }
+  fi
+  status
+}
+
+down() {
+  stop_one worker
+  stop_one server
+  if [[ -s "$RUN/previous_profile" ]]; then
+    local prev; prev="$(cat "$RUN/previous_profile")"
+    profile_py use "$prev" 2>/dev/null && log "profile '$prev' active again"
+    rm -f "$RUN/previous_profile"
+  fi
+  log "down"
+}
+
+status() {
+  local s=stopped w=stopped
+  alive server && s="running (pid $(cat "$RUN/server.pid"))"
+  alive worker && w="running (pid $(cat "$RUN/worker.pid"))"
+  healthy || [[ "$s" == stopped ]] || s="$s, not answering yet"
+  echo "server: $s  UI $UI_URL  API $API_URL"
+  echo "worker: $w  pool $POOL"
+  echo "logs:   $LOGS/{server,worker,deploy}.log"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

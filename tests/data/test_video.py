@@ -1,0 +1,164 @@
+"""Video IO and clip windows: real sample files, encoders' round trips, every bad-input reason."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from trackgo_data.clips import ClipConfig, check_source, iter_clips, plan_windows
+from trackgo_data.video import (
+    VideoError,
+    cover_size,
+    decode_mp4,
+    encode_lossless_rgb,
+    encode_mp4,
+    probe,
+    read_frames,
+    read_windows,
+    resize_crop,
+)
+
+
+def _smooth_video(t=8, h=48, w=64, seed=0):
+    """A moving smooth pattern (compresses well, realistic for a lossy codec)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = []
+    for i in range(t):
+        r = 127 + 100 * np.sin((xx + 2 * i) / 7.0)
+        g = 127 + 100 * np.cos((yy - i) / 5.0)
+        b = 127 + 60 * np.sin((xx + yy + 3 * i) / 9.0)
+        out.append(np.stack([r, g, b], -1))
+    return np.clip(np.stack(out), 0, 255).astype(np.uint8)
+
+
+def test_probe_real_sample(sample_videos):
+    info = probe(sample_videos["carphone"])
+    assert (info.width, info.height, info.num_frames, info.codec) == (176, 144, 120, "h264")
+    assert info.fps == pytest.approx(30000 / 1001)
+    assert info.duration == pytest.approx(120 / (30000 / 1001), rel=1e-3)
+
+
+def test_read_window_equals_slice_of_full_decode(sample_videos):
+    p = sample_videos["carphone"]
+    full = read_frames(p)
+    assert full.shape == (120, 144, 176, 3)
+    win = read_frames(p, start=70, count=6)  # seeks
+    np.testing.assert_array_equal(win, full[70:76])
+    wins = dict(read_windows(p, [0, 5, 112, 113], 8, size=None))
+    assert sorted(wins) == [0, 5, 112]  # 113 + 8 > 120 frames: not yielded
+    np.testing.assert_array_equal(wins[112], full[112:120])
+    np.testing.assert_array_equal(wins[5], full[5:13])
+
+
+def test_decode_with_resize_matches_resize_crop(sample_videos):
+    p = sample_videos["carphone"]
+    full = read_frames(p, count=3)
+    fused = read_frames(p, count=3, size=(96, 48))        # swscale inside the decode
+    ref = resize_crop(full, 96, 48)                        # OpenCV after decoding
+    assert fused.shape == ref.shape == (3, 48, 96, 3)
+    assert np.abs(fused.astype(int) - ref.astype(int)).mean() < 4.0
+    # 176×144 covering 96×48: scale 96/176 → 96×79 (rounded), centre-crop rows 15..62
+    assert cover_size(176, 144, 96, 48) == (96, 79)
+
+
+def test_lossless_rgb_round_trip_is_bit_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 24, 40, 3), dtype=np.uint8)   # noise: worst case
+    frames[:, :4, :4] = (255, 0, 0)
+    data = encode_lossless_rgb(frames, tmp_path / "t.mp4", fps=25)
+    assert (tmp_path / "t.mp4").read_bytes() == data
+    np.testing.assert_array_equal(decode_mp4(data), frames)
+    np.testing.assert_array_equal(decode_mp4(tmp_path / "t.mp4"), frames)
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write left no temp file
+
+
+def test_encode_mp4_visually_lossless(sample_videos):
+    frames = read_frames(sample_videos["carphone"], count=6, size=(128, 96))
+    out = decode_mp4(encode_mp4(frames, fps=25, crf=17))
+    assert out.shape == frames.shape
+    mse = np.mean((out.astype(np.float64) - frames) ** 2)
+    assert 10 * np.log10(255 ** 2 / mse) > 35  # PSNR in dB
+    with pytest.raises(ValueError, match="even"):
+        encode_mp4(frames[:, :95], fps=25)
+
+
+def test_plan_windows():
+    assert plan_windows(132, ClipConfig()) == [0, 25, 50, 75, 100]
+    assert plan_windows(40, ClipConfig(num_frames=25, stride=5)) == [0, 5, 10, 15]
+    assert plan_windows(24, ClipConfig()) == []
+    assert plan_windows(132, ClipConfig(max_clips_per_video=2)) == [0, 25]
+    with pytest.raises(ValueError):
+        ClipConfig(width=100)
+
+
+def test_iter_clips_real_video(sample_videos):
+    cfg = ClipConfig(num_frames=8, stride=50, width=64, height=32)
+    clips = list(iter_clips(sample_videos["carphone"], cfg))
+    assert [s for s, _ in clips] == [0, 50, 100]
+    assert all(f.shape == (8, 32, 64, 3) and f.dtype == np.uint8 for _, f in clips)
+    np.testing.assert_array_equal(clips[1][1], read_frames(sample_videos["carphone"], 50, 8, size=(64, 32)))
+
+
+# ---- bad input → reason ----------------------------------------------------------------------
+
+def _reason(fn):
+    with pytest.raises(VideoError) as exc:
+        fn()
+    return exc.value.reason
+
+
+def test_zero_byte_file(tmp_path):
+    p = tmp_path / "empty.mp4"
+    p.write_bytes(b"")
+    assert _reason(lambda: probe(p)) == "empty_file"
+    assert _reason(lambda: list(iter_clips(p, ClipConfig()))) == "empty_file"
+
+
+def test_text_file_renamed_mp4(tmp_path):
+    p = tmp_path / "notes.mp4"
+    p.write_text("this is not a video\n" * 50)
+    assert _reason(lambda: probe(p)) == "undecodable"
+    assert _reason(lambda: read_frames(p)) == "undecodable"
+
+
+def test_truncated_without_index_is_undecodable(tmp_path, sample_videos):
+    data = sample_videos["carphone"].read_bytes()   # moov at the end: cut → no index
+    p = tmp_path / "cut.mp4"
+    p.write_bytes(data[: len(data) // 2])
+    assert _reason(lambda: list(iter_clips(p, ClipConfig(num_frames=8, width=64, height=32)))) == "undecodable"
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg binary absent")
+def test_truncated_partial_decode_is_too_short(tmp_path, sample_videos):
+    full = tmp_path / "fs.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(sample_videos["carphone"]), "-frames:v", "40",
+                    "-c", "copy", "-movflags", "+faststart", str(full)], check=True)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.45)])
+    frames = read_frames(cut)                       # what decodes, decodes
+    assert 0 < len(frames) < 40
+    assert probe(cut).num_frames == 40              # the header still promises 40
+    cfg = ClipConfig(num_frames=30, width=64, height=32)
+    assert _reason(lambda: list(iter_clips(cut, cfg))) == "too_short"
+
+
+def test_video_shorter_than_clip(tmp_path):
+    p = tmp_path / "short.mp4"
+    encode_mp4(_smooth_video(t=5, h=144, w=176), p, fps=25)
+    cfg = ClipConfig(num_frames=8, width=64, height=32)
+    assert _reason(lambda: check_source(probe(p), cfg)) == "too_short"
+    assert _reason(lambda: list(iter_clips(p, cfg))) == "too_short"
+
+
+def test_tiny_resolution(tmp_path):
+    p = tmp_path / "tiny.mp4"
+    encode_mp4(_smooth_video(t=10, h=24, w=32), p, fps=25)
+    assert _reason(lambda: list(iter_clips(p, ClipConfig(num_frames=8, width=64, height=32)))) == "too_small"
+
+
+def test_video_error_rejects_unknown_reason():
+    with pytest.raises(ValueError):
+        VideoError("weird")

@@ -1,0 +1,160 @@
+"""The build-dataset flow on a real (temporary) Prefect server: thread, Dask and kill-9 resume."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.build_dataset import build_dataset_flow
+from trackgo_data.shards import read_manifest
+
+from .conftest import cli_args, flow_kwargs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _rows(out: Path) -> list[dict]:
+    return read_manifest(out / "manifest.parquet")
+
+
+def _accepted(out: Path) -> list[str]:
+    return sorted(r["key"] for r in _rows(out) if r["status"] == "accepted")
+
+
+def _digests(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "shards").iterdir())}
+
+
+def _task_runs(flow_run_id) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+@pytest.fixture(scope="module")
+def thread_run(tmp_path_factory, flow_sources, prefect_server):
+    out = tmp_path_factory.mktemp("thread")
+    state = build_dataset_flow(**flow_kwargs(flow_sources, out), return_state=True)
+    return out, state
+
+
+def test_flow_equals_plain_loop(thread_run, reference_build):
+    out, state = thread_run
+    assert state.is_completed(), state.message
+    summary = state.result()
+    ref_out, ref = reference_build
+    rows = _rows(out)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)), "duplicated key"
+    assert sorted(keys) == sorted(r["key"] for r in _rows(ref_out))
+    assert _accepted(out) == _accepted(ref_out) and len(_accepted(out)) >= 2
+    assert _digests(out) == _digests(ref_out)  # same shards, byte for byte
+    for k in ("clips", "accepted", "rejected", "rejected_by_reason"):
+        assert summary[k] == ref[k], k
+    # the zero-byte file is a rejected row, not a failed flow
+    broken = [r for r in rows if r["source"].endswith("broken.mp4")]
+    assert [(r["status"], r["reason"]) for r in broken] == [("rejected", "empty_file")]
+    assert summary["failed_batches"] == []
+    # one task run per batch (3 sources, batch_size 1), not per clip or stage
+    names = sorted(t.task_key.split("-")[0] for t in _task_runs(state.state_details.flow_run_id))
+    assert [n for n in names if n.startswith("build_batch")] == ["build_batch_task"] * 3
+
+
+def test_artifacts(thread_run):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    out, state = thread_run
+    summary = state.result()
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    by_type: dict[str, list] = {}
+    for a in arts:
+        by_type.setdefault(a.type, []).append(a)
+    assert [float(a.data) for a in by_type["progress"]] == [100.0]
+    (table,) = by_type["table"]
+    items = {row["item"]: row["value"] for row in __import__("json").loads(table.data)}
+    assert items["accepted"] == summary["accepted"] and items["rejected: empty_file"] == 1
+    md = {a.key: a.data for a in by_type["markdown"]}
+    assert md["build-dataset-histograms"].count("data:image/png;base64,") == 3
+    assert f"(n={summary['accepted']})" in md["build-dataset-histograms"]
+    assert md["build-dataset-previews"].count("data:image/png;base64,") == 2
+    assert len(list((out / "previews").glob("*.png"))) == 2
+
+
+def test_rerun_is_served_from_cache(thread_run, flow_sources):
+    out, first = thread_run
+    parts = {p: p.stat().st_mtime_ns for p in (out / "parts").glob("*.parquet")}
+    digests = _digests(out)
+    state = build_dataset_flow(**flow_kwargs(flow_sources, out), return_state=True)
+    assert state.is_completed()
+    batch_runs = [t for t in _task_runs(state.state_details.flow_run_id) if t.task_key.startswith("build_batch")]
+    assert len(batch_runs) == 3 and {t.state.name for t in batch_runs} == {"Cached"}
+    assert {p: p.stat().st_mtime_ns for p in parts} == parts  # nothing rewritten
+    assert _digests(out) == digests
+    assert state.result()["accepted"] == first.result()["accepted"]
+
+
+def test_dask_local_cluster_two_workers(tmp_path, flow_sources, thread_run):
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "dask"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        state = build_dataset_flow(**flow_kwargs(flow_sources, out, task_runner="dask",
+                                                 address=cluster.scheduler_address), return_state=True)
+        with Client(cluster) as client:
+            def loaded() -> tuple[int, int]:
+                import os as _os
+                import sys as _sys
+
+                build = _sys.modules.get("trackgo_data.build")
+                return _os.getpid(), len(build._MODELS) if build else 0
+
+            per_worker = client.run(loaded)
+    assert state.is_completed(), state.message
+    ref_out, _ = thread_run
+    assert _accepted(out) == _accepted(ref_out)
+    assert _digests(out) == _digests(ref_out)
+    # batches ran inside the worker processes (not the flow's), each loading the models at most once
+    pids = {pid for pid, _ in per_worker.values()}
+    assert os.getpid() not in pids and len(pids) == 2
+    assert sum(n for _, n in per_worker.values()) >= 1 and all(n <= 1 for _, n in per_worker.values())
+
+
+def test_kill_9_then_resume(tmp_path, flow_sources, thread_run, prefect_server):
+    out = tmp_path / "resume"
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    log = (tmp_path / "killed.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.build_dataset", *cli_args(flow_sources, out)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not list((out / "parts").glob("*.parquet")):
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no batch finished in time"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_at_kill = len(list((out / "parts").glob("*.parquet")))
+    assert 1 <= done_at_kill < 3, "the run must be interrupted mid-way"
+    assert not (out / "manifest.parquet").exists()
+
+    state = build_dataset_flow(**flow_kwargs(flow_sources, out), return_state=True)
+    assert state.is_completed(), state.message
+    ref_out, _ = thread_run
+    keys = [r["key"] for r in _rows(out)]
+    assert len(keys) == len(set(keys))
+    assert sorted(keys) == sorted(r["key"] for r in _rows(ref_out))
+    assert _accepted(out) == _accepted(ref_out)
+    assert _digests(out) == _digests(ref_out)  # no partial or stale shard left behind
+    assert not [p for p in (out / "shards").iterdir() if not p.name.endswith(".tar")]

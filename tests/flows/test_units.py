@@ -1,0 +1,164 @@
+"""Flow pieces without a Prefect server: helpers, task-runner registry, tasks via ``.fn()``."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows import _common
+from flows.build_dataset import (
+    _retry_transient,
+    batch_cache_key,
+    build_batch_task,
+    finalize_task,
+    make_build_config,
+    plan_batches_task,
+)
+from flows.task_runners import TASK_RUNNER_NAMES, make_task_runner
+from trackgo_data.build import BatchSpec
+from trackgo_data.config import ConfigError
+
+
+def _png_from_uri(uri: str) -> Image.Image:
+    assert uri.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+
+def test_make_build_config_overrides_only_given_fields():
+    base = make_build_config("local")
+    cfg = make_build_config("local", num_frames=8, width=256, height=144, shard_maxcount=7, clips_per_video=2)
+    assert (cfg.clip.num_frames, cfg.clip.width, cfg.clip.height) == (8, 256, 144)
+    assert cfg.clip.max_clips_per_video == 2 and cfg.shards.maxcount == 7
+    assert cfg.clip.stride == base.clip.stride and cfg.segmenter == base.segmenter
+    assert make_build_config("paper").tracker.name != base.tracker.name
+    with pytest.raises(ConfigError):
+        make_build_config("nope")
+
+
+def test_batch_cache_key_is_batch_id_and_limit():
+    spec = BatchSpec("b0123456789abcdef", ["/x/a.mp4"], ["a"])
+    assert batch_cache_key(None, {"spec": spec, "limit": None}) == "build-batch-b0123456789abcdef-all"
+    assert batch_cache_key(None, {"spec": spec, "limit": 5}) == "build-batch-b0123456789abcdef-5"
+    other = BatchSpec("b0123456789abcdee", ["/x/a.mp4"], ["a"])
+    assert batch_cache_key(None, {"spec": other, "limit": None}) != batch_cache_key(None, {"spec": spec, "limit": None})
+
+
+def test_retry_only_transient_errors():
+    from prefect.states import Failed
+
+    assert _retry_transient(None, None, Failed(data=OSError("nfs hiccup"))) is True
+    assert _retry_transient(None, None, Failed(data=RuntimeError("cuda oom"))) is True
+    assert _retry_transient(None, None, Failed(data=ConfigError("bad key"))) is False
+    assert _retry_transient(None, None, Failed(data=ValueError("bad arg"))) is False
+
+
+def test_task_runner_registry():
+    from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    assert set(TASK_RUNNER_NAMES) == {"thread", "process", "dask", "ray"}
+    r = make_task_runner("thread", max_workers=3)
+    assert isinstance(r, ThreadPoolTaskRunner) and r._max_workers == 3
+    assert make_task_runner("thread")._max_workers == 1  # models are shared: one thread unless asked
+    assert isinstance(make_task_runner("process", max_workers=2), ProcessPoolTaskRunner)
+    d = make_task_runner("dask", address="tcp://127.0.0.1:8786")
+    assert isinstance(d, DaskTaskRunner) and d.address == "tcp://127.0.0.1:8786"
+    local = make_task_runner("dask", max_workers=2)
+    assert local.address is None and local.cluster_kwargs["n_workers"] == 2
+    with pytest.raises(ValueError, match="unknown task_runner"):
+        make_task_runner("spark")
+    with pytest.raises(ValueError, match="no address"):
+        make_task_runner("thread", address="tcp://x:1")
+    with pytest.raises(ValueError, match="max_workers"):
+        make_task_runner("thread", max_workers=0)
+
+
+def test_ray_backend_names_the_missing_extra():
+    try:
+        import prefect_ray  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"trackgo\[ray\]"):
+            make_task_runner("ray")
+    else:
+        assert type(make_task_runner("ray")).__name__ == "RayTaskRunner"
+
+
+def test_summary_table_hand_computed():
+    summary = {"sources": 3, "batches": 2, "clips": 10, "accepted": 6, "rejected": 4,
+               "rejected_by_reason": {"scene_cut": 1, "empty_file": 3}, "shard_bytes_per_sample": 1234.6,
+               "seconds": {"decode": 1.5, "track": 0.25}}
+    rows = {r["item"]: r["value"] for r in _common.summary_table(summary, wall_seconds=4.0)}
+    assert rows["accepted"] == 6 and rows["rejected"] == 4
+    assert rows["rejected: empty_file"] == 3 and rows["rejected: scene_cut"] == 1
+    assert rows["clips/s (wall)"] == 2.5
+    assert rows["stage decode (s, summed over workers)"] == 1.5
+    assert rows["shard bytes per accepted sample"] == 1234
+
+
+def test_histograms_markdown_counts_and_images():
+    rows = [
+        {"status": "accepted", "median_motion_px": 2.0, "num_points": 16, "num_components": 1},
+        {"status": "accepted", "median_motion_px": 4.0, "num_points": 48, "num_components": 3},
+        {"status": "rejected", "median_motion_px": 100.0, "num_points": 5, "num_components": 9},
+    ]
+    md = _common.histograms_markdown(rows)
+    uris = re.findall(r"\((data:image/png;base64,[A-Za-z0-9+/=]+)\)", md)
+    assert len(uris) == 3
+    for uri in uris:
+        img = _png_from_uri(uri)
+        assert img.size == (320, 208)  # 4 x 2.6 in at 80 dpi
+    # only accepted clips are counted: median of motion (2, 4) = 3, of points (16, 48) = 32
+    assert "(n=2) median 3.00, min 2.00, max 4.00" in md
+    assert "(n=2) median 32.00, min 16.00, max 48.00" in md
+    assert "(n=2) median 2.00, min 1.00, max 3.00" in md
+
+
+def test_histogram_png_depends_on_values():
+    a = _common.histogram_png([1, 1, 1, 5], "t", "x")
+    b = _common.histogram_png([1, 5, 5, 5], "t", "x")
+    empty = _common.histogram_png([], "t", "x")
+    assert a[:8] == b"\x89PNG\r\n\x1a\n" and a != b and empty != a
+
+
+def test_tasks_via_fn_and_previews(tmp_path, flow_sources, build_cfg, reference_build):
+    """plan → one batch → rerun (reused) → finalize, called as plain functions; previews match a
+    second decoding of the shard done with tarfile."""
+    out = tmp_path / "out"
+    specs = plan_batches_task.fn(str(flow_sources), str(out), build_cfg, 1)
+    assert len(specs) == 3 and (out / "build_config.json").is_file()
+    ref_out, _ = reference_build
+    assert {s.batch_id for s in specs} == {p.stem for p in (ref_out / "parts").glob("*.parquet")}
+    carphone = next(s for s in specs if "carphone" in s.sources[0])
+    res = build_batch_task.fn(carphone, build_cfg, str(out))
+    assert not res.reused and res.rows and all(r["batch_id"] == carphone.batch_id for r in res.rows)
+    again = build_batch_task.fn(carphone, build_cfg, str(out))
+    assert again.reused and [r["key"] for r in again.rows] == [r["key"] for r in res.rows]
+    summary = finalize_task.fn(str(out), [carphone.batch_id])
+    assert summary["clips"] == len(res.rows) and summary["accepted"] == res.counts["accepted"]
+    for shard in res.shards:  # byte-identical to the plain loop's shard of the same batch
+        assert (out / shard).read_bytes() == (ref_out / shard).read_bytes()
+
+    from trackgo_data.render import overlay_tracks
+    from trackgo_data.shards import read_manifest
+
+    rows = read_manifest(out / "manifest.parquet")
+    acc = [r for r in rows if r["status"] == "accepted"]
+    assert acc, "carphone should give at least one accepted clip at 256x144"
+    images = _common.preview_images(out, rows, limit=1, max_width=1024)
+    assert [k for k, _ in images] == [acc[0]["key"]]
+    with tarfile.open(out / acc[0]["shard"]) as tar:
+        m = {n.name.split(".", 1)[1]: tar.extractfile(n).read() for n in tar.getmembers()
+             if n.name.startswith(acc[0]["key"] + ".")}
+    image = np.array(Image.open(io.BytesIO(m["image.png"])).convert("RGB"))
+    expect = overlay_tracks(image, np.load(io.BytesIO(m["tracks.npy"])), np.load(io.BytesIO(m["visibility.npy"])),
+                            np.load(io.BytesIO(m["components.npy"])))
+    got = np.array(Image.open(io.BytesIO(images[0][1])).convert("RGB"))
+    np.testing.assert_array_equal(got, expect)
+    assert (out / "previews" / f"{acc[0]['key']}.png").read_bytes() == images[0][1]
+    md = _common.previews_markdown(images)
+    assert md.count("data:image/png;base64,") == 1 and acc[0]["key"] in md

@@ -1,0 +1,122 @@
+"""``trackgo model …`` and ``trackgo generate`` in-process, end to end on the tiny model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trackgo_data.render import COLOURS
+from trackgo_data.video import decode_mp4
+
+H, W = 64, 128
+
+
+@pytest.fixture()
+def scene(tmp_path):
+    """An image with two rectangular masks (left, right) and their PNG files."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(tmp_path / "img.png")
+    a = np.zeros((H, W), np.uint8)
+    a[20:40, 10:30] = 255
+    b = np.zeros((H, W), np.uint8)
+    b[10:30, 90:110] = 255
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    return tmp_path, a > 0, b > 0
+
+
+def _coloured(frame, colour):
+    """(x, y) pixels of ``frame`` exactly equal to ``colour``."""
+    ys, xs = np.nonzero((frame == colour).all(-1))
+    return set(zip(xs.tolist(), ys.tolist()))
+
+
+def test_stats_prints_one_flat_json(run_cli, capsys):
+    from trackgo_model.model import count_params
+
+    assert run_cli("model", "stats", "--config", "tiny") == 0
+    tiny = json.loads(capsys.readouterr().out)
+    assert tiny == count_params("tiny") and tiny["num_adapters"] == 4
+    assert run_cli("model", "stats", "--config", "svd-xt") == 0
+    xt = json.loads(capsys.readouterr().out)
+    assert set(xt) == {"unet_params", "added_params", "num_adapters"}
+    assert xt["unet_params"] == 1_524_623_082 and xt["num_adapters"] == 16
+    with pytest.raises(SystemExit, match="unknown --config"):
+        run_cli("model", "stats", "--config", "huge")
+
+
+def test_preview_puts_points_where_the_arrows_say(run_cli, scene, capsys):
+    d, mask_a, mask_b = scene
+    out = d / "out.mp4"
+    rc = run_cli("generate", "--image", d / "img.png", "--masks", d / "a.png", d / "b.png",
+                 "--arrows", "20,30,20,20", "100,20,100,32", "--frames", 6, "--out", out, "--preview")
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert not out.exists()                                    # no model was run
+    P = decode_mp4(d / "out.trajectory.mp4")                   # lossless: the rendered P itself
+    assert P.shape == (6, H, W, 3) and res["frames"] == 6
+    red, green = COLOURS[0], COLOURS[1]
+    a0, b0 = _coloured(P[0], red), _coloured(P[0], green)
+    assert len(a0) > 16 and len(b0) > 16                       # K ≥ 16 points per mask
+    # frame 0: every square lies on its mask (the render square reaches 2 px past a centre)
+    for pix, mask in ((a0, mask_a), (b0, mask_b)):
+        ys, xs = np.nonzero(mask)
+        for x, y in pix:
+            assert xs.min() - 2 <= x <= xs.max() + 1 and ys.min() - 2 <= y <= ys.max() + 1
+    # per-frame displacement: mask a moves up 2 px per frame, mask b down 2.4 px per frame
+    for t in range(6):
+        at = _coloured(P[t], red)
+        assert at == {(x, y - 2 * t) for x, y in a0}
+        bt = _coloured(P[t], green)
+        cy0 = np.mean([y for _, y in b0])
+        assert abs(np.mean([y for _, y in bt]) - cy0 - 2.4 * t) <= 0.5
+    # the preview image shows each component's colour where its points end up
+    prev = np.asarray(Image.open(d / "out.preview.png").convert("RGB"))
+    img = np.asarray(Image.open(d / "img.png").convert("RGB"))
+    assert prev.shape == img.shape and (prev != img).any()
+    for x, y in sorted(_coloured(P[-1], red))[::7]:
+        win = prev[max(y - 3, 0):y + 4, max(x - 3, 0):x + 4].reshape(-1, 3)
+        assert (np.abs(win.astype(int) - red.astype(int)).max(1) <= 2).any()
+
+
+def test_init_tiny_then_generate_writes_the_video(run_cli, scene, tmp_path, capsys):
+    d, _, _ = scene
+    model = tmp_path / "model"
+    assert run_cli("model", "init-tiny", "--out", model, "--seed", 0) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(model)
+    out = tmp_path / "gen" / "out.mp4"
+    rc = run_cli("generate", "--image", d / "img.png", "--masks", d / "a.png", d / "b.png",
+                 "--arrows", "20,30,40,30", "100,20,100,40", "--checkpoint", model, "--frames", 5,
+                 "--steps", 2, "--height", 64, "--width", 96, "--seed", 1, "--device", "cpu", "--out", out)
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    video = decode_mp4(out)
+    assert video.shape == (5, 64, 96, 3)
+    assert res["video"] == str(out) and (res["frames"], res["height"], res["width"]) == (5, 64, 96)
+    P = decode_mp4(tmp_path / "gen" / "out.trajectory.mp4")
+    assert P.shape == (5, 64, 96, 3)
+    # tracks were rescaled from 128 to 96 px wide: mask a's squares move 20·0.75 = 15 px in all
+    red = COLOURS[0]
+    x0 = np.mean([x for x, _ in _coloured(P[0], red)])
+    x4 = np.mean([x for x, _ in _coloured(P[-1], red)])
+    assert abs(x4 - x0 - 15.0) <= 0.5
+
+
+def test_generate_input_errors(run_cli, scene, tmp_path):
+    d, _, _ = scene
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "small.png")
+    base = ["generate", "--image", d / "img.png", "--out", tmp_path / "x.mp4", "--preview"]
+    with pytest.raises(SystemExit, match="32×32 but the image is 128×64"):
+        run_cli(*base, "--masks", tmp_path / "small.png", "--arrows", "1,1,2,2")
+    with pytest.raises(SystemExit, match="outside"):
+        run_cli(*base, "--masks", d / "a.png", "--arrows", "500,30,20,20")
+    with pytest.raises(SystemExit, match="one arrow per mask"):
+        run_cli(*base, "--masks", d / "a.png", d / "b.png", "--arrows", "20,30,20,20")
+    with pytest.raises(SystemExit, match="--checkpoint is required"):
+        run_cli("generate", "--image", d / "img.png", "--masks", d / "a.png", "--arrows", "20,30,20,20",
+                "--out", tmp_path / "x.mp4")
+    with pytest.raises(SystemExit, match="pass --svd"):
+        run_cli("generate", "--image", d / "img.png", "--masks", d / "a.png", "--arrows", "20,30,20,20",
+                "--out", tmp_path / "x.mp4", "--checkpoint", tmp_path)

@@ -1,0 +1,87 @@
+"""``trackgo data build|inspect`` (registered into the ``trackgo`` console command)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="build and inspect training shards (sample format v1)")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    b = sub.add_parser("build", help="videos → shards + manifest.parquet, in this process")
+    b.add_argument("--source", required=True,
+                   help="folder, glob, list-file (.txt), a video file, or 'samples' (bundled clips)")
+    b.add_argument("--out", required=True, help="output folder (shards/, parts/, manifest.parquet)")
+    b.add_argument("--profile", default="local", help="backends: local (flow + lk) | paper (deva + cotracker3)")
+    b.add_argument("--max-clips", type=int, default=None, help="stop after this many accepted clips")
+    b.add_argument("--frames", type=int, default=None, help="frames per clip (default 25)")
+    b.add_argument("--width", type=int, default=None, help="clip width (default 1024)")
+    b.add_argument("--height", type=int, default=None, help="clip height (default 576)")
+    b.add_argument("--stride", type=int, default=None, help="frames between window starts")
+    b.add_argument("--batch-size", type=int, default=4, help="sources per batch (unit of resumption)")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set filters.min_motion_px=2 (repeatable)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=_cmd_build)
+
+    i = sub.add_parser("inspect", help="validate shards and print a summary; non-zero exit on problems")
+    i.add_argument("shards", nargs="+", help="shard files, globs or build output folders")
+    i.add_argument("--json", action="store_true", help="print the problems as JSON instead of a table")
+    i.set_defaults(func=_cmd_inspect)
+
+
+def build_config_from_args(args: argparse.Namespace):
+    from .build import make_config
+    from .config import apply_overrides
+
+    over: dict = {}
+    clip = {k: v for k, v in (("num_frames", args.frames), ("width", args.width),
+                              ("height", args.height), ("stride", args.stride)) if v is not None}
+    if clip:
+        over["clip"] = clip
+    apply_overrides(over, list(args.overrides))
+    return make_config(args.profile, over)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .build import build_dataset
+    from .config import ConfigError
+
+    try:
+        cfg = build_config_from_args(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"trackgo data build: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = build_dataset(args.source, args.out, cfg, max_clips=args.max_clips,
+                                batch_size=args.batch_size, progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"trackgo data build: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    if summary["accepted"] == 0:
+        log.error("no clip was accepted (see %s/manifest.parquet for the reasons)", args.out)
+        return 1
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import expand_shard_args, inspect_shards, print_report
+
+    paths = expand_shard_args(args.shards)
+    if not paths:
+        print("trackgo data inspect: no shard found", file=sys.stderr)
+        return 2
+    report = inspect_shards(paths)
+    if args.json:
+        print(json.dumps({"ok": report.ok, "shards": len(report.shards), "samples": report.samples,
+                          "problems": [{"shard": s, "key": k, "message": m} for s, k, m in report.problems]},
+                         indent=2))
+    else:
+        print_report(report)
+    return 0 if report.ok else 1

@@ -1,0 +1,206 @@
+"""Streaming training batches out of format-v1 shards with webdataset.
+
+    ds = make_dataset("out/shards/*.tar", batch_size=2, num_frames=14, size=(512, 288),
+                      shuffle=64, shardshuffle=100, resampled=True)
+    for batch in ds:          # Batch, tensors on CPU
+        batch.video           # (B, L, 3, H, W) uint8
+
+Shard handling is webdataset's: shard shuffling, node/worker splitting, resampling (each node
+draws shards with replacement — for multi-node training, combine with ``with_epoch``). A corrupt
+sample (missing member, undecodable mp4, inconsistent shape) or a corrupt tar is skipped by a
+webdataset handler that counts it in :class:`LoaderStats` and logs a warning; iteration goes on.
+Counts live in the process that iterates (per DataLoader worker).
+"""
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .sample import MASK_STRIDE, Sample, SampleError, decode_sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoaderStats:
+    """Samples (or shards) skipped because of an error, with the first few messages."""
+
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def handler(self, exn: Exception) -> bool:
+        self.skipped += 1
+        if len(self.errors) < 20:
+            self.errors.append(f"{type(exn).__name__}: {exn}")
+        log.warning("skipping a corrupt sample: %s", exn)
+        return True
+
+
+@dataclass
+class Batch:
+    """A training batch. Tensors are torch uint8 / float32 / bool on CPU.
+
+    key        list[str]                 B
+    image      (B, 3, H, W) uint8        first frame
+    video      (B, L, 3, H, W) uint8
+    trajectory (B, L, 3, H, W) uint8     rendered P
+    masks      (B, L, H/8, W/8) uint8    0 background, j+1 component j
+    tracks     list[(L, N_b, 2) float32] pixels at H×W (N varies per sample)
+    visibility list[(L, N_b) bool]
+    components list[(N_b,) int64]
+    meta       list[dict]
+    """
+
+    key: list[str]
+    image: Any
+    video: Any
+    trajectory: Any
+    masks: Any
+    tracks: list[Any]
+    visibility: list[Any]
+    components: list[Any]
+    meta: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+
+def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str] | str:
+    """A glob, a folder or a list of paths → sorted list of paths; brace patterns (``a-{000..009}.tar``)
+    and remote URLs are passed to webdataset unchanged."""
+    if isinstance(urls, (str, Path)):
+        text = str(urls)
+        if "{" in text or "://" in text or text.startswith("pipe:"):
+            return text
+        if Path(text).is_dir():  # a shard folder, or a build output folder holding shards/
+            sub = Path(text) / "shards"
+            text = str((sub if sub.is_dir() else Path(text)) / "*.tar")
+        found = sorted(glob.glob(text))
+        if not found:
+            raise FileNotFoundError(f"no shards match {text!r}")
+        return found
+    return [str(u) for u in urls]
+
+
+def resize_sample(s: Sample, size: tuple[int, int]) -> Sample:
+    """Resize to ``size=(W, H)``: image/video with area (down) or bilinear (up) interpolation,
+    trajectory and masks with nearest (colours and labels stay exact), tracks rescaled with the
+    pixel-centre convention x' = (x + 0.5)·W/W0 − 0.5."""
+    import cv2
+
+    W, H = size
+    if W % MASK_STRIDE or H % MASK_STRIDE:
+        raise ValueError(f"size {W}x{H} must be divisible by {MASK_STRIDE}")
+    H0, W0 = s.image.shape[:2]
+    if (W, H) == (W0, H0):
+        return s
+    smooth = cv2.INTER_AREA if W < W0 else cv2.INTER_LINEAR
+
+    def each(frames, interp, out_size):
+        return np.stack([cv2.resize(f, out_size, interpolation=interp) for f in frames])
+
+    tracks = s.tracks.copy()
+    tracks[..., 0] = (tracks[..., 0] + 0.5) * (W / W0) - 0.5
+    tracks[..., 1] = (tracks[..., 1] + 0.5) * (H / H0) - 0.5
+    meta = {**s.meta, "width": W, "height": H}
+    return Sample(
+        key=s.key,
+        image=cv2.resize(s.image, (W, H), interpolation=smooth),
+        video=each(s.video, smooth, (W, H)),
+        trajectory=each(s.trajectory, cv2.INTER_NEAREST, (W, H)),
+        tracks=tracks.astype(np.float32),
+        visibility=s.visibility,
+        components=s.components,
+        masks=each(s.masks, cv2.INTER_NEAREST, (W // MASK_STRIDE, H // MASK_STRIDE)),
+        meta=meta,
+    )
+
+
+def to_sample(members: dict[str, Any], num_frames: int | None = None,
+              size: tuple[int, int] | None = None) -> Sample:
+    """Raw shard members → validated :class:`Sample` (first ``num_frames`` frames, resized)."""
+    s = decode_sample(members)
+    L = s.video.shape[0]
+    if s.trajectory.shape[0] != L or s.masks.shape[0] != L or s.tracks.shape[0] != L:
+        raise SampleError(f"sample {s.key}: frame counts differ (video {L}, trajectory "
+                          f"{s.trajectory.shape[0]}, masks {s.masks.shape[0]}, tracks {s.tracks.shape[0]})")
+    if num_frames is not None:
+        if L < num_frames:
+            raise SampleError(f"sample {s.key}: {L} frames < num_frames {num_frames}")
+        s.video, s.trajectory = s.video[:num_frames], s.trajectory[:num_frames]
+        s.masks, s.tracks = s.masks[:num_frames], s.tracks[:num_frames]
+        s.visibility = s.visibility[:num_frames]
+    s.validate()
+    if size is not None:
+        s = resize_sample(s, tuple(size))
+    return s
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Stack samples of equal L×H×W into a :class:`Batch` (channels-first tensors)."""
+    import torch
+
+    def stack(name: str, perm: tuple[int, ...]):
+        return torch.from_numpy(np.stack([getattr(s, name) for s in samples])).permute(*perm).contiguous()
+
+    return Batch(
+        key=[s.key for s in samples],
+        image=stack("image", (0, 3, 1, 2)),
+        video=stack("video", (0, 1, 4, 2, 3)),
+        trajectory=stack("trajectory", (0, 1, 4, 2, 3)),
+        masks=torch.from_numpy(np.stack([s.masks for s in samples])),
+        tracks=[torch.from_numpy(np.ascontiguousarray(s.tracks)) for s in samples],
+        visibility=[torch.from_numpy(np.ascontiguousarray(s.visibility)) for s in samples],
+        components=[torch.from_numpy(np.asarray(s.components, np.int64)) for s in samples],
+        meta=[s.meta for s in samples],
+    )
+
+
+def make_dataset(
+    urls: str | Path | Sequence[str | Path],
+    *,
+    batch_size: int = 1,
+    num_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    shuffle: int = 0,
+    shardshuffle: int | bool = False,
+    resampled: bool = False,
+    split_by_node: bool = True,
+    split_by_worker: bool = True,
+    seed: int = 0,
+    partial_batches: bool = True,
+    stats: LoaderStats | None = None,
+):
+    """webdataset pipeline yielding :class:`Batch` es (``batch_size=0``: single :class:`Sample` s).
+
+    urls: shard paths, a glob, a folder of ``*.tar`` or a brace pattern. ``shuffle``: sample
+    shuffle buffer (0: off). ``shardshuffle``: shard shuffle buffer (False/0: in order; ignored
+    when ``resampled``). ``resampled``: draw shards with replacement forever (multi-node).
+    The pipeline's ``.stats`` (:class:`LoaderStats`) counts skipped corrupt samples.
+    """
+    import webdataset as wds
+
+    stats = stats or LoaderStats()
+    ds = wds.WebDataset(
+        expand_urls(urls),
+        handler=stats.handler,
+        resampled=resampled,
+        shardshuffle=False if resampled or not shardshuffle else int(shardshuffle),
+        nodesplitter=wds.split_by_node if split_by_node and not resampled else None,
+        workersplitter=wds.split_by_worker if split_by_worker else None,
+        seed=seed,
+        empty_check=False,
+    )
+    if shuffle:
+        ds = ds.shuffle(int(shuffle), seed=seed)
+    ds = ds.map(partial(to_sample, num_frames=num_frames, size=size), handler=stats.handler)
+    if batch_size:
+        ds = ds.batched(int(batch_size), collation_fn=collate, partial=partial_batches)
+    ds.stats = stats
+    return ds

@@ -1,0 +1,242 @@
+"""Offline motion segmentation from dense optical flow (no learned weights).
+
+Steps, all at a reduced resolution (longer side ``flow_long_side``, default 256):
+
+1. DIS optical flow between consecutive frames.
+2. Camera (dominant) motion per frame pair: a RANSAC homography fitted to flow correspondences on
+   a sparse grid; the residual flow = flow − homography flow is the motion of things themselves.
+3. Every first-frame pixel is followed through the clip along the chained flow; its evidence of
+   independent motion is the largest norm of its accumulated residual displacement (px at the
+   flow resolution). Static scenes and pure camera motion give ≈ 0; a moving object grows
+   linearly with time, while flow noise averages out.
+4. Evidence > threshold → smoothing, morphology, hole filling, connected components; components
+   smaller than ``min_area`` (share of the image) are dropped; the ``max_components`` largest stay.
+5. Ids propagate: the first-frame labels are forward-splatted along the same pixel trajectories,
+   holes are closed, and pixels of the frame's own residual-motion mask next to a component join
+   it (re-association by overlap/adjacency). Ids therefore never swap over time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from trackgo_data.segment import MAX_COMPONENTS, check_frames, relabel_by_area
+
+
+@dataclass
+class FlowSegConfig:
+    max_components: int = MAX_COMPONENTS
+    flow_long_side: int = 256
+    dis_preset: str = "fast"            # ultrafast | fast | medium (cv2 DISOpticalFlow presets)
+    motion_threshold: float = 2.0       # px at flow resolution: accumulated residual displacement
+    frame_threshold: float = 0.6        # px/frame at flow resolution: per-frame residual mask
+    min_area: float = 0.005             # share of the image below which a component is dropped
+    max_area: float = 0.85              # a "component" larger than this means the camera model failed
+    ransac_threshold: float = 1.0       # px at flow resolution
+    grid_step: int = 6                  # px between homography correspondences
+    smooth_sigma: float = 1.5           # px, Gaussian on the evidence map
+    noise_factor: float = 3.0           # threshold ≥ noise_factor × median evidence
+    fb_rel: float = 0.05                # occluded when |f + b|² > fb_rel·(|f|² + |b|²) + fb_abs
+    fb_abs: float = 1.0                 # px² at flow resolution
+    photometric_threshold: float = 30.0  # grey levels a path may drift from its first-frame value (0: off)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_components <= MAX_COMPONENTS:
+            raise ValueError(f"max_components must be in 1..{MAX_COMPONENTS}")
+        if self.dis_preset not in ("ultrafast", "fast", "medium"):
+            raise ValueError(f"dis_preset must be ultrafast|fast|medium, got {self.dis_preset!r}")
+        if self.flow_long_side < 32:
+            raise ValueError("flow_long_side must be >= 32")
+
+
+class FlowSegmenter:
+    name = "flow"
+
+    def __init__(self, **cfg) -> None:
+        import cv2
+
+        from trackgo_data.config import config_from_dict
+
+        self.cfg = config_from_dict(FlowSegConfig, cfg)
+        self.version = f"1-opencv-{cv2.__version__}"
+        preset = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+                  "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                  "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[self.cfg.dis_preset]
+        self._dis = cv2.DISOpticalFlow_create(preset)
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _small(self, frames: np.ndarray) -> np.ndarray:
+        """(L,H,W,3) uint8 → grey (L,h,w) uint8 at the flow resolution."""
+        import cv2
+
+        H, W = frames.shape[1:3]
+        s = min(1.0, self.cfg.flow_long_side / max(H, W))
+        w, h = max(8, round(W * s)), max(8, round(H * s))
+        out = np.empty((len(frames), h, w), np.uint8)
+        for i, f in enumerate(frames):
+            g = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
+            out[i] = g if (w, h) == (W, H) else cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA)
+        return out
+
+    def flows(self, grey: np.ndarray) -> np.ndarray:
+        """grey (L,h,w) uint8 → forward flows (L−1,h,w,2) float32 (frame t → t+1)."""
+        return np.stack([self._dis.calc(grey[t], grey[t + 1], None) for t in range(len(grey) - 1)])
+
+    def camera_flow(self, flow: np.ndarray) -> np.ndarray:
+        """flow (h,w,2) → flow explained by one homography (h,w,2) (RANSAC on a sparse grid)."""
+        import cv2
+
+        h, w = flow.shape[:2]
+        st = self.cfg.grid_step
+        ys, xs = np.mgrid[st // 2:h:st, st // 2:w:st]
+        src = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32)
+        dst = src + flow[ys.ravel(), xs.ravel()]
+        Hm = None
+        if len(src) >= 8:
+            Hm, _ = cv2.findHomography(src, dst, cv2.RANSAC, self.cfg.ransac_threshold,
+                                       maxIters=500, confidence=0.99)
+        if Hm is None:
+            return np.broadcast_to(np.median(flow.reshape(-1, 2), 0), flow.shape).astype(np.float32)
+        gx, gy = self._grid(h, w)
+        (a, b, c), (d, e, f), (g, k, m) = Hm.tolist()
+        den = g * gx + k * gy + m
+        den[np.abs(den) < 1e-6] = 1e-6
+        out = np.empty(flow.shape, np.float32)
+        out[..., 0] = (a * gx + b * gy + c) / den - gx
+        out[..., 1] = (d * gx + e * gy + f) / den - gy
+        return out
+
+    def _grid(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        if getattr(self, "_grid_cache", (None,))[0] != (h, w):
+            gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+            self._grid_cache = ((h, w), gx, gy)
+        return self._grid_cache[1], self._grid_cache[2]
+
+    def residual_magnitude(self, frames: np.ndarray) -> np.ndarray:
+        """frames (L,H,W,3) uint8 → |flow − camera flow| (L−1,h,w) float32, px/frame at the flow
+        resolution (longer side ``flow_long_side``)."""
+        flows = self.flows(self._small(check_frames(frames)))
+        out = np.empty(flows.shape[:3], np.float32)
+        for t, f in enumerate(flows):
+            r = f - self.camera_flow(f)
+            out[t] = np.hypot(r[..., 0], r[..., 1])
+        return out
+
+    # ---- main ------------------------------------------------------------------------------
+    def segment(self, frames: np.ndarray) -> np.ndarray:
+        """frames (L,H,W,3) uint8 → labels (L,H,W) int32 (0 background, 1..s, s ≤ max_components)."""
+        import cv2
+
+        frames = check_frames(frames)
+        L, H, W = frames.shape[:3]
+        grey = self._small(frames)
+        h, w = grey.shape[1:]
+        flows = self.flows(grey)
+        bflows = np.stack([self._dis.calc(grey[t + 1], grey[t], None) for t in range(L - 1)])
+        # (L−1,h,w,4): forward flow and its camera-compensated residual, remapped together
+        fr = np.empty((L - 1, h, w, 4), np.float32)
+        fr[..., :2] = flows
+        for t in range(L - 1):
+            fr[t, ..., 2:] = flows[t] - self.camera_flow(flows[t])
+
+        # follow every first-frame pixel; accumulate its residual displacement
+        gx, gy = self._grid(h, w)
+        px, py = gx.copy(), gy.copy()
+        if self.cfg.photometric_threshold > 0:
+            blur = np.stack([cv2.GaussianBlur(g, (0, 0), 1.0) for g in grey]).astype(np.float32)
+        pos = [(gx, gy)]
+        acc_x = np.zeros((h, w), np.float32)
+        acc_y = np.zeros((h, w), np.float32)
+        evidence = np.zeros((h, w), np.float32)
+        alive = np.ones((h, w), bool)
+        c = self.cfg
+        for t in range(L - 1):
+            v = cv2.remap(fr[t], px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            fx, fy = v[..., 0], v[..., 1]
+            px, py = px + fx, py + fy
+            pos.append((px, py))
+            acc_x += np.where(alive, v[..., 2], 0)
+            acc_y += np.where(alive, v[..., 3], 0)
+            # forward–backward occlusion check: a pixel whose backward flow does not bring it
+            # back has been covered by something else; it stops accumulating (keeps its maximum)
+            b = cv2.remap(bflows[t], px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            bx, by = b[..., 0], b[..., 1]
+            err = (fx + bx) ** 2 + (fy + by) ** 2
+            alive &= err <= c.fb_rel * (fx * fx + fy * fy + bx * bx + by * by) + c.fb_abs
+            alive &= (px >= 0) & (px <= w - 1) & (py >= 0) & (py <= h - 1)
+            if c.photometric_threshold > 0:
+                # appearance check: a path that slid onto another surface (dragged across an
+                # occlusion boundary by smoothed flow) changes colour from its first frame
+                now = cv2.remap(blur[t + 1], px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                alive &= np.abs(now - blur[0]) <= c.photometric_threshold
+            np.maximum(evidence, np.hypot(acc_x, acc_y), out=evidence)
+        self.last_evidence = evidence
+        ev = cv2.GaussianBlur(evidence, (0, 0), c.smooth_sigma)
+        # background noise of the accumulated residual sets the bar on shaky footage
+        thr = max(c.motion_threshold, c.noise_factor * float(np.median(ev)))
+        mask0 = self._clean(ev > thr)
+        labels0 = self._components(mask0)
+        small = np.zeros((L, h, w), np.int32)
+        small[0] = labels0
+        if labels0.max() > 0:
+            for t in range(1, L):
+                r = fr[min(t, L - 2), ..., 2:]
+                moving = np.hypot(r[..., 0], r[..., 1]) > c.frame_threshold
+                small[t] = self._propagate(labels0, pos[t], moving, h, w)
+        small = relabel_by_area(small, c.max_components)
+        if (h, w) == (H, W):
+            return small
+        out = np.empty((L, H, W), np.int32)
+        for t in range(L):
+            out[t] = cv2.resize(small[t], (W, H), interpolation=cv2.INTER_NEAREST)
+        return out
+
+    def _clean(self, mask: np.ndarray) -> np.ndarray:
+        import cv2
+        from scipy import ndimage
+
+        m = mask.astype(np.uint8)
+        k3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+        k5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        m = cv2.morphologyEx(m, cv2.MORPH_OPEN, k3)
+        m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, k5)
+        return ndimage.binary_fill_holes(m > 0)
+
+    def _components(self, mask: np.ndarray) -> np.ndarray:
+        """bool (h,w) → int32 labels of connected components above min_area, largest first."""
+        import cv2
+
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        total = mask.size
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        keep = [i + 1 for i in np.argsort(-areas)
+                if self.cfg.min_area * total <= areas[i] <= self.cfg.max_area * total]
+        keep = keep[: self.cfg.max_components]
+        out = np.zeros(mask.shape, np.int32)
+        for new, old in enumerate(keep, start=1):
+            out[lab == old] = new
+        return out
+
+    def _propagate(self, labels0: np.ndarray, pos_t: tuple[np.ndarray, np.ndarray], moving: np.ndarray,
+                   h: int, w: int) -> np.ndarray:
+        """Forward-splat first-frame labels to their positions at frame t, close holes, and let
+        adjacent pixels of frame t's own residual-motion mask join the component they touch."""
+        import cv2
+
+        fg = labels0 > 0
+        xs = np.round(pos_t[0][fg]).astype(np.int64)
+        ys = np.round(pos_t[1][fg]).astype(np.int64)
+        ok = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+        out = np.zeros((h, w), np.int32)
+        out[ys[ok], xs[ok]] = labels0[fg][ok]
+        k5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        # close each id separately (grey closing on ids would merge neighbours)
+        closed = np.zeros_like(out)
+        for j in range(1, int(labels0.max()) + 1):
+            m = cv2.morphologyEx((out == j).astype(np.uint8), cv2.MORPH_CLOSE, k5)
+            closed[(m > 0) & (closed == 0)] = j
+        grow = cv2.dilate(closed.astype(np.uint8), k5)  # nearest id within 2 px (max id wins)
+        join = moving & (closed == 0) & (grow > 0)
+        closed[join] = grow[join]
+        return closed

@@ -1,0 +1,338 @@
+"""Video IO on PyAV (libav/ffmpeg): probe, decode with resize + centre crop, lossy/lossless encode.
+
+Frames are RGB uint8 arrays ``(T, H, W, 3)``. Every failure to read a source raises
+:class:`VideoError` whose ``reason`` is machine readable (the same strings the filters and the
+manifest use): ``empty_file``, ``undecodable``, ``too_short``, ``too_small``.
+
+Decoding resizes inside libswscale while converting each frame to RGB (one pass, no full-size
+RGB copy), then crops the centre with a numpy slice. A truncated file that decodes partially
+returns what decoded; the caller decides whether that is too short.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EMPTY_FILE = "empty_file"
+UNDECODABLE = "undecodable"
+TOO_SHORT = "too_short"
+TOO_SMALL = "too_small"
+VIDEO_REASONS = (EMPTY_FILE, UNDECODABLE, TOO_SHORT, TOO_SMALL)
+
+
+class VideoError(Exception):
+    """A source video cannot be used; ``reason`` is one of :data:`VIDEO_REASONS`."""
+
+    def __init__(self, reason: str, message: str = ""):
+        if reason not in VIDEO_REASONS:
+            raise ValueError(f"unknown VideoError reason {reason!r}")
+        self.reason = reason
+        super().__init__(f"{reason}: {message}" if message else reason)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    codec: str
+    duration: float  # seconds
+
+
+def _open(path: str | Path | bytes):
+    import av
+
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        if len(path) == 0:
+            raise VideoError(EMPTY_FILE, "zero bytes")
+        src = io.BytesIO(bytes(path))
+        name = "<bytes>"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"no such video file: {p}")
+        if p.stat().st_size == 0:
+            raise VideoError(EMPTY_FILE, f"{p} has zero bytes")
+        src = str(p)
+        name = str(p)
+    try:
+        container = av.open(src, mode="r")
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        raise VideoError(UNDECODABLE, f"{name}: {exc}") from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoError(UNDECODABLE, f"{name}: no video stream")
+    return container, name
+
+
+def probe(path: str | Path | bytes) -> VideoInfo:
+    """Container/stream facts without decoding pixels.
+
+    ``num_frames`` is the stream's frame count when the container records it, else the number
+    of demuxed video packets (exact for ordinary files, cheap: no decoding).
+    """
+    import av
+
+    container, name = _open(path)
+    try:
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        width, height = int(cc.width or 0), int(cc.height or 0)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        n = int(stream.frames or 0)
+        if n <= 0:
+            try:
+                n = sum(1 for pkt in container.demux(stream) if pkt.size > 0)
+            except av.error.FFmpegError:
+                n = 0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1e6
+        else:
+            duration = n / fps if fps else 0.0
+        if width <= 0 or height <= 0:
+            raise VideoError(UNDECODABLE, f"{name}: stream has no frame size")
+        return VideoInfo(width, height, fps, n, cc.name or "unknown", duration)
+    finally:
+        container.close()
+
+
+def cover_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
+    """Smallest (w, h) with the source aspect ratio that covers ``width × height``."""
+    scale = max(width / src_w, height / src_h)
+    return max(width, round(src_w * scale)), max(height, round(src_h * scale))
+
+
+def _centre_crop(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    h, w = img.shape[-3:-1]
+    y0, x0 = (h - height) // 2, (w - width) // 2
+    return img[..., y0:y0 + height, x0:x0 + width, :]
+
+
+def resize_crop(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """frames (T,H0,W0,3) or (H0,W0,3) uint8 → resized to cover W×H (area/bilinear) + centre crop."""
+    import cv2
+
+    single = frames.ndim == 3
+    seq = frames[None] if single else frames
+    h0, w0 = seq.shape[1:3]
+    cw, ch = cover_size(w0, h0, width, height)
+    interp = cv2.INTER_AREA if cw < w0 else cv2.INTER_LINEAR
+    out = np.empty((len(seq), height, width, 3), np.uint8)
+    for i, f in enumerate(seq):
+        r = f if (cw, ch) == (w0, h0) else cv2.resize(f, (cw, ch), interpolation=interp)
+        out[i] = _centre_crop(r, width, height)
+    return out[0] if single else out
+
+
+def _frame_index(frame, stream, fps: float) -> int | None:
+    if frame.pts is None or stream.time_base is None or not fps:
+        return None
+    t0 = stream.start_time or 0
+    return int(round(float((frame.pts - t0) * stream.time_base) * fps))
+
+
+def iter_frames(path: str | Path | bytes, start: int = 0, size: tuple[int, int] | None = None
+                ) -> Iterator[np.ndarray]:
+    """Yield RGB frames (H,W,3) uint8 from frame index ``start`` on.
+
+    ``size=(W, H)``: scale (libswscale, during the RGB conversion) to cover W×H, then centre
+    crop. For ``start > 0`` the demuxer seeks to the key frame before ``start`` and frames are
+    numbered from their timestamps, so a late window does not decode the whole file before it.
+    Decoding stops quietly at the first corrupt packet after at least one frame came out.
+    """
+    import av
+
+    container, name = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        seeked = False
+        if start > 0 and fps and stream.time_base is not None:
+            target = int(start / fps / stream.time_base) + (stream.start_time or 0)
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                seeked = True
+            except av.error.FFmpegError:
+                container.seek(0)
+        counter = 0
+        produced = 0
+        scaled = None
+        try:
+            for frame in container.decode(stream):
+                idx = _frame_index(frame, stream, fps) if seeked else counter
+                if idx is None:  # no timestamps: cannot trust the seek, restart counting
+                    raise _NoTimestamps
+                counter += 1
+                if idx < start:
+                    continue
+                if size is None:
+                    img = frame.to_ndarray(format="rgb24")
+                else:
+                    if scaled is None:
+                        scaled = cover_size(frame.width, frame.height, size[0], size[1])
+                    img = frame.to_ndarray(width=scaled[0], height=scaled[1], format="rgb24",
+                                           interpolation="AREA")
+                    img = np.ascontiguousarray(_centre_crop(img, size[0], size[1]))
+                produced += 1
+                yield img
+        except _NoTimestamps:
+            container.close()
+            for i, img in enumerate(_iter_sequential(path, size)):
+                if i >= start:
+                    produced += 1
+                    yield img
+        except (av.error.FFmpegError, ValueError) as exc:
+            if produced == 0 and start == 0:
+                raise VideoError(UNDECODABLE, f"{name}: {exc}") from exc
+            log.warning("%s: decoding stopped after %d frames: %s", name, produced, exc)
+        if produced == 0 and start == 0:
+            raise VideoError(UNDECODABLE, f"{name}: no frame could be decoded")
+    finally:
+        container.close()
+
+
+class _NoTimestamps(Exception):
+    pass
+
+
+def _iter_sequential(path, size):
+    import av
+
+    container, _ = _open(path)
+    try:
+        stream = container.streams.video[0]
+        try:
+            for frame in container.decode(stream):
+                if size is None:
+                    yield frame.to_ndarray(format="rgb24")
+                else:
+                    cw, ch = cover_size(frame.width, frame.height, size[0], size[1])
+                    img = frame.to_ndarray(width=cw, height=ch, format="rgb24", interpolation="AREA")
+                    yield np.ascontiguousarray(_centre_crop(img, size[0], size[1]))
+        except (av.error.FFmpegError, ValueError):
+            return
+    finally:
+        container.close()
+
+
+def read_frames(path: str | Path | bytes, start: int = 0, count: int | None = None,
+                size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode ``count`` frames (all when None) from ``start`` → (T,H,W,3) uint8.
+
+    ``size=(W, H)`` resizes to cover and centre-crops. Fewer frames come back when the file ends
+    early (the caller checks the length). Raises VideoError(empty_file|undecodable).
+    """
+    out = []
+    for img in iter_frames(path, start=start, size=size):
+        out.append(img)
+        if count is not None and len(out) >= count:
+            break
+    if not out:
+        if start > 0:
+            return np.zeros((0, size[1], size[0], 3) if size else (0, 0, 0, 3), np.uint8)
+        raise VideoError(UNDECODABLE, f"{path if not isinstance(path, bytes) else '<bytes>'}: no frames")
+    return np.stack(out)
+
+
+def read_windows(path: str | Path | bytes, starts: Sequence[int], count: int,
+                 size: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode the file once and yield ``(start, frames (count,H,W,3))`` for each requested window.
+
+    Windows may overlap; only frames inside some window are converted to RGB. Windows the file
+    is too short to fill are not yielded (check ``start`` in the results).
+    """
+    starts = sorted(set(int(s) for s in starts))
+    if not starts:
+        return
+    buf: dict[int, np.ndarray] = {}
+    pending = list(starts)
+    last = starts[-1] + count
+    for idx, img in enumerate(iter_frames(path, start=starts[0], size=size), start=starts[0]):
+        if any(s <= idx < s + count for s in pending):
+            buf[idx] = img
+        while pending and pending[0] + count - 1 <= idx:
+            s = pending.pop(0)
+            yield s, np.stack([buf[i] for i in range(s, s + count)])
+            keep = pending[0] if pending else last
+            for i in [i for i in buf if i < keep]:
+                del buf[i]
+        if idx + 1 >= last:
+            break
+
+
+def _fps_fraction(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _encode(frames: np.ndarray, fps: float, codec: str, pix_fmt: str, options: dict[str, str],
+            in_format: str) -> bytes:
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T,H,W,3) uint8, got {frames.shape} {frames.dtype}")
+    t, h, w, _ = frames.shape
+    if t == 0:
+        raise ValueError("cannot encode zero frames")
+    if pix_fmt == "yuv420p" and (h % 2 or w % 2):
+        raise ValueError(f"yuv420p needs even width and height, got {w}×{h}")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=_fps_fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        stream.options = dict(options)
+        for f in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format=in_format)
+            for pkt in stream.encode(frame):
+                container.mux(pkt)
+        for pkt in stream.encode():
+            container.mux(pkt)
+    return buf.getvalue()
+
+
+def _maybe_write(data: bytes, path: str | Path | None) -> bytes:
+    if path is not None:
+        from trackgo_data.config import atomic_write_bytes
+
+        atomic_write_bytes(path, data)
+    return data
+
+
+def encode_mp4(frames: np.ndarray, path: str | Path | None = None, fps: float = 25.0, crf: int = 17,
+               preset: str = "veryfast") -> bytes:
+    """frames (T,H,W,3) uint8 → H.264 yuv420p mp4 (visually lossless at crf 17).
+
+    Returns the file bytes; also writes them atomically to ``path`` when given. H and W must be even.
+    """
+    opts = {"crf": str(crf), "preset": preset, "threads": "1"}
+    return _maybe_write(_encode(frames, fps, "libx264", "yuv420p", opts, "rgb24"), path)
+
+
+def encode_lossless_rgb(frames: np.ndarray, path: str | Path | None = None, fps: float = 25.0,
+                        preset: str = "ultrafast") -> bytes:
+    """frames (T,H,W,3) uint8 → libx264rgb qp 0 mp4 whose decode equals ``frames`` bit for bit.
+
+    Mostly-black trajectory renders compress very well even with the fastest preset.
+    """
+    opts = {"qp": "0", "preset": preset, "threads": "1"}
+    return _maybe_write(_encode(frames, fps, "libx264rgb", "rgb24", opts, "rgb24"), path)
+
+
+def decode_mp4(path_or_bytes: str | Path | bytes) -> np.ndarray:
+    """Decode a whole mp4 (path or bytes) → (T,H,W,3) uint8 RGB."""
+    return read_frames(path_or_bytes)
+

@@ -1,0 +1,193 @@
+"""``trackgo model init-tiny|stats`` and ``trackgo generate``.
+
+    trackgo model init-tiny --out DIR [--seed 0]
+    trackgo model stats --config svd-xt|tiny
+    trackgo generate --image IMG --masks a.png b.png --arrows x0,y0,x1,y1 x0,y0,x1,y1 \\
+        --checkpoint DIR [--svd PATH] [--frames 14] [--steps 25] [--height H --width W] \\
+        [--tau T] [--motion M] [--seed 0] [--dtype fp32|fp16|bf16] [--device cpu|cuda] \\
+        --out out.mp4 [--preview]
+
+``generate`` turns masks + arrows into point tracks (``trackgo_data.user_input``), scales them to
+the output size, renders P with the one renderer, writes P losslessly next to the output
+(``<out>.trajectory.mp4``, ``out.mp4`` → ``out.trajectory.mp4``) and then samples the video.
+``--preview`` writes ``<out>.preview.png`` (the tracks drawn over the image) and P, and stops
+before any model is loaded. Each command prints one JSON object on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    model = subparsers.add_parser("model", help="tiny model, parameter counts")
+    msub = model.add_subparsers(dest="model_command", required=True)
+
+    p = msub.add_parser("init-tiny", help="write a tiny random-weight TrackGo (SVD layout + TrackGo files)")
+    p.add_argument("--out", required=True, type=Path, help="folder to write (replaced as a whole)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_init_tiny)
+
+    p = msub.add_parser("stats", help="parameter counts on the meta device, as one JSON object")
+    p.add_argument("--config", default="svd-xt", help="UNet preset: svd-xt or tiny")
+    p.set_defaults(func=cmd_stats)
+
+    g = subparsers.add_parser("generate", help="image + masks + arrows → video")
+    g.add_argument("--image", required=True, type=Path, help="first frame (any image format)")
+    g.add_argument("--masks", required=True, nargs="+", type=Path,
+                   help="one binary mask PNG per object, or a single label PNG (0 = background)")
+    g.add_argument("--arrows", required=True, nargs="+",
+                   help="one arrow per mask, x0,y0,x1,y1 (or a polyline x0,y0,x1,y1,x2,y2,…), image pixels")
+    g.add_argument("--checkpoint", type=Path, help="TrackGo checkpoint folder (trackgo_config.json, "
+                   "trackgo.safetensors); not needed with --preview")
+    g.add_argument("--svd", type=Path, help="SVD folder in diffusers layout (default: --checkpoint when "
+                   "it has unet/)")
+    g.add_argument("--out", required=True, type=Path, help="output video (.mp4)")
+    g.add_argument("--frames", type=int, default=14)
+    g.add_argument("--steps", type=int, default=25)
+    g.add_argument("--height", type=int, help="output height (default: the image's)")
+    g.add_argument("--width", type=int, help="output width (default: the image's)")
+    g.add_argument("--tau", type=float, default=None,
+                   help="mask value where A' < alpha (paper's inference knob; default 0)")
+    g.add_argument("--motion", "--strength", dest="motion", type=float, default=1.0,
+                   help="unspecified-region motion strength (1 unchanged, 0 frozen, >1 more)")
+    g.add_argument("--mode", choices=("gated", "paper"), default=None,
+                   help="adapter mode (default: the checkpoint's)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the point sampling and of the noise")
+    g.add_argument("--fps", type=int, default=7, help="SVD fps conditioning and output frame rate")
+    g.add_argument("--motion-bucket-id", type=int, default=127)
+    g.add_argument("--noise-aug-strength", type=float, default=0.02)
+    g.add_argument("--min-guidance", type=float, default=1.0)
+    g.add_argument("--max-guidance", type=float, default=3.0)
+    g.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode (memory)")
+    g.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    g.add_argument("--cpu-offload", action="store_true", help="keep modules on the CPU between uses")
+    g.add_argument("--preview", action="store_true",
+                   help="only write the trajectory overlay (PNG) and P (mp4); no model is run")
+    g.set_defaults(func=cmd_generate)
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def cmd_init_tiny(args: argparse.Namespace) -> int:
+    from trackgo_model.tiny import init_tiny
+
+    out = init_tiny(args.out, seed=args.seed)
+    _emit({"out": str(out), "seed": args.seed})
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from trackgo_model.configs import UNET_PRESETS
+    from trackgo_model.model import count_params
+
+    if args.config not in UNET_PRESETS:
+        raise SystemExit(f"trackgo model stats: unknown --config {args.config!r}; "
+                         f"choose one of {', '.join(sorted(UNET_PRESETS))}")
+    _emit(count_params(args.config))
+    return 0
+
+
+def side_paths(out: Path) -> tuple[Path, Path]:
+    """``out.mp4`` → (``out.trajectory.mp4``, ``out.preview.png``)."""
+    return out.with_suffix(".trajectory.mp4"), out.with_suffix(".preview.png")
+
+
+def prepare_motion(image_path: Path, mask_paths: list[Path], arrows: list[str], num_frames: int,
+                   height: int | None, width: int | None, seed: int):
+    """Image + masks + arrows → (image uint8 (H,W,3) at the output size, tracks (L,N,2) in output
+    pixels, visibility (L,N), components (N,), P uint8 (L,H,W,3))."""
+    import numpy as np
+    from PIL import Image
+
+    from trackgo_data.render import render_trajectories
+    from trackgo_data.user_input import UserInputError, arrows_to_tracks, load_masks, parse_arrow
+
+    if not image_path.is_file():
+        raise UserInputError(f"image not found: {image_path}")
+    with Image.open(image_path) as im:
+        image = im.convert("RGB")
+    w0, h0 = image.size
+    masks = load_masks(mask_paths[0] if len(mask_paths) == 1 else mask_paths, size=(w0, h0))
+    tracks, visibility, components = arrows_to_tracks(masks, [parse_arrow(a) for a in arrows],
+                                                      num_frames, seed)
+    height, width = int(height or h0), int(width or w0)
+    if (width, height) != (w0, h0):
+        image = image.resize((width, height), Image.BICUBIC)
+        tracks = tracks * np.array([width / w0, height / h0], np.float32)
+        visibility = visibility & (tracks[..., 0] >= 0) & (tracks[..., 0] <= width - 1) \
+            & (tracks[..., 1] >= 0) & (tracks[..., 1] <= height - 1)
+    P = render_trajectories(tracks, visibility, components, height, width)
+    return np.asarray(image), tracks, visibility, components, P
+
+
+def _resolve_svd(args: argparse.Namespace) -> Path:
+    if args.svd is not None:
+        return args.svd
+    if args.checkpoint is not None and (args.checkpoint / "unet").is_dir():
+        return args.checkpoint
+    raise SystemExit("trackgo generate: pass --svd PATH (a diffusers Stable Video Diffusion folder); "
+                     f"--checkpoint {args.checkpoint} has no unet/ to use instead")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from trackgo_data.config import atomic_write_bytes
+    from trackgo_data.render import overlay_tracks
+    from trackgo_data.user_input import UserInputError
+    from trackgo_data.video import encode_lossless_rgb, encode_mp4
+
+    if args.checkpoint is None and not args.preview:
+        raise SystemExit("trackgo generate: --checkpoint is required (unless --preview)")
+    if args.frames < 2 or args.steps < 1:
+        raise SystemExit("trackgo generate: --frames must be >= 2 and --steps >= 1")
+    try:
+        image, tracks, vis, comps, P = prepare_motion(args.image, args.masks, args.arrows, args.frames,
+                                                       args.height, args.width, args.seed)
+    except UserInputError as exc:
+        raise SystemExit(f"trackgo generate: {exc}") from None
+    traj_path, preview_path = side_paths(args.out)
+    encode_lossless_rgb(P, traj_path, fps=args.fps)
+    result = {"trajectory": str(traj_path), "frames": int(P.shape[0]), "height": int(P.shape[1]),
+              "width": int(P.shape[2]), "points": int(tracks.shape[1])}
+    if args.preview:
+        import io
+
+        buf = io.BytesIO()
+        Image.fromarray(overlay_tracks(image, tracks, vis, comps)).save(buf, format="PNG")
+        atomic_write_bytes(preview_path, buf.getvalue())
+        result["preview"] = str(preview_path)
+        _emit(result)
+        return 0
+
+    import torch
+
+    from trackgo_model.pipeline import TrackGoPipeline
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = TrackGoPipeline.from_pretrained(_resolve_svd(args), args.checkpoint, torch_dtype=args.dtype,
+                                           device=device, enable_model_cpu_offload=args.cpu_offload)
+    t0 = time.perf_counter()
+    frames = pipe(image, P, num_frames=args.frames, height=P.shape[1], width=P.shape[2],
+                  num_inference_steps=args.steps, min_guidance_scale=args.min_guidance,
+                  max_guidance_scale=args.max_guidance, fps=args.fps,
+                  motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
+                  decode_chunk_size=args.decode_chunk_size, seed=args.seed, tau=args.tau,
+                  motion=args.motion, mode=args.mode, progress=log.isEnabledFor(logging.INFO))
+    seconds = time.perf_counter() - t0
+    encode_mp4(frames, args.out, fps=args.fps)
+    log.info("wrote %s (%d frames, %.1f s sampling)", args.out, len(frames), seconds)
+    result.update({"video": str(args.out), "seconds": round(seconds, 3), "device": device})
+    _emit(result)
+    return 0

@@ -1,0 +1,182 @@
+"""Stable Video Diffusion conditioning, shared by training and inference.
+
+SVD is conditioned on the first frame in three ways (see ``shared/spec/svd.md``):
+
+* a CLIP image embedding (one token) fed as ``encoder_hidden_states``;
+* the first frame, with a little Gaussian pixel noise (``noise_aug_strength``), VAE-encoded and
+  **not** multiplied by the VAE scaling factor, repeated over frames and concatenated with the
+  noisy latents on the channel axis (UNet ``in_channels`` = 4 + 4);
+* ``added_time_ids`` = ``[fps - 1, motion_bucket_id, noise_aug_strength]``.
+
+TrackGo adds the rendered trajectory video ``P`` as a fourth condition
+(:func:`trajectory_to_tensor`). Everything here is plain torch; images are float tensors in
+``[-1, 1]`` laid out ``(B, 3, H, W)`` and videos ``(B, F, 3, H, W)``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# OpenAI CLIP pixel statistics; used when no CLIPImageProcessor is given.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_SIZE = 224
+
+
+def _module_dtype(module: torch.nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def clip_preprocess(images: torch.Tensor, feature_extractor: Any | None = None) -> torch.Tensor:
+    """Resize to the CLIP input size and normalise, in torch (no PIL round trip).
+
+    images: (B, 3, H, W) float in [-1, 1]. Returns (B, 3, S, S) float32 normalised with the
+    processor's ``image_mean``/``image_std`` (OpenAI CLIP statistics when ``feature_extractor`` is
+    None), where S is the processor's crop/resize size (224 for SVD).
+
+    Resizing is bicubic with antialiasing, done in [-1, 1] before mapping to [0, 1], as SVD does.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    size = CLIP_SIZE
+    mean, std = CLIP_MEAN, CLIP_STD
+    if feature_extractor is not None:
+        mean = tuple(feature_extractor.image_mean)
+        std = tuple(feature_extractor.image_std)
+        crop = getattr(feature_extractor, "crop_size", None)
+        if isinstance(crop, dict) and "height" in crop:
+            size = int(crop["height"])
+    x = images.float()
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    x = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def encode_image_clip(image_encoder: torch.nn.Module, feature_extractor: Any | None,
+                      images: torch.Tensor) -> torch.Tensor:
+    """CLIP image token for the cross-attention.
+
+    image_encoder: a ``CLIPVisionModelWithProjection``; images: (B, 3, H, W) float in [-1, 1].
+    Returns (B, 1, D) in the encoder's dtype, D = its ``projection_dim``.
+    """
+    pixels = clip_preprocess(images, feature_extractor)
+    pixels = pixels.to(device=_module_device(image_encoder), dtype=_module_dtype(image_encoder))
+    embeds = image_encoder(pixel_values=pixels).image_embeds
+    return embeds.unsqueeze(1)
+
+
+def encode_condition_latents(vae: torch.nn.Module, images: torch.Tensor, noise_aug_strength: float,
+                             generator: torch.Generator | None = None, *,
+                             sample_posterior: bool = False) -> torch.Tensor:
+    """Latents of the (noise-augmented) first frame, the UNet's extra 4 input channels.
+
+    images: (B, 3, H, W) float in [-1, 1]. Adds ``noise_aug_strength * N(0, 1)`` pixel noise drawn
+    from ``generator``, VAE-encodes and takes the posterior mode (``sample_posterior=True`` draws
+    from it instead). Returns (B, 4, H/8, W/8), **not** scaled by ``vae.config.scaling_factor``.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    noise = randn_tensor(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    x = images + float(noise_aug_strength) * noise
+    x = x.to(device=_module_device(vae), dtype=_module_dtype(vae))
+    dist = vae.encode(x).latent_dist
+    return dist.sample(generator) if sample_posterior else dist.mode()
+
+
+def encode_video_latents(vae: torch.nn.Module, video: torch.Tensor, chunk: int = 8, *,
+                         sample_posterior: bool = False,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Diffusion-space latents of a video (the training target x0).
+
+    video: (B, F, 3, H, W) float in [-1, 1]. Encodes ``chunk`` frames at a time (memory), takes the
+    posterior mode (or a sample) and multiplies by ``vae.config.scaling_factor``.
+    Returns (B, F, 4, H/8, W/8).
+    """
+    if video.ndim != 5 or video.shape[2] != 3:
+        raise ValueError(f"video must be (B, F, 3, H, W), got {tuple(video.shape)}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    b, f = video.shape[:2]
+    flat = video.flatten(0, 1).to(device=_module_device(vae), dtype=_module_dtype(vae))
+    parts = []
+    for i in range(0, flat.shape[0], chunk):
+        dist = vae.encode(flat[i:i + chunk]).latent_dist
+        parts.append(dist.sample(generator) if sample_posterior else dist.mode())
+    latents = torch.cat(parts) * vae.config.scaling_factor
+    return latents.reshape(b, f, *latents.shape[1:])
+
+
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor, num_frames: int,
+                   decode_chunk_size: int = 14) -> torch.Tensor:
+    """Decode diffusion-space latents back to frames.
+
+    latents: (B, F, 4, h, w) scaled by ``vae.config.scaling_factor`` (F == num_frames). The
+    temporal decoder mixes frames inside one call, so chunks never straddle two videos.
+    Returns (B, F, 3, 8h, 8w) float32, nominally in [-1, 1] (not clamped).
+    """
+    if latents.ndim != 5 or latents.shape[1] != num_frames:
+        raise ValueError(f"latents must be (B, {num_frames}, C, h, w), got {tuple(latents.shape)}")
+    if decode_chunk_size < 1:
+        raise ValueError(f"decode_chunk_size must be >= 1, got {decode_chunk_size}")
+    device, dtype = _module_device(vae), _module_dtype(vae)
+    scaled = latents / vae.config.scaling_factor
+    videos = []
+    for video in scaled:
+        frames = []
+        for i in range(0, num_frames, decode_chunk_size):
+            z = video[i:i + decode_chunk_size].to(device=device, dtype=dtype)
+            frames.append(vae.decode(z, num_frames=z.shape[0]).sample.float())
+        videos.append(torch.cat(frames))
+    return torch.stack(videos)
+
+
+def make_added_time_ids(fps: float, motion_bucket_id: float, noise_aug_strength: float, batch: int,
+                        dtype: torch.dtype = torch.float32,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+    """SVD's micro-conditioning: (batch, 3) rows ``[fps - 1, motion_bucket_id, noise_aug_strength]``."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    row = torch.tensor([float(fps) - 1.0, float(motion_bucket_id), float(noise_aug_strength)],
+                       dtype=dtype, device=device)
+    return row.unsqueeze(0).repeat(batch, 1)
+
+
+def guidance_scales(min_guidance_scale: float, max_guidance_scale: float, num_frames: int) -> torch.Tensor:
+    """Frame-wise classifier-free guidance weights: (num_frames,) linear from min (frame 0) to max."""
+    return torch.linspace(float(min_guidance_scale), float(max_guidance_scale), int(num_frames))
+
+
+def image_to_tensor(image: Any) -> torch.Tensor:
+    """PIL image or uint8 (H, W, 3) array → (1, 3, H, W) float32 in [-1, 1]."""
+    arr = np.array(image.convert("RGB")) if hasattr(image, "convert") else np.array(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"image must be RGB uint8 (H, W, 3), got dtype {arr.dtype} shape {arr.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
+    return (t / 127.5 - 1.0).unsqueeze(0)
+
+
+def trajectory_to_tensor(P: Any) -> torch.Tensor:
+    """Rendered trajectory video P: uint8 (L, H, W, 3) → (1, L, 3, H, W) float32 in [-1, 1]."""
+    if isinstance(P, torch.Tensor):
+        P = P.detach().cpu().numpy()
+    P = np.asarray(P)
+    if P.ndim != 4 or P.shape[-1] != 3 or P.dtype != np.uint8:
+        raise ValueError(f"trajectories P must be uint8 (L, H, W, 3), got dtype {P.dtype} shape {P.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(P)).permute(0, 3, 1, 2).float()
+    return (t / 127.5 - 1.0).unsqueeze(0)

@@ -1,0 +1,304 @@
+"""TrackGo model assembly: a SVD UNet + trajectory encoder + TrackAdapters (spec §3–5).
+
+    unet = build_unet("tiny", device="cpu")           # or a pretrained SVD UNet
+    model = TrackGoUNet.from_unet(unet, TrackGoConfig())
+    out = model(sample, t, clip_tokens, added_time_ids, trajectories=P)   # (B, F, 4, h, w)
+    model.save_trackgo("ckpt/"); model = load_trackgo(fresh_unet, "ckpt/")
+
+Only TrackGo's own tensors are saved (encoder, adapters and, when trained, the temporal attn1
+to_q/to_k/to_v); the SVD UNet itself comes from its own checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from trackgo_data.config import atomic_write_bytes, atomic_write_json
+
+from .adapter import TrackContext, install_track_adapters, remove_track_adapters, restore_track_adapters
+from .configs import MODES, TrackGoConfig, unet_config
+from .encoder import TrajectoryEncoder
+from .losses import attention_loss
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "trackgo_config.json"
+WEIGHTS_NAME = "trackgo.safetensors"
+FORMAT = "trackgo-checkpoint-v1"
+
+
+def build_unet(preset_or_config: str | dict[str, Any] = "tiny", device: str | torch.device = "meta",
+               dtype: torch.dtype | None = None):
+    """A randomly initialised ``UNetSpatioTemporalConditionModel`` from a preset name or config.
+
+    On ``device="meta"`` no memory is allocated (parameter counts, adapter placement).
+    """
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    with torch.device(device):
+        unet = UNetSpatioTemporalConditionModel(**unet_config(preset_or_config))
+    if dtype is not None and dtype != unet.dtype:
+        unet = unet.to(dtype)
+    return unet
+
+
+@dataclass
+class EncodedTrajectories:
+    """Encoder trunk of a trajectory video, reusable across denoising steps.
+
+    trunk: (B·F, C, h0, w0) with batch-major rows; batch, frames: B and F.
+    """
+
+    trunk: torch.Tensor
+    batch: int
+    frames: int
+
+    def repeat(self, n: int) -> "EncodedTrajectories":
+        """Stack ``n`` copies along the batch (as ``torch.cat([x] * n)`` does for the sample)."""
+        return EncodedTrajectories(torch.cat([self.trunk] * n), self.batch * n, self.frames)
+
+
+class TrackGoUNet(nn.Module):
+    """SVD UNet with a TrackAdapter on every temporal attn1 and the trajectory encoder.
+
+    Attributes: ``unet`` (the diffusers model; adapters live inside it as the attn1
+    processors), ``encoder``, ``adapters`` ({module path: processor}), ``context``, ``cfg``.
+    """
+
+    def __init__(self, unet, cfg: TrackGoConfig | dict | None = None) -> None:
+        super().__init__()
+        if isinstance(cfg, dict) or cfg is None:
+            cfg = TrackGoConfig.from_dict(cfg)
+        self.cfg = cfg
+        self.unet = unet
+        self.context = TrackContext.from_config(cfg)
+        self.adapters = install_track_adapters(unet, self.context, cfg)
+        widths = sorted({a.width for a in self.adapters.values()})
+        p = next(unet.parameters())
+        with torch.device(p.device):
+            self.encoder = TrajectoryEncoder(widths, cfg.encoder).to(p.dtype)
+        self._motion_masks: torch.Tensor | None = None
+
+    @classmethod
+    def from_unet(cls, unet, cfg: TrackGoConfig | dict | None = None) -> "TrackGoUNet":
+        return cls(unet, cfg)
+
+    # -- properties the pipeline reads ---------------------------------------------------------
+    @property
+    def config(self):
+        return self.unet.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    # -- forward -------------------------------------------------------------------------------
+    def encode(self, trajectories: torch.Tensor) -> EncodedTrajectories:
+        """P (B, F, 3, H, W) (float in [−1, 1] or uint8) → reusable :class:`EncodedTrajectories`."""
+        if trajectories.ndim != 5:
+            raise ValueError(f"trajectories must be (B, F, 3, H, W); got {tuple(trajectories.shape)}")
+        b, f = trajectories.shape[:2]
+        return EncodedTrajectories(self.encoder.trunk(trajectories.to(self.device)), b, f)
+
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                added_time_ids: torch.Tensor, trajectories: torch.Tensor | EncodedTrajectories | None = None,
+                motion_masks: torch.Tensor | None = None, collect_attention: bool = False) -> torch.Tensor:
+        """One UNet evaluation.
+
+        Args:
+            sample: (B, F, 8, h, w) noisy latents ⊕ conditioning-image latents.
+            timestep: scalar or (B,) continuous timestep (0.25·ln σ).
+            encoder_hidden_states: (B, 1, D) CLIP image token.
+            added_time_ids: (B, 3) [fps − 1, motion_bucket_id, noise_aug_strength].
+            trajectories: P (B, F, 3, 8h, 8w) or ``encode(P)``; its batch must equal the
+                sample's (for classifier-free guidance duplicate it like the sample). None: the
+                adapters are bypassed and the output is the bare UNet's.
+            motion_masks: (B, F, h′, w′) moving-component masks kept for :meth:`attention_loss`.
+            collect_attention: record A(i, i) of every temporal layer (``attention_maps()``).
+
+        Returns: (B, F, 4, h, w) UNet output.
+        """
+        if sample.ndim != 5:
+            raise ValueError(f"sample must be (B, F, C, h, w); got {tuple(sample.shape)}")
+        bsz, frames, _, h, w = sample.shape
+        enc = None
+        if trajectories is not None:
+            if isinstance(trajectories, torch.Tensor):
+                expect = (bsz, frames, trajectories.shape[2], 8 * h, 8 * w)
+                if tuple(trajectories.shape) != expect:
+                    raise ValueError(
+                        f"trajectories have shape {tuple(trajectories.shape)}; the sample needs {expect} "
+                        "(same batch — duplicate for guidance — same frames, 8× the latent size)"
+                    )
+                enc = self.encode(trajectories)
+            else:
+                enc = trajectories
+            if (enc.batch, enc.frames) != (bsz, frames):
+                raise ValueError(f"encoded trajectories are for (B, F) = {(enc.batch, enc.frames)}, "
+                                 f"the sample is {(bsz, frames)}")
+        self._motion_masks = motion_masks
+        self.context.begin(batch=bsz, frames=frames, latent_hw=(h, w), collect=collect_attention,
+                           encoder=self.encoder if enc is not None else None,
+                           trunk=enc.trunk if enc is not None else None)
+        try:
+            return self.unet(sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False)[0]
+        finally:
+            self.context.end()
+
+    def attention_maps(self) -> list:
+        """``CollectedMap``s of the last forward with ``collect_attention=True`` (model order)."""
+        return [self.context.collected[p] for p in self.adapters if p in self.context.collected]
+
+    def attention_loss(self, motion_masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Unweighted L_attn (Eq. 8) of the last collected maps; multiply by ``cfg.attn_loss.weight``."""
+        masks = motion_masks if motion_masks is not None else self._motion_masks
+        if masks is None:
+            raise ValueError("attention_loss needs motion masks (pass them here or to forward)")
+        return attention_loss(self.attention_maps(), masks, normalisation=self.cfg.attn_loss.normalisation,
+                              pooling=self.cfg.encoder.pooling)
+
+    def set_inference(self, tau: float | None = None, motion: float = 1.0, mode: str | None = None) -> None:
+        """Inference knobs: τ (None → 0), unspecified-region motion strength, and optionally the mode."""
+        if motion < 0:
+            raise ValueError(f"motion must be >= 0, got {motion}")
+        if mode is not None and mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.context.tau, self.context.motion = tau, float(motion)
+        if mode is not None:
+            self.context.mode = mode
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.unet.enable_gradient_checkpointing()
+
+    @contextlib.contextmanager
+    def without_adapters(self) -> Iterator[Any]:
+        """Temporarily restore the stock processors (e.g. ``unet.save_pretrained``); yields the UNet."""
+        removed = remove_track_adapters(self.unet)
+        try:
+            yield self.unet
+        finally:
+            restore_track_adapters(self.unet, removed)
+
+    # -- parameter groups ---------------------------------------------------------------------
+    def named_group_parameters(self, groups: tuple[str, ...] | list[str] | None = None) -> dict[str, nn.Parameter]:
+        """{checkpoint key: parameter} of the groups (default ``cfg.trainable``).
+
+        encoder → ``encoder.*``; adapter → ``adapters.<path>.{to_q_prime,to_k_prime,gate}``;
+        temporal_qkv → ``unet.<path>.to_{q,k,v}.*`` of every adapted attn1.
+        """
+        groups = tuple(self.cfg.trainable if groups is None else groups)
+        out: dict[str, nn.Parameter] = {}
+        for g in groups:
+            if g == "encoder":
+                out.update({f"encoder.{n}": p for n, p in self.encoder.named_parameters()})
+            elif g == "adapter":
+                for path, a in self.adapters.items():
+                    out.update({f"adapters.{path}.{n}": p for n, p in a.named_parameters()})
+            elif g == "temporal_qkv":
+                for path in self.adapters:
+                    attn = self.unet.get_submodule(path)
+                    for lin in ("to_q", "to_k", "to_v"):
+                        for n, p in getattr(attn, lin).named_parameters():
+                            out[f"unet.{path}.{lin}.{n}"] = p
+            else:
+                raise ValueError(f"unknown parameter group {g!r}")
+        return out
+
+    def trainable_parameters(self, groups: tuple[str, ...] | list[str] | None = None) -> list[nn.Parameter]:
+        return list(self.named_group_parameters(groups).values())
+
+    def freeze_for_training(self, cfg: TrackGoConfig | None = None) -> list[nn.Parameter]:
+        """requires_grad only on ``cfg.trainable`` groups (default: this model's config); returns them."""
+        params = self.trainable_parameters((cfg or self.cfg).trainable)
+        self.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def added_parameters(self) -> int:
+        """Encoder + adapters (W′_q, W′_k, gates): the parameters TrackGo adds to SVD."""
+        return sum(p.numel() for p in self.named_group_parameters(("encoder", "adapter")).values())
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _checkpoint_groups(self) -> tuple[str, ...]:
+        return ("encoder", "adapter") + (("temporal_qkv",) if "temporal_qkv" in self.cfg.trainable else ())
+
+    def save_trackgo(self, directory: str | Path) -> Path:
+        """Write ``trackgo.safetensors`` (TrackGo tensors only) and ``trackgo_config.json``, atomically."""
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        tensors = {k: p.detach().to("cpu").contiguous() for k, p in self.named_group_parameters(
+            self._checkpoint_groups()).items()}
+        atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+        atomic_write_json(directory / CONFIG_NAME, {
+            "format": FORMAT,
+            "trackgo": self.cfg.to_dict(),
+            "num_adapters": len(self.adapters),
+            "adapter_widths": list(self.encoder.widths),
+            "groups": list(self._checkpoint_groups()),
+        })
+        log.info("saved %d TrackGo tensors to %s", len(tensors), directory)
+        return directory
+
+    def load_trackgo(self, directory: str | Path) -> "TrackGoUNet":
+        """Load TrackGo tensors saved by :meth:`save_trackgo` (strict: same keys and shapes)."""
+        from safetensors.torch import load_file
+
+        meta = read_trackgo_config(directory)
+        if meta["num_adapters"] != len(self.adapters):
+            raise ValueError(f"{directory}: checkpoint has {meta['num_adapters']} adapters, this UNet {len(self.adapters)}")
+        state = load_file(str(Path(directory) / WEIGHTS_NAME))
+        params = self.named_group_parameters(self._checkpoint_groups())
+        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"{directory}: checkpoint keys do not match this model; "
+                             f"missing {missing[:5]}{'…' if len(missing) > 5 else ''} "
+                             f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}")
+        with torch.no_grad():
+            for k, p in params.items():
+                if tuple(state[k].shape) != tuple(p.shape):
+                    raise ValueError(f"{directory}: {k} has shape {tuple(state[k].shape)}, model {tuple(p.shape)}")
+                p.copy_(state[k])
+        return self
+
+
+def read_trackgo_config(directory: str | Path) -> dict[str, Any]:
+    """The parsed ``trackgo_config.json`` of a checkpoint dir (clear error when files are missing)."""
+    directory = Path(directory)
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{directory} is not a TrackGo checkpoint: missing {', '.join(missing)} "
+            f"(supply a directory written by save_trackgo / `trackgo train`)"
+        )
+    meta = json.loads((directory / CONFIG_NAME).read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{directory / CONFIG_NAME}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_trackgo(unet, directory: str | Path) -> TrackGoUNet:
+    """Wrap ``unet`` (e.g. the pretrained SVD UNet) with the TrackGo checkpoint in ``directory``."""
+    meta = read_trackgo_config(directory)
+    return TrackGoUNet(unet, TrackGoConfig.from_dict(meta["trackgo"])).load_trackgo(directory)
+
+
+def count_params(preset_or_config: str | dict[str, Any] = "svd-xt", cfg: TrackGoConfig | None = None) -> dict[str, int]:
+    """Exact counts on the meta device: {"unet_params", "added_params", "num_adapters"}."""
+    unet = build_unet(preset_or_config, device="meta")
+    unet_params = sum(p.numel() for p in unet.parameters())
+    model = TrackGoUNet(unet, cfg)
+    return {"unet_params": unet_params, "added_params": model.added_parameters(),
+            "num_adapters": len(model.adapters)}

@@ -1,0 +1,218 @@
+"""Typed training configuration (``trackgo train --config NAME_OR_FILE key=value …``).
+
+A config is a YAML file whose keys mirror :class:`TrainConfig`; unknown keys are rejected with
+the full dotted name. ``--config NAME`` resolves to ``trackgo_model/configs/NAME.yaml`` (shipped
+with the package: ``svd-xt-paper``, ``tiny-cpu``); anything else is read as a file path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trackgo_data.config import ConfigError, apply_overrides, config_from_dict, load_yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SVD_PATH_ENV = "TRACKGO_SVD_PATH"
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+DISTRIBUTED = ("ddp", "fsdp", "deepspeed_zero2")
+SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
+PROGRESS = ("tqdm", "rich", "none")
+
+
+@dataclass
+class ModelConfig:
+    # Folder in diffusers layout (unet/, vae/, image_encoder/, feature_extractor/) of SVD(-xt).
+    # Falls back to the TRACKGO_SVD_PATH environment variable. Ignored when ``tiny`` is true.
+    svd_path: str | None = None
+    # Use the tiny random-initialised SVD-layout model (created under <run_dir>/tiny-model if absent).
+    tiny: bool = False
+    tiny_seed: int = 0
+    tiny_dir: str = ""  # where the tiny model lives / is created (default <run_dir>/tiny-model)
+    # Overrides for trackgo_model.configs.TrackGoConfig (encoder/adapter settings), by field name.
+    trackgo: dict = field(default_factory=dict)
+    # Ablation "no attention mask": the adapter's AM term is switched off (A′ still added).
+    attention_mask: bool = True
+    # Which parameter groups train; the rest of the UNet stays frozen.
+    # Groups: "encoder", "adapter" (W′_q, W′_k, gates), "temporal_qkv" (temporal attn1 W_q/W_k/W_v).
+    trainable: tuple[str, ...] = ("encoder", "adapter", "temporal_qkv")
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.trainable:
+            raise ValueError("model.trainable must name at least one parameter group")
+
+
+@dataclass
+class DataConfig:
+    # A folder of *.tar shards, a glob, or a brace-expanded webdataset URL.
+    shards: str = "data/sample/shards"
+    width: int = 1024
+    height: int = 576
+    num_frames: int = 25
+    batch_size: int = 1  # per device and micro-step
+    num_workers: int = 0
+    shuffle_buffer: int = 64
+    resampled: bool = True
+    # Used when a sample's metadata has no fps; SVD's micro-conditioning uses fps − 1.
+    fps: float = 7.0
+    motion_bucket_id: float = 127.0
+    # The last N shards (sorted by name) are held out for validation when there are more than N.
+    val_holdout_shards: int = 1
+
+    def __post_init__(self) -> None:
+        if self.width % 8 or self.height % 8:
+            raise ValueError(f"data.width/height must be multiples of 8, got {self.width}x{self.height}")
+        if self.num_frames < 2 or self.batch_size < 1:
+            raise ValueError("data.num_frames must be >= 2 and data.batch_size >= 1")
+
+
+@dataclass
+class ObjectiveConfig:
+    # ln σ ~ N(p_mean, p_std²) for the training noise level.
+    p_mean: float = 0.7
+    p_std: float = 1.6
+    # ln σ_cond ~ N(cond_log_mean, cond_log_std²): pixel noise on the first frame = noise_aug_strength.
+    cond_log_mean: float = -3.0
+    cond_log_std: float = 0.5
+    # Conditioning dropout for classifier-free guidance (independent draws per sample).
+    drop_clip_prob: float = 0.1
+    drop_image_prob: float = 0.1
+    # λ in L = L_mse + λ·L_attn (Eq. 9); not given by the paper. With the default "mean"
+    # normalisation of losses.attention_loss, λ = 1 puts λ·L_attn at the order of L_mse at the
+    # start. 0 disables the attention loss (ablation "no attention loss").
+    attn_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("drop_clip_prob", "drop_image_prob"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"objective.{name} must be in [0, 1], got {v}")
+        if self.attn_loss_weight < 0:
+            raise ValueError("objective.attn_loss_weight must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2
+    eps: float = 1e-8
+    scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"optim.scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+
+
+@dataclass
+class EMAConfig:
+    enabled: bool = True
+    decay: float = 0.9999
+    # Export EMA weights into checkpoint-XXXX/trackgo/ (else the raw weights).
+    export_ema: bool = True
+
+
+@dataclass
+class ValidationConfig:
+    every: int = 0  # steps; 0 = off
+    num_samples: int = 2
+    num_inference_steps: int = 25
+    seed: int = 1234
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 3.0
+
+
+@dataclass
+class TrainConfig:
+    name: str = "custom"
+    run_dir: str = ""  # default runs/<name>
+    seed: int = 0
+    max_steps: int = 18000
+    global_batch_size: int = 8  # = data.batch_size × processes × gradient accumulation
+    mixed_precision: str = "bf16"
+    distributed: str = "ddp"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3  # 0 keeps all
+    log_every: int = 10
+    max_nonfinite_steps: int = 5  # stop after this many non-finite steps in a row
+    progress: str = "tqdm"
+    cache_latents: bool = False  # reserved: VAE-latent cache per shard (not implemented yet)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # YAML reads an unquoted `no` as false
+            self.mixed_precision = "no"
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.distributed not in DISTRIBUTED:
+            raise ValueError(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
+        if self.progress not in PROGRESS:
+            raise ValueError(f"progress must be one of {PROGRESS}, got {self.progress!r}")
+        if self.max_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("max_steps, checkpoint_every and log_every must be >= 1")
+        if self.cache_latents:
+            raise ValueError("cache_latents is not implemented yet; set cache_latents=false")
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+    def gradient_accumulation(self, num_processes: int) -> int:
+        """Micro-steps per optimizer step so that global_batch_size is met exactly."""
+        per_step = self.data.batch_size * num_processes
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of "
+                f"data.batch_size {self.data.batch_size} × {num_processes} process(es)"
+            )
+        return self.global_batch_size // per_step
+
+    def resolved_svd_path(self) -> Path:
+        """The SVD folder from config or $TRACKGO_SVD_PATH; one clear error when neither is set."""
+        raw = self.model.svd_path or os.environ.get(SVD_PATH_ENV)
+        if not raw:
+            raise ConfigError(
+                f"config {self.name!r} needs the Stable Video Diffusion weights: set model.svd_path=/path/to/"
+                f"stable-video-diffusion-img2vid-xt (a diffusers folder with unet/, vae/, image_encoder/, "
+                f"feature_extractor/) or export {SVD_PATH_ENV}=/that/path. Nothing is downloaded. "
+                f"To train the tiny random model without weights run: make train CONFIG=tiny-cpu"
+            )
+        path = Path(raw).expanduser()
+        missing = [d for d in ("unet", "vae", "image_encoder", "feature_extractor") if not (path / d).is_dir()]
+        if missing:
+            raise ConfigError(
+                f"SVD folder {path} is missing {', '.join(missing)}/ — point model.svd_path (or "
+                f"{SVD_PATH_ENV}) at a diffusers-layout stable-video-diffusion-img2vid-xt folder"
+            )
+        return path
+
+
+def resolve_config_path(name_or_file: str) -> Path:
+    """``tiny-cpu`` → the packaged YAML; an existing path → itself."""
+    packaged = CONFIG_DIR / f"{name_or_file}.yaml"
+    if packaged.is_file():
+        return packaged
+    path = Path(name_or_file)
+    if path.is_file():
+        return path
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"no training config {name_or_file!r}: use one of {names} or a YAML file path")
+
+
+def load_train_config(name_or_file: str, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a config by name or path, apply ``dotted.key=value`` overrides, validate."""
+    path = resolve_config_path(name_or_file)
+    data: dict[str, Any] = load_yaml(path)
+    data.setdefault("name", path.stem)
+    apply_overrides(data, list(overrides or []))
+    return config_from_dict(TrainConfig, data)

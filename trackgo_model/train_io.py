@@ -1,0 +1,273 @@
+"""What the training loop reads and writes besides tensors: models, shards, validation videos.
+
+* :func:`load_components` — the frozen SVD parts (VAE, CLIP image encoder) and the TrackGoUNet,
+  from a local SVD folder or from the tiny random model (created on first use); never downloads.
+* :func:`shard_urls` / :func:`data_stream` — the training and held-out shard lists and a
+  deterministic, resumable batch stream (see "data position" below).
+* :func:`write_validation` — generated mp4 + side-by-side (real | generated | P) per held-out sample.
+
+Data position. The stream of batches is cut into segments of ``checkpoint_every`` optimizer
+steps. Segment ``s`` (starting at step ``s·checkpoint_every``) reads a fresh webdataset pipeline
+seeded from (seed, segment start, rank). Every checkpoint therefore starts a new segment, and a
+run resumed at step ``t`` rebuilds the segment that contains ``t`` and skips the
+``(t − start)·accumulation`` micro-batches already consumed — at most one segment, never the
+whole history — and sees exactly the batches an uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from trackgo_data.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class MissingShardsError(ConfigError):
+    """No training shards where the config points."""
+
+
+@dataclass
+class Components:
+    model: torch.nn.Module  # TrackGoUNet
+    vae: torch.nn.Module
+    image_encoder: torch.nn.Module
+    feature_extractor: Any
+    scheduler: Any
+    source: Path  # the SVD-layout folder the frozen parts came from
+
+
+def trackgo_config_for(cfg) -> "Any":
+    """TrackGoConfig from ``model.trackgo`` overrides plus the training switches (λ, groups, mask)."""
+    from trackgo_model.configs import TrackGoConfig
+
+    data = dict(cfg.model.trackgo)
+    data["trainable"] = list(cfg.model.trainable)
+    data.setdefault("attn_loss", {})
+    data["attn_loss"] = {**data["attn_loss"], "weight": float(cfg.objective.attn_loss_weight)}
+    if not cfg.model.attention_mask:  # ablation: AM ≡ 0, the original branch is never masked
+        data["mask_value"] = 0.0
+        data["tau"] = None
+    return TrackGoConfig.from_dict(data)
+
+
+def load_components(cfg, run_dir: Path) -> Components:
+    """Frozen SVD parts + a TrackGoUNet to train (weights: SVD folder, or the tiny model)."""
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
+    from diffusers import UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from trackgo_model.model import TrackGoUNet
+
+    tg_cfg = trackgo_config_for(cfg)
+    if cfg.model.tiny:
+        folder = Path(cfg.model.tiny_dir) if cfg.model.tiny_dir else run_dir / "tiny-model"
+        if not (folder / "unet").is_dir():
+            from trackgo_model.tiny import init_tiny
+
+            log.info("creating the tiny random model in %s", folder)
+            init_tiny(folder, seed=cfg.model.tiny_seed)
+    else:
+        folder = cfg.resolved_svd_path()
+    kw = {"local_files_only": True}
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", **kw)
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", **kw)
+    image_encoder = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", **kw)
+    feature_extractor = CLIPImageProcessor.from_pretrained(folder / "feature_extractor", **kw)
+    scheduler = EulerDiscreteScheduler.from_pretrained(folder / "scheduler", **kw)
+    # Fresh adapters + encoder, deterministic given the run seed.
+    state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.seed)
+    try:
+        model = TrackGoUNet.from_unet(unet, tg_cfg)
+    finally:
+        torch.random.set_rng_state(state)
+    init = folder / "trackgo.safetensors"
+    if cfg.model.tiny and init.is_file():
+        # The tiny folder's TrackGo weights are small random values (not SVD's zero start), so the
+        # trajectories influence the output from step 0 as they would in a trained model.
+        from safetensors.torch import load_file
+
+        params = model.named_group_parameters(("encoder", "adapter", "temporal_qkv"))
+        state = load_file(str(init))
+        unknown = sorted(set(state) - set(params))
+        if unknown:
+            raise ValueError(f"{init}: tensors this model does not have: {unknown[:5]}")
+        with torch.no_grad():
+            for k, v in state.items():
+                params[k].copy_(v)
+    vae.requires_grad_(False).eval()
+    image_encoder.requires_grad_(False).eval()
+    return Components(model, vae, image_encoder, feature_extractor, scheduler, folder)
+
+
+def _expand(spec: str) -> list[str]:
+    p = Path(spec)
+    if p.is_dir():
+        return sorted(str(x) for x in p.glob("*.tar"))
+    if any(c in spec for c in "*?["):
+        return sorted(glob.glob(spec))
+    if "{" in spec:
+        import braceexpand
+
+        return list(braceexpand.braceexpand(spec))
+    return [spec] if p.is_file() else []
+
+
+def shard_urls(cfg) -> tuple[list[str], list[str]]:
+    """(training shards, held-out validation shards) from ``data.shards``.
+
+    The last ``val_holdout_shards`` shards are held out when more than that many exist; with fewer,
+    validation reuses the first training samples (logged).
+    """
+    urls = _expand(cfg.data.shards)
+    if not urls:
+        raise MissingShardsError(
+            f"no training shards at {cfg.data.shards!r}: build them first with `make dataset` "
+            f"(writes data/sample/shards/*.tar) or set data.shards=/path/to/shards"
+        )
+    n = cfg.data.val_holdout_shards
+    if n > 0 and len(urls) > n:
+        return urls[:-n], urls[-n:]
+    if n > 0:
+        log.warning("only %d shard(s): validation samples are not held out", len(urls))
+    return urls, urls
+
+
+def segment_seed(seed: int, segment_start: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, segment_start, rank]).generate_state(1)[0])
+
+
+class DataStream:
+    """Endless batches of ``data.batch_size`` for one rank and one data segment.
+
+    With ``resampled`` shards the webdataset pipeline never ends; otherwise a new pass (epoch) is
+    started, seeded from (segment seed, epoch), whenever one is exhausted. ``skip_batches`` are
+    read and discarded first (resuming inside a segment). ``stats.skipped`` counts corrupt samples
+    skipped by the loader over all passes.
+    """
+
+    def __init__(self, cfg, urls: list[str], *, seed: int, resampled: bool, shuffle: int,
+                 skip_batches: int = 0) -> None:
+        from trackgo_data.loader import LoaderStats
+
+        self.cfg, self.urls, self.seed = cfg, urls, seed
+        self.resampled, self.shuffle = resampled, shuffle
+        self.stats = LoaderStats()
+        self.epoch = 0
+        self._it = self._open()
+        for _ in range(skip_batches):
+            next(self)
+
+    def _open(self):
+        from trackgo_data.loader import make_dataset
+
+        d = self.cfg.data
+        ds = make_dataset(
+            self.urls,
+            batch_size=d.batch_size,
+            num_frames=d.num_frames,
+            size=(d.width, d.height),
+            shuffle=self.shuffle,
+            shardshuffle=len(self.urls) if self.shuffle else False,
+            resampled=self.resampled,
+            seed=self.seed + self.epoch,
+            partial_batches=False,
+            stats=self.stats,
+        )
+        if d.num_workers > 0:
+            return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=d.num_workers))
+        return iter(ds)
+
+    def __iter__(self) -> "DataStream":
+        return self
+
+    def __next__(self):
+        for _ in range(2):
+            try:
+                return next(self._it)
+            except StopIteration:
+                self.epoch += 1
+                self._it = self._open()
+        raise MissingShardsError(f"the shards {self.urls[:3]}… yield no complete batch of "
+                                 f"{self.cfg.data.batch_size} valid samples")
+
+
+def data_stream(cfg, urls: list[str], *, rank: int, world: int, segment_start: int,
+                skip_batches: int = 0) -> DataStream:
+    """The training stream of ``rank`` for the segment starting at ``segment_start``.
+
+    Each rank draws from its own seed; with ``data.resampled`` (default) every rank samples shards
+    with replacement, otherwise webdataset splits the shards by node and by worker.
+    """
+    return DataStream(cfg, urls, seed=segment_seed(cfg.seed, segment_start, rank),
+                      resampled=cfg.data.resampled, shuffle=cfg.data.shuffle_buffer,
+                      skip_batches=skip_batches)
+
+
+def validation_batches(cfg, urls: list[str]) -> list[Any]:
+    """The first ``validation.num_samples`` samples of the held-out shards, batch size 1, in order."""
+    if cfg.validation.every <= 0 or cfg.validation.num_samples <= 0:
+        return []
+    from dataclasses import replace
+
+    from trackgo_data.loader import make_dataset
+
+    d = cfg.data
+    ds = make_dataset(urls, batch_size=1, num_frames=d.num_frames, size=(d.width, d.height),
+                      shuffle=0, resampled=False, split_by_node=False, split_by_worker=False)
+    out = []
+    for batch in ds:
+        out.append(batch)
+        if len(out) >= cfg.validation.num_samples:
+            break
+    return out
+
+
+def _uint8_frames(x) -> np.ndarray:
+    """(L, 3, H, W) uint8 tensor/array → (L, H, W, 3) uint8."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+@torch.no_grad()
+def write_validation(comp: Components, batches: list[Any], cfg, step: int, out_dir: Path,
+                     device: torch.device) -> list[Path]:
+    """Generate one video per held-out batch with a fixed seed; write ``<key>.mp4`` and
+    ``<key>-sbs.mp4`` (real | generated | trajectories) under ``out_dir/step-XXXXXX``."""
+    from trackgo_data.video import encode_mp4
+    from trackgo_model.pipeline import TrackGoPipeline
+
+    v = cfg.validation
+    target = out_dir / f"step-{step:06d}"
+    pipe = TrackGoPipeline(comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
+                           comp.scheduler, device=device)
+    written = []
+    ctx = comp.model.context
+    saved = (ctx.tau, ctx.motion, ctx.mode)
+    was_training = comp.model.training
+    comp.model.eval()
+    try:
+        for i, batch in enumerate(batches):
+            key = str(batch.key[0]) if hasattr(batch, "key") else f"sample{i}"
+            image = _uint8_frames(torch.as_tensor(batch.image)[:1])[0]
+            real = _uint8_frames(torch.as_tensor(batch.video)[0])
+            traj = _uint8_frames(torch.as_tensor(batch.trajectory)[0])
+            fps = float(cfg.data.fps)
+            gen = pipe(image, traj, num_inference_steps=v.num_inference_steps, seed=v.seed,
+                       min_guidance_scale=v.min_guidance_scale, max_guidance_scale=v.max_guidance_scale,
+                       fps=int(round(fps)), motion_bucket_id=int(cfg.data.motion_bucket_id))
+            sbs = np.concatenate([real, gen, traj], axis=2)
+            for name, frames in ((f"{key}.mp4", gen), (f"{key}-sbs.mp4", sbs)):
+                encode_mp4(frames, target / name, fps=fps)  # atomic write
+                written.append(target / name)
+    finally:  # back to the training settings of the adapters
+        ctx.tau, ctx.motion, ctx.mode = saved
+        comp.model.train(was_training)
+    return written
