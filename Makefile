@@ -11,6 +11,8 @@ OUT ?= data/sample
 PROFILE ?= local
 VIPSEG ?=
 CHECKPOINT ?=
+SVD ?=
+EVAL_OUT ?=
 
 .PHONY: setup dataset dataset-direct server down test test-fast train eval-vipseg bench clean-data
 
@@ -47,9 +49,11 @@ train: setup
 	$(BIN)/trackgo train --config $(CONFIG)
 
 eval-vipseg: setup
-	$(BIN)/trackgo eval-vipseg --vipseg "$(VIPSEG)" --checkpoint "$(CHECKPOINT)"
+	@test -n "$(VIPSEG)" -a -n "$(CHECKPOINT)" || { echo "usage: make eval-vipseg VIPSEG=/path/to/VIPSeg_720P CHECKPOINT=/path/to/trackgo-checkpoint [SVD=/path/to/svd] [EVAL_OUT=dir]"; exit 2; }
+	$(BIN)/trackgo eval-vipseg --vipseg "$(VIPSEG)" --checkpoint "$(CHECKPOINT)" $(if $(SVD),--svd "$(SVD)") $(if $(EVAL_OUT),--out "$(EVAL_OUT)")
 
 bench: setup
 	$(BIN)/python benchmarks/clip_cost.py
 	$(BIN)/python benchmarks/adapter_overhead.py
 	$(BIN)/python benchmarks/orchestration.py
+	$(BIN)/python benchmarks/train_step.py

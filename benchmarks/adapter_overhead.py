@@ -22,8 +22,9 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
-from trackgo_model.adapter import remove_track_adapters, restore_track_adapters
+from trackgo_model.adapter import remove_track_adapters, restore_track_adapters, track_attention
 from trackgo_model.model import TrackGoUNet, build_unet
 
 log = logging.getLogger("adapter_overhead")
@@ -146,9 +147,43 @@ def forward_variants(model, inputs):
         with torch.no_grad():
             model(sample, t, ehs, ati, trajectories=encoded)
 
+    default_sdpa = model.context.sdpa
+
+    def sdpa_on():
+        model.context.sdpa = True
+
+    def sdpa_restore():
+        model.context.sdpa = default_sdpa
+
     prepare, finish = _swap(model)
     return {"bare": (prepare, bare, finish), "trackgo": (_noop, trackgo, _noop),
-            "trackgo_cached": (_noop, trackgo_cached, _noop)}
+            "trackgo_cached": (_noop, trackgo_cached, _noop),
+            "trackgo_cached_sdpa": (sdpa_on, trackgo_cached, sdpa_restore)}
+
+
+def kernel_variants(model, args, device, dtype):
+    """The attention kernel alone at the first (finest) temporal layer's shape."""
+    first = next(iter(model.adapters.values()))
+    n = args.batch * (args.height // 8) * (args.width // 8)
+    shape = (n, first.heads, args.frames, first.width // first.heads)
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    q, k, v, qp, kp = (torch.randn(shape, generator=g).to(device, dtype) for _ in range(5))
+    gate = torch.full((first.heads,), 0.1, device=device, dtype=dtype)
+
+    def stock():
+        with torch.no_grad():
+            F.scaled_dot_product_attention(q, k, v)
+
+    def sdpa():
+        with torch.no_grad():
+            track_attention(q, k, v, qp, kp, gate=gate)
+
+    def explicit():
+        with torch.no_grad():
+            track_attention(q, k, v, qp, kp, gate=gate, sdpa=False)
+
+    return {"stock_sdpa": (_noop, stock, _noop), "track_sdpa": (_noop, sdpa, _noop),
+            "track_explicit": (_noop, explicit, _noop)}, list(shape)
 
 
 def backward_variants(model, inputs):
@@ -215,6 +250,13 @@ def main(argv=None) -> int:
     result["forward_ms"] = {k: round(v * 1e3, 3) for k, v in fwd.items()}
     result["forward_ratio"] = round(fwd["trackgo"] / fwd["bare"], 4)
     result["forward_ratio_cached_encoder"] = round(fwd["trackgo_cached"] / fwd["bare"], 4)
+    result["forward_ratio_cached_sdpa"] = round(fwd["trackgo_cached_sdpa"] / fwd["bare"], 4)
+
+    log.info("timing the attention kernel alone")
+    kernels, shape = kernel_variants(model, args, device, dtype)
+    kern, _ = time_variants(kernels, args, device)
+    result["kernel_shape"] = shape
+    result["kernel_ms"] = {k: round(v * 1e3, 4) for k, v in kern.items()}
     if device.type == "cuda":
         result["forward_peak_gib"] = {k: round(v / 2**30, 3) for k, v in fwd_peak.items()}
 

@@ -84,32 +84,42 @@ def time_steps(comp, cfg, device, frames: int, height: int, width: int, steps: i
     dtype = DTYPES[cfg.mixed_precision]
     gen = torch.Generator().manual_seed(0)
     cuda = device.type == "cuda"
-    times = []
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    for i in range(steps + 1):  # the first step warms up (kernels, allocator)
-        if cuda:
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        inputs = batch_to_inputs(batch, device, cfg.data.fps)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            parts = compute_loss(comp.model, comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
-                                 inputs, cfg.objective, generator=gen, motion_bucket_id=127.0)
-        parts.loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - t0)
-        log.info("frames %d step %d: %.3fs loss %.4f grad norm %.3f", frames, i, time.perf_counter() - t0,
-                 parts.loss.item(), float(gn))
-    out = {"step_s": float(np.median(times)), "step_s_all": [round(t, 4) for t in times],
-           "loss": parts.loss.item(), "trainable_params": sum(p.numel() for p in params)}
-    if cuda:
-        out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    out = {"trainable_params": sum(p.numel() for p in params)}
+    cached = None
+    for label in ("", "_cached_latents"):  # second pass: x0 given, as with data.latent_cache
+        times = []
+        for i in range(steps + 1):  # the first step warms up (kernels, allocator)
+            if cuda:
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            inputs = batch_to_inputs(batch, device, cfg.data.fps)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                parts = compute_loss(comp.model, comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
+                                     inputs, cfg.objective, generator=gen, motion_bucket_id=127.0, x0=cached)
+            parts.loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize(device)
+            if i:
+                times.append(time.perf_counter() - t0)
+            log.info("frames %d%s step %d: %.3fs loss %.4f grad norm %.3f", frames, label, i,
+                     time.perf_counter() - t0, parts.loss.item(), float(gn))
+        out[f"step_s{label}"] = float(np.median(times))
+        out[f"step_s{label}_all"] = [round(t, 4) for t in times]
+        if cuda and not label:
+            out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if cached is None:
+            from trackgo_model.conditioning import encode_video_latents
+
+            with torch.no_grad():
+                vdt = next(comp.vae.parameters()).dtype
+                cached = encode_video_latents(comp.vae, inputs.video.to(vdt)).float()
+    out["cache_speedup"] = out["step_s"] / out["step_s_cached_latents"]
     del opt
     return out
 

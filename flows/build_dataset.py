@@ -84,7 +84,8 @@ def _logger() -> Any:
         return log
 
 
-@task(name="plan-batches", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+@task(name="plan-batches", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_condition_fn=lambda task, run, state: _retry_transient(task, run, state))
 def plan_batches_task(source: str, output: str, cfg: B.BuildConfig, batch_size: int) -> list[B.BatchSpec]:
     """Sources → batches; also creates the output folder and records the config in it."""
     B.prepare_output(output, cfg)

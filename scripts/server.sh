@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Local Prefect server + process worker for the TrackGo deployments.
 #
-#   bash scripts/server.sh up       start (idempotent: already running -> nothing), deploy */local
+#   bash scripts/server.sh up       start server + worker and deploy */local (already running -> nothing)
 #   bash scripts/server.sh down     stop exactly the processes `up` started (recorded pids)
 #   bash scripts/server.sh status   say what runs, where, and where the logs are
+#   bash scripts/server.sh deploy   re-register the */local deployments (after changing parameters)
 #
 # Server state (SQLite database, logs, pids) lives in the project: $TRACKGO_PREFECT_DIR (default
 # .prefect/). `up` also creates and activates a Prefect profile (default "trackgo") whose
@@ -44,12 +45,22 @@ log() { echo "[server.sh] $*" >&2; }
 
 [[ -x "$PREFECT" ]] || { log "prefect not found at $PREFECT (run 'make setup' first)"; exit 1; }
 
-alive() {  # alive NAME -> 0 if the recorded pid runs
-  local f="$RUN/$1.pid"
-  [[ -s "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+is_ours() {  # is_ours PID -> 0 if PID runs and is a prefect process (guards against pid reuse)
+  kill -0 "$1" 2>/dev/null && ps -o args= -p "$1" 2>/dev/null | grep -q prefect
 }
 
-healthy() { curl -sf --max-time 2 "$API_URL/health" >/dev/null 2>&1; }
+alive() {  # alive NAME -> 0 if the recorded pid runs
+  local f="$RUN/$1.pid"
+  [[ -s "$f" ]] && is_ours "$(cat "$f")"
+}
+
+healthy() {
+  if command -v curl >/dev/null 2>&1; then
+    curl -sf --max-time 2 "$API_URL/health" >/dev/null 2>&1
+  else
+    "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" "$API_URL/health" >/dev/null 2>&1
+  fi
+}
 
 pf() {  # prefect CLI against this server, with the project's Prefect home
   PREFECT_HOME="$STATE" PREFECT_PROFILES_PATH="$PROFILES_PATH" PREFECT_API_URL="$API_URL" "$PREFECT" "$@"
@@ -66,7 +77,7 @@ stop_one() {  # stop_one NAME : TERM the recorded pid (and its process group), t
   local name="$1" f="$RUN/$1.pid" pid
   [[ -s "$f" ]] || return 0
   pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
+  if is_ours "$pid"; then
     log "stopping $name (pid $pid)"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
@@ -105,7 +116,25 @@ use_profile() {
   log "profile '$PROFILE' active in $PROFILES_PATH (PREFECT_API_URL=$API_URL)"
 }
 
+deploy() {
+  pf --no-prompt work-pool create "$POOL" --type process >/dev/null 2>&1 || true   # exists: fine
+  # Register the */local deployments of prefect.yaml whose flow file exists. `prefect deploy
+  # --name` matches "<entrypoint function>/<deployment name>".
+  local names=() entry
+  for entry in $LOCAL_DEPLOYMENTS; do
+    [[ -f "${entry%%:*}" ]] && names+=(--name "${entry##*:}/local")
+  done
+  log "deploying $(( ${#names[@]} / 2 )) local deployment(s) from prefect.yaml (log $LOGS/deploy.log)"
+  pf --no-prompt deploy "${names[@]}" >>"$LOGS/deploy.log" 2>&1 \
+    || { log "deploy failed; see $LOGS/deploy.log"; tail -20 "$LOGS/deploy.log" >&2; exit 1; }
+}
+
 up() {
+  if alive server && healthy && alive worker; then
+    log "already running: server $UI_URL (pid $(cat "$RUN/server.pid")), worker (pid $(cat "$RUN/worker.pid"))"
+    [[ "$(profile_py active)" == "$PROFILE" ]] || use_profile
+    return 0
+  fi
   if alive server && healthy; then
     log "server already running at $UI_URL (pid $(cat "$RUN/server.pid"))"
   else
@@ -115,28 +144,17 @@ up() {
     fi
     log "starting Prefect server on $HOST:$PORT (state in $STATE, log $LOGS/server.log)"
     start_bg server "$PREFECT" server start --host "$HOST" --port "$PORT"
-    for _ in $(seq 1 240); do healthy && break; alive server || break; sleep 0.5; done
+    for _ in $(seq 1 480); do healthy && break; alive server || break; sleep 0.5; done
     healthy || { log "server did not come up; see $LOGS/server.log"; tail -20 "$LOGS/server.log" >&2; stop_one server; exit 1; }
   fi
   use_profile
-  pf --no-prompt work-pool create "$POOL" --type process >/dev/null 2>&1 || true   # exists: fine
-  # (Re)register the local deployments of prefect.yaml whose flow file exists (cheap, keeps them in
-  # sync with the code). `prefect deploy --name` matches "<entrypoint function>/<deployment>".
-  local names=() entry
-  for entry in $LOCAL_DEPLOYMENTS; do
-    [[ -f "${entry%%:*}" ]] && names+=(--name "${entry##*:}/local")
-  done
-  log "deploying ${#names[@]} local deployment(s) from prefect.yaml (log $LOGS/deploy.log)"
-  pf --no-prompt deploy "${names[@]}" >>"$LOGS/deploy.log" 2>&1 \
-    || { log "deploy failed; see $LOGS/deploy.log"; tail -20 "$LOGS/deploy.log" >&2; exit 1; }
-  if alive worker; then
-    log "worker already running (pid $(cat "$RUN/worker.pid"))"
-  else
-    log "starting process worker for pool '$POOL' (log $LOGS/worker.log)"
+  deploy
+  log "starting process worker for pool '$POOL' (log $LOGS/worker.log)"
+  # poll every 2 s (default 10): the server is local, and runs should start promptly
+  PREFECT_WORKER_QUERY_SECONDS="${PREFECT_WORKER_QUERY_SECONDS:-2}" \
     start_bg worker "$PREFECT" worker start --pool "$POOL" --type process
-    sleep 1
-    alive worker || { log "worker exited; see $LOGS/worker.log"; tail -20 "$LOGS/worker.log" >&2; exit 1; }
-  fi
+  sleep 1
+  alive worker || { log "worker exited; see $LOGS/worker.log"; tail -20 "$LOGS/worker.log" >&2; exit 1; }
   status
 }
 
@@ -165,5 +183,6 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  deploy) healthy || { log "server not running (bash $0 up)"; exit 1; }; deploy ;;
+  *) echo "usage: $0 up|down|status|deploy" >&2; exit 2 ;;
 esac

@@ -4,6 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread: the suite runs beside data workers and servers on 2 cores, where torch's
+# default thread pool oversubscribes the CPU and slows the model tests several-fold.
+torch.set_num_threads(1)
 
 from trackgo_data.samples import sample_video_paths
 

@@ -9,6 +9,9 @@ calls exchange paths and small records only):
     process_batch(spec, cfg, out_dir) -> BatchResult       idempotent (see below)
     finalize(out_dir) -> summary dict                      parts → manifest.parquet
 
+``process_batch``, ``process_video`` and ``iter_video`` live in :mod:`trackgo_data.process` and
+are re-exported here.
+
 Output folder::
 
     build_config.json           the BuildConfig (and its hash) the folder was made with
@@ -26,7 +29,6 @@ import glob
 import hashlib
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,13 @@ from typing import Any
 from .clips import ClipConfig
 from .config import ConfigError, atomic_write_json, config_from_dict, config_hash, config_to_dict
 from .filters import FilterConfig
+from .process import (PROCESSING_ERROR, STAGES, UNREADABLE, BatchResult, _Clock, clip_seed,  # noqa: F401
+                      iter_video, process_batch, process_video)
 from .sample import sanitize_video_id
 from .shards import ShardSpec
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "segment", "points", "track", "render", "filter", "encode", "write")
 CONFIG_FILE = "build_config.json"
 
 
@@ -184,219 +187,6 @@ def get_models(cfg: BuildConfig) -> tuple[Any, Any]:
         _MODELS[ck] = (get_segmenter(cfg.segmenter.name, **cfg.segmenter.options),
                        get_tracker(cfg.tracker.name, **cfg.tracker.options))
     return _MODELS[ck]
-
-
-# --------------------------------------------------------------------------------------- processing
-
-UNREADABLE = "unreadable"              # the source path cannot be opened (missing, permissions)
-PROCESSING_ERROR = "processing_error"  # a stage raised on this clip (message in stats_json)
-
-
-@dataclass
-class BatchResult:
-    """What :func:`process_batch` did. ``shards`` are relative to the output folder."""
-
-    batch_id: str
-    shards: list[str]
-    rows: list[dict[str, Any]]
-    seconds: dict[str, float]
-    counts: dict[str, int]
-    limit: int | None = None
-    exhausted: bool = True
-    reused: bool = False
-
-
-class _Clock:
-    """Accumulates per-stage seconds: ``with clock("track"): …``."""
-
-    def __init__(self, seconds: dict[str, float] | None = None):
-        self.seconds = seconds if seconds is not None else {s: 0.0 for s in STAGES}
-        self._stage = ""
-
-    def __call__(self, stage: str) -> "_Clock":
-        self._stage = stage
-        return self
-
-    def __enter__(self) -> "_Clock":
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds[self._stage] = self.seconds.get(self._stage, 0.0) + time.perf_counter() - self._t0
-
-
-def clip_seed(seed: int, key: str) -> int:
-    """Per-clip seed from the config seed and the clip key (independent of batch composition)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:4], "little")
-
-
-def iter_video(path: str | Path, cfg: BuildConfig, segmenter: Any, tracker: Any, *,
-               video_id: str | None = None, clock: _Clock | None = None, limit: int | None = None):
-    """Yield ``(members | None, row)`` per candidate clip of one source; never raises for bad input.
-
-    ``members`` are the encoded webdataset members of an accepted clip (None for a reject). A
-    source that yields no clip gets one row keyed ``<video_id>-000000``. Stops after ``limit``
-    accepted clips (the generator's return value is False then, True when exhausted).
-    """
-    from . import filters
-    from .clips import iter_clips
-    from .points import sample_points
-    from .render import render_trajectories
-    from .sample import encode_sample, make_sample, sample_key
-    from .shards import manifest_row
-    from .video import VideoError, probe
-
-    clock = clock or _Clock()
-    src = str(path)
-    vid = video_id or sanitize_video_id(Path(path).stem)
-    chash = config_hash(cfg)
-    backends = {"segmenter": {"name": segmenter.name, "version": str(segmenter.version)},
-                "tracker": {"name": tracker.name, "version": str(tracker.version)}}
-    n_rows = n_acc = 0
-    try:
-        with clock("decode"):
-            info = probe(path)
-            clips = iter_clips(path, cfg.clip, info)
-    except VideoError as exc:
-        yield None, manifest_row(sample_key(vid, 0), src, vid, 0, "rejected", exc.reason)
-        return True
-    except OSError as exc:
-        log.warning("%s: %s", src, exc)
-        yield None, manifest_row(sample_key(vid, 0), src, vid, 0, "rejected", UNREADABLE)
-        return True
-    base = {"num_frames": cfg.clip.num_frames, "width": cfg.clip.width, "height": cfg.clip.height,
-            "fps": info.fps}
-    while True:
-        if limit is not None and n_acc >= limit:
-            return False
-        try:
-            with clock("decode"):
-                start, frames = next(clips)
-        except StopIteration:
-            return True
-        except VideoError as exc:
-            if n_rows == 0:
-                yield None, manifest_row(sample_key(vid, 0), src, vid, 0, "rejected", exc.reason, **base)
-            else:
-                log.warning("%s: stopped after %d clips: %s", src, n_rows, exc)
-            return True
-        key = sample_key(vid, start)
-        n_rows += 1
-        stats: dict[str, Any] = {}
-        try:
-            with clock("segment"):
-                labels = segmenter.segment(frames)
-            with clock("points"):
-                points, comps = sample_points(labels[0], seed=clip_seed(cfg.seed, key))
-            if len(points) == 0:
-                yield None, manifest_row(key, src, vid, start, "rejected", filters.NO_COMPONENTS, None, **base)
-                continue
-            with clock("track"):
-                tracks, vis = tracker.track(frames, points)
-            with clock("filter"):
-                stats = dict(filters.clip_stats(tracks, vis, frames, labels=labels, components=comps,
-                                                cfg=cfg.filters))
-                reason = filters.check_clip(stats, cfg.filters)
-            extra = {**base, "num_components": len(set(comps.tolist())), "num_points": len(points)}
-            if reason:
-                yield None, manifest_row(key, src, vid, start, "rejected", reason, stats, **extra)
-                continue
-            with clock("render"):
-                traj = render_trajectories(tracks, vis, comps, frames.shape[1], frames.shape[2])
-            with clock("encode"):
-                sample = make_sample(video_id=vid, start=start, frames=frames, labels=labels,
-                                     tracks=tracks, visibility=vis, components=comps, trajectory=traj,
-                                     source=src, fps=info.fps or 25.0, config_hash=chash,
-                                     backends=backends, stats=stats)
-                members = encode_sample(sample, crf=cfg.video_crf)
-        except Exception as exc:  # one bad clip must not stop the build: record it
-            log.warning("%s: clip %s failed: %s", src, key, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            yield None, manifest_row(key, src, vid, start, "rejected", PROCESSING_ERROR,
-                             {**stats, "error": f"{type(exc).__name__}: {exc}"}, **base)
-            continue
-        n_acc += 1
-        size = sum(len(v) for k, v in members.items() if not k.startswith("__"))
-        yield members, manifest_row(key, src, vid, start, "accepted", None, stats, sample_bytes=size, **extra)
-
-
-def process_video(path: str | Path, cfg: BuildConfig, segmenter: Any, tracker: Any,
-                  video_id: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(encoded samples of the accepted clips, manifest rows of all candidate clips) of one source."""
-    samples, rows = [], []
-    for members, row in iter_video(path, cfg, segmenter, tracker, video_id=video_id):
-        rows.append(row)
-        if members is not None:
-            samples.append(members)
-    return samples, rows
-
-
-def _reusable(info: dict[str, Any], limit: int | None) -> bool:
-    if info.get("limit") == limit:
-        return True
-    return bool(info.get("exhausted")) and (limit is None or info["counts"]["accepted"] <= limit)
-
-
-def process_batch(spec: BatchSpec, cfg: BuildConfig, out_dir: str | Path, limit: int | None = None
-                  ) -> BatchResult:
-    """Process one batch into ``shards/<batch_id>-%06d.tar`` + ``parts/<batch_id>.parquet``.
-
-    Idempotent: a complete batch (its part file exists, written atomically after its shards) is
-    returned as recorded without recomputing. Otherwise stale shards/temps of this batch are
-    removed and everything is rewritten. ``limit`` caps its accepted clips (see build_dataset).
-    """
-    from .shards import read_part, write_part, write_shards
-
-    out = prepare_output(out_dir, cfg)
-    part = out / "parts" / f"{spec.batch_id}.parquet"
-    if part.is_file():
-        rows, info = read_part(part)
-        if _reusable(info, limit) and all((out / sh).is_file() for sh in info["shards"]):
-            return BatchResult(spec.batch_id, info["shards"], rows, info["seconds"], info["counts"],
-                               info.get("limit"), info.get("exhausted", True), reused=True)
-    import webdataset  # noqa: F401  (imports torch: seconds, kept out of the "write" stage)
-
-    segmenter, tracker = get_models(cfg)
-    clock = _Clock()
-    rows: list[dict[str, Any]] = []
-    exhausted = True
-    gen_seconds = 0.0
-
-    def samples():
-        nonlocal exhausted, gen_seconds
-        for src, vid in zip(spec.sources, spec.video_ids):
-            left = None if limit is None else limit - sum(r["status"] == "accepted" for r in rows)
-            if left is not None and left <= 0:
-                exhausted = False
-                return
-            it = iter_video(src, cfg, segmenter, tracker, video_id=vid, clock=clock, limit=left)
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    members, row = next(it)
-                except StopIteration as stop:
-                    gen_seconds += time.perf_counter() - t0
-                    exhausted = exhausted and stop.value is not False
-                    break
-                gen_seconds += time.perf_counter() - t0
-                rows.append(row)
-                if members is not None:
-                    yield members
-
-    t0 = time.perf_counter()
-    index: dict[str, str] = {}
-    paths = write_shards(samples(), out / "shards", spec.batch_id, cfg.shards, index=index)
-    clock.seconds["write"] += time.perf_counter() - t0 - gen_seconds
-    for r in rows:
-        if r["status"] == "accepted":
-            r["shard"] = f"shards/{index[r['key']]}"
-        r["batch_id"] = spec.batch_id
-    counts = {"accepted": sum(r["status"] == "accepted" for r in rows)}
-    counts["rejected"] = len(rows) - counts["accepted"]
-    shards = [f"shards/{p.name}" for p in paths]
-    info = {"batch_id": spec.batch_id, "shards": shards, "seconds": clock.seconds, "counts": counts,
-            "limit": limit, "exhausted": exhausted, "sources": spec.sources}
-    write_part(part, rows, info)
-    return BatchResult(spec.batch_id, shards, rows, clock.seconds, counts, limit, exhausted)
 
 
 # -------------------------------------------------------------------------------------- out folder

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     b.add_argument("--stride", type=int, default=None, help="frames between window starts")
     b.add_argument("--batch-size", type=int, default=4, help="sources per batch (unit of resumption)")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set filters.min_motion_px=2 (repeatable)")
+                   help="config override, e.g. --set filters.min_median_motion=2 (repeatable)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_cmd_build)
 

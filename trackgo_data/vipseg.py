@@ -102,7 +102,10 @@ class VIPSegVideo:
             raise VIPSegError(f"video {self.name}: no frames")
         imgs = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in self.frames[:n]])
         segs = None
-        if all(m is not None for m in self.masks[:n]):
+        if any(m is None for m in self.masks[:n]):
+            log.warning("video %s: %d of its first %d frames have no mask", self.name,
+                        sum(m is None for m in self.masks[:n]), n)
+        else:
             segs = np.stack([read_mask(m) for m in self.masks[:n]])
             if segs.shape[1:] != imgs.shape[1:3]:
                 raise VIPSegError(f"video {self.name}: masks {segs.shape[1:]} vs frames {imgs.shape[1:3]}")

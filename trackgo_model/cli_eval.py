@@ -12,7 +12,6 @@ Without extractor weights ``metrics fid|fvd`` print which file to put where and 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys

@@ -106,6 +106,23 @@ class TrajectoryEncoder(nn.Module):
         """Feature for a layer of ``width`` at ``grid``: (B·F, width, *grid)."""
         return self.project(pool_to(trunk, grid, self.cfg.pooling), width)
 
+    def sequence_features(self, trunk: torch.Tensor, width: int, grid: tuple[int, int], batch: int
+                          ) -> torch.Tensor:
+        """Feature in temporal-attention layout: (B·h·w, F, width), rows batch-major then y, x.
+
+        Equals ``features_at`` rearranged; pools and permutes the narrow trunk, then applies the
+        head as a linear map on the last axis (no copy of the wide result).
+        """
+        key = str(int(width))
+        if key not in self.heads:
+            raise KeyError(f"no encoder head for width {width}; heads: {list(self.widths)}")
+        x = pool_to(trunk, grid, self.cfg.pooling)  # (B·F, c5, h, w)
+        frames = x.shape[0] // batch
+        x = x.reshape(batch, frames, x.shape[1], grid[0] * grid[1]).permute(0, 3, 1, 2)  # (B, hw, F, c5)
+        head = self.heads[key]
+        out = F.linear(x, head.weight.view(head.out_channels, head.in_channels), head.bias)
+        return out.reshape(batch * grid[0] * grid[1], frames, int(width))
+
     def forward(self, p: torch.Tensor) -> dict[int, torch.Tensor]:
         """P (B, F, 3, H, W) → {width: (B·F, width, H/8, W/8)}."""
         t = self.trunk(p)

@@ -48,7 +48,7 @@ class EvalConfig:
     svd: str | None = None           # SVD diffusers folder; None: the checkpoint folder holds it
     out: str = "runs/eval-vipseg"
     split: str = "val"
-    masks: str = "raw"               # raw panomasks/ or rgb panomasksRGB/
+    masks: str = "raw"               # raw panomasks/ or rgb panomasksRGB/ (no thing/stuff split)
     max_videos: int | None = None
     num_frames: int = 14
     width: int = 1024
@@ -89,8 +89,8 @@ def _device(cfg: EvalConfig) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_config_file(cfg: EvalConfig, out: Path) -> None:
-    """Reruns into the same folder must use the same generation settings."""
+def _check_config_file(cfg: EvalConfig, out: Path, write: bool = True) -> None:
+    """Reruns (and scoring) in the same folder must use the same generation settings."""
     import json
 
     path = out / "eval_config.json"
@@ -100,8 +100,9 @@ def _check_config_file(cfg: EvalConfig, out: Path) -> None:
         diff = [k for k in GENERATION_FIELDS if old.get(k) != new.get(k)]
         if diff:
             raise ValueError(f"{out} holds results made with different {', '.join(diff)}; "
-                             "use another --out or delete it")
-    atomic_write_json(path, config_to_dict(cfg))
+                             "use the same settings, another --out, or delete it")
+    if write:
+        atomic_write_json(path, config_to_dict(cfg))
 
 
 def prepare_condition(frames: np.ndarray, segments: np.ndarray, cfg: EvalConfig, tracker) -> dict:
@@ -110,8 +111,10 @@ def prepare_condition(frames: np.ndarray, segments: np.ndarray, cfg: EvalConfig,
     from trackgo_data.points import sample_points
     from trackgo_data.vipseg import select_components
 
-    labels, ids = select_components(segments, cfg.max_components, cfg.include_stuff, cfg.min_area)
-    if not ids and not cfg.include_stuff:
+    # RGB ids carry no category: every segment is a candidate, ranked by motion
+    stuff = cfg.include_stuff or cfg.masks == "rgb"
+    labels, ids = select_components(segments, cfg.max_components, stuff, cfg.min_area)
+    if not ids and not stuff:
         labels, ids = select_components(segments, cfg.max_components, True, cfg.min_area)
     if not ids:
         raise ValueError("no_segments")
@@ -127,7 +130,7 @@ def generate(cfg: EvalConfig, pipe=None) -> dict:
     from trackgo_data.render import render_trajectories
     from trackgo_data.track import get_tracker
     from trackgo_data.video import encode_lossless_rgb
-    from trackgo_data.vipseg import VIPSeg
+    from trackgo_data.vipseg import VIPSeg, VIPSegError
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,8 +143,11 @@ def generate(cfg: EvalConfig, pipe=None) -> dict:
         if gen_path.is_file() and cond_path.is_file():
             skipped.append(name)
             continue
-        video = ds.video(name)
-        frames, segs = video.read(cfg.num_frames, size=(cfg.width, cfg.height))
+        try:
+            frames, segs = ds.video(name).read(cfg.num_frames, size=(cfg.width, cfg.height))
+        except (VIPSegError, OSError, ValueError) as exc:  # one broken video never stops the run
+            rejects[name] = f"unreadable: {exc}"
+            continue
         if segs is None:
             rejects[name] = "no_masks"
             continue
@@ -213,12 +219,13 @@ def score(cfg: EvalConfig, fid_model=None, i3d_model=None) -> dict:
     from trackgo_data.track import get_tracker
     from trackgo_data.video import decode_mp4
     from trackgo_model.metrics.fid import inception_features
-    from trackgo_model.metrics.frechet import frechet_distance_from_features
+    from trackgo_model.metrics.frechet import FrechetError, frechet_distance_from_features
     from trackgo_model.metrics.fvd import i3d_features
     from trackgo_model.metrics.objmc import (ErrorSum, objmc_ours, objmc_peer_files, peer_tracks,
                                              track_from, tracks_to_peer, write_peer_tracks)
 
     out = Path(cfg.out)
+    _check_config_file(cfg, out, write=False)
     names = sorted(p.stem for p in (out / "generated").glob("*.mp4")
                    if (out / "condition" / f"{p.stem}.npz").is_file())
     if not names:
@@ -265,8 +272,12 @@ def score(cfg: EvalConfig, fid_model=None, i3d_model=None) -> dict:
     }
     for key, why, stack in (("fid", fid_why, np.concatenate), ("fvd", fvd_why, np.stack)):
         if why is None:
-            value = frechet_distance_from_features(stack(feats[f"{key}_real"]), stack(feats[f"{key}_gen"]))
-            metrics[key] = {"value": value, "status": "ok"}
+            try:
+                value = frechet_distance_from_features(stack(feats[f"{key}_real"]), stack(feats[f"{key}_gen"]))
+                metrics[key] = {"value": value, "status": "ok"}
+            except FrechetError as exc:  # e.g. one video: no covariance
+                log.warning("!!! %s NOT COMPUTED: %s", key.upper(), exc)
+                metrics[key] = {"value": None, "status": "missing", "reason": str(exc)}
         else:
             metrics[key] = {"value": None, "status": "missing", "reason": why}
     rejects_path = out / "rejects.json"

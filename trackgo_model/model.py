@@ -44,6 +44,8 @@ def build_unet(preset_or_config: str | dict[str, Any] = "tiny", device: str | to
 
     with torch.device(device):
         unet = UNetSpatioTemporalConditionModel(**unet_config(preset_or_config))
+    if torch.device(device).type != "meta":
+        unet = unet.to(device)  # a few diffusers tensors are created with the legacy CPU constructor
     if dtype is not None and dtype != unet.dtype:
         unet = unet.to(dtype)
     return unet
@@ -113,7 +115,8 @@ class TrackGoUNet(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
                 added_time_ids: torch.Tensor, trajectories: torch.Tensor | EncodedTrajectories | None = None,
-                motion_masks: torch.Tensor | None = None, collect_attention: bool = False) -> torch.Tensor:
+                motion_masks: torch.Tensor | None = None, collect_attention: bool = False,
+                return_dict: bool | None = None):
         """One UNet evaluation.
 
         Args:
@@ -126,6 +129,10 @@ class TrackGoUNet(nn.Module):
                 adapters are bypassed and the output is the bare UNet's.
             motion_masks: (B, F, h′, w′) moving-component masks kept for :meth:`attention_loss`.
             collect_attention: record A(i, i) of every temporal layer (``attention_maps()``).
+
+            return_dict: None (default) returns the tensor; False returns ``(tensor,)`` and True
+                diffusers' ``UNetSpatioTemporalConditionOutput``, as the bare UNet does (so code
+                written for ``unet(..., return_dict=False)[0]`` works unchanged).
 
         Returns: (B, F, 4, h, w) UNet output.
         """
@@ -152,9 +159,16 @@ class TrackGoUNet(nn.Module):
                            encoder=self.encoder if enc is not None else None,
                            trunk=enc.trunk if enc is not None else None)
         try:
-            return self.unet(sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False)[0]
+            out = self.unet(sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False)[0]
         finally:
             self.context.end()
+        if return_dict is None:
+            return out
+        if not return_dict:
+            return (out,)
+        from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionOutput
+
+        return UNetSpatioTemporalConditionOutput(sample=out)
 
     def attention_maps(self) -> list:
         """``CollectedMap``s of the last forward with ``collect_attention=True`` (model order)."""

@@ -103,6 +103,16 @@ def load_trainable(core, path: str | Path, name: str = "trainable.safetensors") 
     return sorted(params)
 
 
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after ``step`` (a resumed run logs those steps again)."""
+    if not path.is_file():
+        return
+    from trackgo_data.config import atomic_write_text
+
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+
 def prepare_model(comp, cfg: TrainConfig, device: torch.device) -> list[torch.nn.Parameter]:
     """Freeze all but ``model.trainable``, move to ``device``, frozen weights to the mixed-precision
     dtype (trainable ones stay float32); returns the trainable parameters in a fixed order."""
@@ -190,8 +200,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None,
     elif resume:
         log.warning("--resume: no checkpoint in %s, starting from step 0", run_dir)
 
+    cache = None
+    if cfg.data.latent_cache:
+        from .latent_cache import LatentCache
+
+        d = cfg.data
+        cache = LatentCache(d.latent_cache, comp.vae, width=d.width, height=d.height, num_frames=d.num_frames)
+        cache.build(train_urls, device, rank=rank, world=world)
+        acc.wait_for_everyone()
+        log.info("latent cache %s: %d samples", d.latent_cache, cache.open(train_urls))
     if acc.is_main_process:
         atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
+        _trim_metrics(run_dir / "metrics.jsonl", counters["step"])
     val_batches = validation_batches(cfg, val_urls) if acc.is_main_process else []
     writer = None
     if acc.is_main_process:
@@ -248,11 +268,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None,
             for _ in range(accum):
                 batch = next(it)
                 inputs = batch_to_inputs(batch, device, cfg.data.fps)
+                x0 = cache.get(list(batch.key), device) if cache is not None else None
                 with acc.accumulate(model):
                     with acc.autocast():
                         parts = compute_loss(model, core, comp.vae, comp.image_encoder, comp.feature_extractor,
                                              inputs, cfg.objective, generator=generator,
-                                             motion_bucket_id=cfg.data.motion_bucket_id)
+                                             motion_bucket_id=cfg.data.motion_bucket_id, x0=x0)
                     acc.backward(parts.loss)
                 sums += torch.stack([parts.loss.detach().float(), parts.mse.float(), parts.attn.float()])
             sums = acc.reduce(sums, reduction="mean") / accum

@@ -61,6 +61,8 @@ class DataConfig:
     motion_bucket_id: float = 127.0
     # The last N shards (sorted by name) are held out for validation when there are more than N.
     val_holdout_shards: int = 1
+    # Folder caching the VAE latents of the training shards (trackgo_model.latent_cache); "" = off.
+    latent_cache: str = ""
 
     def __post_init__(self) -> None:
         if self.width % 8 or self.height % 8:
@@ -141,7 +143,6 @@ class TrainConfig:
     log_every: int = 10
     max_nonfinite_steps: int = 5  # stop after this many non-finite steps in a row
     progress: str = "tqdm"
-    cache_latents: bool = False  # reserved: VAE-latent cache per shard (not implemented yet)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -160,8 +161,6 @@ class TrainConfig:
             raise ValueError(f"progress must be one of {PROGRESS}, got {self.progress!r}")
         if self.max_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("max_steps, checkpoint_every and log_every must be >= 1")
-        if self.cache_latents:
-            raise ValueError("cache_latents is not implemented yet; set cache_latents=false")
 
     @property
     def run_path(self) -> Path:

@@ -19,7 +19,7 @@ import glob
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,6 +144,29 @@ def segment_seed(seed: int, segment_start: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, segment_start, rank]).generate_state(1)[0])
 
 
+#: corrupt samples in a row after which the stream gives up (every shard broken, wrong folder …)
+MAX_CORRUPT_IN_A_ROW = 200
+
+
+def _guarded_stats():
+    """LoaderStats whose handler stops the stream after MAX_CORRUPT_IN_A_ROW errors in a row."""
+    from trackgo_data.loader import LoaderStats
+
+    class GuardedStats(LoaderStats):
+        in_a_row: int = 0
+
+        def handler(self, exn: Exception) -> bool:
+            super().handler(exn)
+            self.in_a_row += 1
+            if self.in_a_row >= MAX_CORRUPT_IN_A_ROW:
+                raise MissingShardsError(
+                    f"{self.in_a_row} corrupt samples in a row (last: {exn}); the shards look broken — "
+                    f"rebuild them with `make dataset`") from exn
+            return True
+
+    return GuardedStats()
+
+
 class DataStream:
     """Endless batches of ``data.batch_size`` for one rank and one data segment.
 
@@ -155,11 +178,9 @@ class DataStream:
 
     def __init__(self, cfg, urls: list[str], *, seed: int, resampled: bool, shuffle: int,
                  skip_batches: int = 0) -> None:
-        from trackgo_data.loader import LoaderStats
-
         self.cfg, self.urls, self.seed = cfg, urls, seed
         self.resampled, self.shuffle = resampled, shuffle
-        self.stats = LoaderStats()
+        self.stats = _guarded_stats()
         self.epoch = 0
         self._it = self._open()
         for _ in range(skip_batches):
@@ -191,7 +212,9 @@ class DataStream:
     def __next__(self):
         for _ in range(2):
             try:
-                return next(self._it)
+                batch = next(self._it)
+                self.stats.in_a_row = 0
+                return batch
             except StopIteration:
                 self.epoch += 1
                 self._it = self._open()

@@ -91,11 +91,13 @@ def compute_loss(
     *,
     generator: torch.Generator,
     motion_bucket_id: float,
+    x0: torch.Tensor | None = None,
 ) -> LossParts:
     """L = mean_b w(σ_b)·‖D(x_b + σ_b ε; σ_b) − x_b‖² + λ·L_attn for one batch.
 
     ``model`` is what runs the forward (the TrackGoUNet, possibly wrapped for DDP/FSDP); ``core``
-    the bare TrackGoUNet (its collected attention maps give L_attn). ``obj`` is an
+    the bare TrackGoUNet (its collected attention maps give L_attn). ``x0``: the video latents
+    (B, F, 4, h, w) from a :class:`~trackgo_model.latent_cache.LatentCache`, else encoded here. ``obj`` is an
     :class:`~trackgo_model.train_config.ObjectiveConfig`. Random draws, in order:
     σ_cond (B), conditioning noise (B,3,H,W), dropout uniforms (2·B), σ (B), ε (B,F,4,h,w).
     """
@@ -103,7 +105,10 @@ def compute_loss(
     b, f = inputs.video.shape[:2]
     vae_dtype = next(vae.parameters()).dtype
     with torch.no_grad():
-        x0 = cond.encode_video_latents(vae, inputs.video.to(vae_dtype)).float()
+        if x0 is None:
+            x0 = cond.encode_video_latents(vae, inputs.video.to(vae_dtype)).float()
+        elif x0.shape[:2] != inputs.video.shape[:2]:
+            raise ValueError(f"cached latents {tuple(x0.shape)} do not fit the batch {tuple(inputs.video.shape)}")
         clip = cond.encode_image_clip(image_encoder, feature_extractor, inputs.image).float()
         sigma_cond = edm.sample_log_normal(b, obj.cond_log_mean, obj.cond_log_std, generator=generator)
         pix_noise = torch.randn(inputs.image.shape, generator=generator).to(device)

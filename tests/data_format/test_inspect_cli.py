@@ -101,3 +101,22 @@ def test_cli_build_then_inspect(tmp_path, sample_videos, capsys):
         run_cli(["data", "build", "--source", str(src)])  # --out is required
     assert run_cli(["data", "build", "--source", str(src), "--out", str(tmp_path / "o2"),
                     "--set", "clip.no_such_key=1"]) == 2
+
+
+def test_build_help_set_example_is_a_real_key():
+    """The ``--set`` example printed by ``trackgo data build --help`` must be accepted as is."""
+    import re
+
+    parser = argparse.ArgumentParser(prog="trackgo")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    build = parser._subparsers._group_actions[0].choices["data"]._subparsers._group_actions[0].choices["build"]
+    help_text = next(a.help for a in build._actions if a.dest == "overrides")
+    example = re.search(r"--set (\S+)", help_text).group(1)
+    args = parser.parse_args(["data", "build", "--source", "x", "--out", "y", "--set", example])
+    cfg = cli.build_config_from_args(args)
+    key, value = example.split("=")
+    section, name = key.split(".")
+    assert getattr(getattr(cfg, section), name) == float(value)
+    with pytest.raises(Exception, match="min_motion_px"):   # the old example is rejected
+        cli.build_config_from_args(parser.parse_args(["data", "build", "--source", "x", "--out", "y",
+                                                      "--set", "filters.min_motion_px=2"]))

@@ -9,7 +9,10 @@ import torch
 
 from trackgo_data.points import k_for_area
 from trackgo_data.video import decode_mp4, read_frames
+from trackgo_data.vipseg import VIPSeg
 from trackgo_model.evaluate import EvalConfig, run
+from trackgo_model.metrics.fid import fid_from_videos
+from trackgo_model.metrics.fvd import fvd_from_videos
 
 from .tiny_extractors import TinyFIDNet, TinyI3D
 from .vipseg_fixture import build_fixture
@@ -41,12 +44,20 @@ def test_protocol_end_to_end(evaluated, monkeypatch):
     cfg, res = evaluated
     out = Path(cfg.out)
     m = res["metrics"]
-    assert res["num_videos"] == 2 and res["rejects"] == {"short_c": "too_short"}
+    assert res["num_videos"] == 2 and set(res["rejects"]) == {"short_c", "missing_d"}
+    assert res["rejects"]["short_c"] == "too_short" and res["rejects"]["missing_d"].startswith("unreadable")
     for k in ("fvd", "fid", "objmc", "objmc_ours"):
         assert m[k]["status"] == "ok" and np.isfinite(m[k]["value"]) and m[k]["value"] >= 0, k
     gen = decode_mp4(out / "generated" / "vid_a.mp4")
     real = decode_mp4(out / "real" / "vid_a.mp4")
     assert gen.shape == real.shape == (6, 64, 128, 3)
+    np.testing.assert_array_equal(real, VIPSeg(cfg.vipseg).video("vid_a").read(6, size=(128, 64))[0])
+    # streamed per-video features give the same numbers as all clips at once
+    reals = [decode_mp4(out / "real" / f"{v}.mp4") for v in ("vid_a", "vid_b")]
+    gens = [decode_mp4(out / "generated" / f"{v}.mp4") for v in ("vid_a", "vid_b")]
+    with torch.no_grad():
+        assert m["fid"]["value"] == pytest.approx(fid_from_videos(TinyFIDNet().eval(), reals, gens), rel=1e-6)
+    assert m["fvd"]["value"] == pytest.approx(fvd_from_videos(torch.jit.script(TinyI3D()), reals, gens), rel=1e-6)
     assert decode_mp4(out / "side_by_side" / "vid_a.mp4").shape == (6, 64, 384, 3)
     assert not (out / "side_by_side" / "vid_b.mp4").exists()
     # conditioning: components from the masks (moving thing first), K rule on each mask's area

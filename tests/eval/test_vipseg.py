@@ -30,7 +30,7 @@ def vipseg_root(tmp_path_factory, sample_videos):
 @pytest.mark.parametrize("masks", ["raw", "rgb"])
 def test_reader_numeric_order_and_masks(vipseg_root, masks):
     ds = VIPSeg(vipseg_root, masks=masks)
-    assert ds.split("val") == ["vid_a", "vid_b", "short_c"]
+    assert ds.split("val") == ["vid_a", "vid_b", "short_c", "missing_d"]
     v = ds.video("vid_a")
     assert [int(p.stem) for p in v.frames] == FRAME_NAMES
     frames, segs = v.read(count=6)

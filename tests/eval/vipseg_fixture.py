@@ -45,12 +45,12 @@ def make_video(root: Path, name: str, frames: np.ndarray, num: int) -> None:
 
 
 def build_fixture(root: Path, clip: np.ndarray) -> Path:
-    """clip: (≥8, 144, 176, 3) uint8. Writes VIPSeg_720P/ with val: vid_a, vid_b, short_c."""
+    """clip: (≥8, 144, 176, 3) uint8. Writes VIPSeg_720P/ with val: vid_a, vid_b, short_c, missing_d."""
     root = Path(root) / "VIPSeg_720P"
     make_video(root, "vid_a", clip, 8)
     make_video(root, "vid_b", clip[::-1].copy(), 8)
     make_video(root, "short_c", clip, 3)
-    (root / "val.txt").write_text("vid_a\nvid_b\nshort_c\n")
+    (root / "val.txt").write_text("vid_a\nvid_b\nshort_c\nmissing_d\n")   # missing_d has no folder
     (root / "train.txt").write_text("vid_b\n")
     (root / "test.txt").write_text("")
     return root

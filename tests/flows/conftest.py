@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 #: small clips keep the whole flow test set to a few minutes on 2 shared cores
-CLIP = {"num_frames": 8, "width": 256, "height": 144, "clips_per_video": 2}
+CLIP = {"num_frames": 8, "width": 256, "height": 144, "clips_per_video": 1}
 BATCH_SIZE = 1
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -158,3 +158,50 @@ def test_kill_9_then_resume(tmp_path, flow_sources, thread_run, prefect_server):
     assert _accepted(out) == _accepted(ref_out)
     assert _digests(out) == _digests(ref_out)  # no partial or stale shard left behind
     assert not [p for p in (out / "shards").iterdir() if not p.name.endswith(".tar")]
+
+
+def test_failing_batch_is_retried_then_reported(tmp_path, flow_sources, thread_run, monkeypatch):
+    """A transient error is retried; a batch that keeps failing fails the run only after the other
+    batches finished and the manifest was written, and a rerun completes the missing batch."""
+    import flows.build_dataset as fb
+    import trackgo_data.build as tb
+
+    real = tb.process_batch
+    calls: dict[str, int] = {}
+
+    def flaky(spec, cfg, out, limit=None):
+        calls[spec.sources[0]] = calls.get(spec.sources[0], 0) + 1
+        if "carphone" in spec.sources[0]:
+            raise OSError("storage hiccup")  # always fails
+        if "bigbuckbunny" in spec.sources[0] and calls[spec.sources[0]] == 1:
+            raise OSError("first attempt fails")  # transient: the retry succeeds
+        return real(spec, cfg, out, limit=limit)
+
+    monkeypatch.setattr(tb, "process_batch", flaky)
+    monkeypatch.setattr(fb, "build_batch_task", fb.build_batch_task.with_options(retries=2, retry_delay_seconds=0))
+    out = tmp_path / "flaky"
+    state = build_dataset_flow(**flow_kwargs(flow_sources, out, previews=0), return_state=True)
+    assert state.is_failed() and "rerun to resume" in state.message
+    carphone = next(k for k in calls if "carphone" in k)
+    bunny = next(k for k in calls if "bigbuckbunny" in k)
+    assert calls[carphone] == 3 and calls[bunny] == 2  # 1 + 2 retries; 1 + 1 retry
+    rows = _rows(out)  # finished batches are merged although the run failed
+    assert {Path(r["source"]).name for r in rows} == {"broken.mp4", "bigbuckbunny.mp4"}
+
+    monkeypatch.setattr(tb, "process_batch", real)
+    state = build_dataset_flow(**flow_kwargs(flow_sources, out, previews=0), return_state=True)
+    assert state.is_completed()
+    ref_out, _ = thread_run
+    assert _accepted(out) == _accepted(ref_out) and _digests(out) == _digests(ref_out)
+
+
+def test_max_clips_is_exact_and_matches_library(tmp_path, flow_sources, build_cfg):
+    from trackgo_data.build import build_dataset
+
+    ref = build_dataset(str(flow_sources), tmp_path / "lib", build_cfg, max_clips=1, batch_size=1, progress=False)
+    state = build_dataset_flow(**flow_kwargs(flow_sources, tmp_path / "flow", max_clips=1, previews=0),
+                               return_state=True)
+    assert state.is_completed()
+    assert state.result()["accepted"] == ref["accepted"] == 1
+    assert _accepted(tmp_path / "flow") == _accepted(tmp_path / "lib")
+    assert sorted(r["key"] for r in _rows(tmp_path / "flow")) == sorted(r["key"] for r in _rows(tmp_path / "lib"))

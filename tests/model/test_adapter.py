@@ -85,10 +85,12 @@ def test_track_attention_matches_loop_reference(frames, case):
     ref_out, ref_a, ref_ap = reference(q, k, v, qp, kp, **case)
     out, (a, ap) = track_attention(q, k, v, qp, kp, return_maps=True, **case)
     fused = track_attention(q, k, v, qp, kp, **case)  # SDPA path, no maps
+    explicit = track_attention(q, k, v, qp, kp, sdpa=False, **case)
     torch.testing.assert_close(ap.double(), ref_ap, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(a.double(), ref_a, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fused.double(), ref_out, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(explicit.double(), ref_out, atol=1e-5, rtol=1e-4)
 
 
 def test_inputs_cover_partial_full_and_empty_mask_rows():
@@ -231,3 +233,38 @@ def test_processor_layout_matches_per_position_kernel():
                                 split(proc.to_q_prime(f)), split(proc.to_k_prime(f)), gate=proc.gate)
             expect = attn.to_out[0](o.transpose(1, 2).reshape(frames, -1))
             torch.testing.assert_close(out[row], expect, atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_and_processor_make_no_tensors_from_host_data():
+    """torch.tensor(...) inside the step would be a blocking host→device copy on a GPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    q, k, v, qp, kp = make_inputs(7)
+    with Record() as rec:
+        track_attention(q, k, v, qp, kp, gate=torch.rand(3), motion=0.5, tau=-3.0)
+        track_attention(q, k, v, qp, kp, mode="paper", gate=None, sdpa=False, return_maps=True)
+    assert rec.ops and not any("lift_fresh" in op for op in rec.ops)
+    with Record() as probe:
+        torch.tensor(1.0)
+    assert any("lift_fresh" in op for op in probe.ops)  # the probe does see host-data tensors
+
+    unet = build_unet("tiny", device="cpu")
+    path = temporal_attn1_paths(unet)[0]
+    attn = unet.get_submodule(path)
+    ctx = TrackContext()
+    proc = TrackAdapterProcessor(attn, ctx, name=path)
+    enc = TrajectoryEncoder([proc.width])
+    trunk = torch.randn(4, enc.trunk_channels, 2, 3)
+    ctx.begin(batch=2, frames=2, latent_hw=(2, 3), encoder=enc, trunk=trunk, collect=True)
+    with Record() as rec:
+        proc(attn, torch.randn(12, 2, proc.width))
+    assert rec.ops and not any("lift_fresh" in op for op in rec.ops)

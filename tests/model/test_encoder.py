@@ -84,3 +84,16 @@ def test_bad_inputs_raise():
         enc.project(torch.zeros(1, 256, 2, 2), 48)
     with pytest.raises(ValueError, match="pooling"):
         EncoderConfig(pooling="max")
+
+
+def test_sequence_features_is_features_at_in_temporal_layout():
+    enc = TrajectoryEncoder([32])
+    _randomise_heads(enc)
+    bsz, frames = 2, 3
+    trunk = enc.trunk(torch.rand(bsz, frames, 3, 40, 56) * 2 - 1)  # 5×7
+    grid = (3, 4)
+    seq = enc.sequence_features(trunk, 32, grid, bsz)
+    ref = enc.features_at(trunk, 32, grid).reshape(bsz, frames, 32, 3, 4)
+    assert seq.shape == (bsz * 12, frames, 32)
+    for b, y, x in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
+        torch.testing.assert_close(seq[b * 12 + y * 4 + x], ref[b, :, :, y, x])

@@ -59,6 +59,8 @@ def test_fresh_default_mode_reproduces_bare_unet_paper_mode_does_not(bare_unet):
     out = model(sample, t, ehs, ati, trajectories=p)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model(sample, t, ehs, ati, trajectories=None), ref, atol=1e-6, rtol=1e-6)
+    assert torch.equal(model(sample, t, ehs, ati, trajectories=p, return_dict=False)[0], out)
+    assert torch.equal(model(sample, t, ehs, ati, trajectories=p, return_dict=True).sample, out)
     model.set_inference(mode="paper")
     assert (model(sample, t, ehs, ati, trajectories=p) - ref).abs().max() > 1e-2
     model.set_inference(mode="gated", motion=0.2)

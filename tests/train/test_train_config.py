@@ -68,3 +68,24 @@ def test_missing_shards_say_make_dataset(tmp_path, caplog):
         rc = train_main(["--config", "tiny-cpu", f"data.shards={tmp_path / 'none'}", f"run_dir={tmp_path / 'run'}"])
     assert rc == 2
     assert "make dataset" in caplog.text
+
+
+def test_switches_reach_the_model_config_and_accelerate():
+    from trackgo_model.train import accelerate_kwargs
+    from trackgo_model.train_io import trackgo_config_for
+
+    full = trackgo_config_for(load_train_config("svd-xt-paper"))
+    assert full.mask_value == -1.0e4 and full.attn_loss.weight == 1.0
+    assert set(full.trainable) == {"encoder", "adapter", "temporal_qkv"}
+    ablated = trackgo_config_for(load_train_config(
+        "svd-xt-paper", ["model.attention_mask=false", "objective.attn_loss_weight=0",
+                         "model.trainable=[encoder, adapter]"]))
+    assert ablated.mask_value == 0.0 and ablated.tau is None  # AM ≡ 0: the "no attention mask" ablation
+    assert ablated.attn_loss.weight == 0.0 and ablated.trainable == ("encoder", "adapter")
+
+    cfg = load_train_config("svd-xt-paper")
+    kw = accelerate_kwargs(cfg, 8)
+    assert kw == {"mixed_precision": "bf16", "gradient_accumulation_steps": 8}
+    kw = accelerate_kwargs(load_train_config("svd-xt-paper", ["distributed=fsdp"]), 1)
+    plugin = kw["fsdp_plugin"]
+    assert type(plugin).__name__ == "FullyShardedDataParallelPlugin" and plugin.use_orig_params

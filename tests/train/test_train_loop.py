@@ -131,6 +131,10 @@ def test_resume_is_bitwise_identical(tiny_shards, tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_shards, tiny_model_dir, mid, **extra)
     train(cfg, stop_at=3)
     train(cfg, resume=True)
+    # the metrics log reads like one run: each step once, same losses as the straight run
+    log_of = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log_of(mid)] == [1, 2, 3, 4]
+    assert [x["loss"] for x in log_of(mid)] == [x["loss"] for x in log_of(straight)]
 
     ref = _final(straight)
     for run in (split, mid):
@@ -185,3 +189,25 @@ def test_nonfinite_steps_are_skipped_then_stop(tiny_shards, tiny_model_dir, tmp_
     with pytest.raises(NonFiniteLossError, match="2 steps in a row"):
         train(cfg)
     assert calls["n"] == 2
+
+
+def test_corrupt_sample_is_skipped_and_counted(tiny_shards, tiny_model_dir, tmp_path):
+    import shutil
+
+    import webdataset as wds
+
+    from trackgo_data.shards import ShardSpec, write_shards
+    from trackgo_model.train import train
+
+    good = [dict(s) for s in wds.WebDataset(str(tiny_shards / "clips-000000.tar"), shardshuffle=False)]
+    for s in good:
+        s.pop("__url__", None), s.pop("__local_path__", None)
+    broken = dict(good[1], __key__="broken-000000")
+    broken["video.mp4"] = b"this is not an mp4"
+    shards = tmp_path / "shards"
+    write_shards([good[0], broken, good[2]], shards, "a-mixed", ShardSpec(maxcount=10))
+    shutil.copy(tiny_shards / "clips-000001.tar", shards / "z-val-000000.tar")  # held out
+    cfg = tiny_config(shards, tiny_model_dir, tmp_path / "run", max_steps=3, checkpoint_every=10,
+                      global_batch_size=1, **{"data.shuffle_buffer": 0})
+    r = train(cfg)
+    assert r["step"] == 3 and r["corrupt_samples"] >= 1

@@ -106,6 +106,7 @@ class DevaSegmenter:
         if self._model is not None:
             return
         api, c = self._api, self.cfg
+        log.info("loading DEVA %s and SAM %s on %s", c.deva_weights, c.sam_weights, c.device)
         parser = argparse.ArgumentParser()
         api["add_common"](parser)
         api["add_ext"](parser)

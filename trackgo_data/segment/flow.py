@@ -2,18 +2,26 @@
 
 Steps, all at a reduced resolution (longer side ``flow_long_side``, default 256):
 
-1. DIS optical flow between consecutive frames.
+1. DIS optical flow between consecutive frames, forward and backward.
 2. Camera (dominant) motion per frame pair: a RANSAC homography fitted to flow correspondences on
    a sparse grid; the residual flow = flow − homography flow is the motion of things themselves.
-3. Every first-frame pixel is followed through the clip along the chained flow; its evidence of
-   independent motion is the largest norm of its accumulated residual displacement (px at the
-   flow resolution). Static scenes and pure camera motion give ≈ 0; a moving object grows
-   linearly with time, while flow noise averages out.
-4. Evidence > threshold → smoothing, morphology, hole filling, connected components; components
-   smaller than ``min_area`` (share of the image) are dropped; the ``max_components`` largest stay.
-5. Ids propagate: the first-frame labels are forward-splatted along the same pixel trajectories,
-   holes are closed, and pixels of the frame's own residual-motion mask next to a component join
-   it (re-association by overlap/adjacency). Ids therefore never swap over time.
+3. Every first-frame pixel is followed through the clip along the chained forward flow; its
+   evidence of independent motion is the largest norm of its accumulated residual displacement
+   (px at the flow resolution). Static scenes and pure camera motion give ≈ 0; a moving object
+   grows linearly with time, while flow noise averages out. A path stops accumulating once it is
+   occluded: forward–backward flow disagree, it leaves the image, or its (blurred) grey value
+   drifts from its first-frame value by more than ``photometric_threshold``.
+4. Evidence > max(``motion_threshold``, ``noise_factor`` × median) → morphology and hole
+   filling; inside each region only evidence ≥ ``relative_threshold`` × the region's 95th
+   percentile stays (removes the halo that smoothed flow spreads around a moving object);
+   connected components outside [``min_area``, ``max_area``] are dropped; the
+   ``max_components`` largest stay.
+5. Ids propagate: the first-frame labels of still-trusted paths are forward-splatted to their
+   positions in frame t, holes are closed per id, and pixels of frame t's own residual-motion
+   mask within 2 px of a component join it. Ids therefore never swap or appear from nowhere.
+
+Cost on a 1024×576×25 clip: the two DIS passes dominate; see ``benchmarks/clip_cost.py``.
+``last_evidence`` keeps the evidence map of the last call (for previews/debugging).
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ class FlowSegConfig:
     max_components: int = MAX_COMPONENTS
     flow_long_side: int = 256
     dis_preset: str = "fast"            # ultrafast | fast | medium (cv2 DISOpticalFlow presets)
+    dis_finest_scale: int = 1           # DIS stops at 1/2^k of the flow resolution (presets: 2)
     motion_threshold: float = 2.0       # px at flow resolution: accumulated residual displacement
     frame_threshold: float = 0.6        # px/frame at flow resolution: per-frame residual mask
     min_area: float = 0.005             # share of the image below which a component is dropped
@@ -37,6 +46,7 @@ class FlowSegConfig:
     grid_step: int = 6                  # px between homography correspondences
     smooth_sigma: float = 1.5           # px, Gaussian on the evidence map
     noise_factor: float = 3.0           # threshold ≥ noise_factor × median evidence
+    relative_threshold: float = 0.4     # per region: keep evidence ≥ this × its 95th percentile
     fb_rel: float = 0.05                # occluded when |f + b|² > fb_rel·(|f|² + |b|²) + fb_abs
     fb_abs: float = 1.0                 # px² at flow resolution
     photometric_threshold: float = 30.0  # grey levels a path may drift from its first-frame value (0: off)
@@ -64,6 +74,7 @@ class FlowSegmenter:
                   "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                   "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[self.cfg.dis_preset]
         self._dis = cv2.DISOpticalFlow_create(preset)
+        self._dis.setFinestScale(self.cfg.dis_finest_scale)
 
     # ---- helpers ---------------------------------------------------------------------------
     def _small(self, frames: np.ndarray) -> np.ndarray:
@@ -133,7 +144,12 @@ class FlowSegmenter:
         grey = self._small(frames)
         h, w = grey.shape[1:]
         flows = self.flows(grey)
-        bflows = np.stack([self._dis.calc(grey[t + 1], grey[t], None) for t in range(L - 1)])
+        # (L−1,h,w,3): backward flow t+1 → t and the blurred grey of frame t+1, sampled together
+        back = np.empty((L - 1, h, w, 3), np.float32)
+        for t in range(L - 1):
+            back[t, ..., :2] = self._dis.calc(grey[t + 1], grey[t], None)
+            back[t, ..., 2] = cv2.GaussianBlur(grey[t + 1], (0, 0), 1.0)
+        grey0 = cv2.GaussianBlur(grey[0], (0, 0), 1.0).astype(np.float32)
         # (L−1,h,w,4): forward flow and its camera-compensated residual, remapped together
         fr = np.empty((L - 1, h, w, 4), np.float32)
         fr[..., :2] = flows
@@ -143,9 +159,8 @@ class FlowSegmenter:
         # follow every first-frame pixel; accumulate its residual displacement
         gx, gy = self._grid(h, w)
         px, py = gx.copy(), gy.copy()
-        if self.cfg.photometric_threshold > 0:
-            blur = np.stack([cv2.GaussianBlur(g, (0, 0), 1.0) for g in grey]).astype(np.float32)
         pos = [(gx, gy)]
+        alive_at = [np.ones((h, w), bool)]   # paths still trusted at frame t
         acc_x = np.zeros((h, w), np.float32)
         acc_y = np.zeros((h, w), np.float32)
         evidence = np.zeros((h, w), np.float32)
@@ -160,7 +175,7 @@ class FlowSegmenter:
             acc_y += np.where(alive, v[..., 3], 0)
             # forward–backward occlusion check: a pixel whose backward flow does not bring it
             # back has been covered by something else; it stops accumulating (keeps its maximum)
-            b = cv2.remap(bflows[t], px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            b = cv2.remap(back[t], px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             bx, by = b[..., 0], b[..., 1]
             err = (fx + bx) ** 2 + (fy + by) ** 2
             alive &= err <= c.fb_rel * (fx * fx + fy * fy + bx * bx + by * by) + c.fb_abs
@@ -168,14 +183,16 @@ class FlowSegmenter:
             if c.photometric_threshold > 0:
                 # appearance check: a path that slid onto another surface (dragged across an
                 # occlusion boundary by smoothed flow) changes colour from its first frame
-                now = cv2.remap(blur[t + 1], px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                alive &= np.abs(now - blur[0]) <= c.photometric_threshold
+                alive &= np.abs(b[..., 2] - grey0) <= c.photometric_threshold
             np.maximum(evidence, np.hypot(acc_x, acc_y), out=evidence)
+            alive_at.append(alive.copy())
         self.last_evidence = evidence
         ev = cv2.GaussianBlur(evidence, (0, 0), c.smooth_sigma)
         # background noise of the accumulated residual sets the bar on shaky footage
         thr = max(c.motion_threshold, c.noise_factor * float(np.median(ev)))
         mask0 = self._clean(ev > thr)
+        if c.relative_threshold > 0:
+            mask0 = self._tighten(mask0, ev, thr)
         labels0 = self._components(mask0)
         small = np.zeros((L, h, w), np.int32)
         small[0] = labels0
@@ -183,13 +200,13 @@ class FlowSegmenter:
             for t in range(1, L):
                 r = fr[min(t, L - 2), ..., 2:]
                 moving = np.hypot(r[..., 0], r[..., 1]) > c.frame_threshold
-                small[t] = self._propagate(labels0, pos[t], moving, h, w)
+                small[t] = self._propagate(np.where(alive_at[t], labels0, 0), pos[t], moving, h, w)
         small = relabel_by_area(small, c.max_components)
         if (h, w) == (H, W):
             return small
         out = np.empty((L, H, W), np.int32)
         for t in range(L):
-            out[t] = cv2.resize(small[t], (W, H), interpolation=cv2.INTER_NEAREST)
+            cv2.resize(small[t], (W, H), dst=out[t], interpolation=cv2.INTER_NEAREST)
         return out
 
     def _clean(self, mask: np.ndarray) -> np.ndarray:
@@ -202,6 +219,27 @@ class FlowSegmenter:
         m = cv2.morphologyEx(m, cv2.MORPH_OPEN, k3)
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, k5)
         return ndimage.binary_fill_holes(m > 0)
+
+    def _tighten(self, mask: np.ndarray, ev: np.ndarray, thr: float) -> np.ndarray:
+        """Per connected region, keep pixels whose evidence reaches ``relative_threshold`` × the
+        region's 95th percentile: smoothed flow spreads part of an object's motion onto its
+        surroundings, and that halo scales with the object's own motion."""
+        import cv2
+
+        n, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        if n <= 1:
+            return mask
+        out = np.zeros_like(mask)
+        idx = lab.ravel()
+        order = np.argsort(idx, kind="stable")
+        bounds = np.searchsorted(idx[order], np.arange(1, n + 1))
+        flat_ev = ev.ravel()
+        for j in range(1, n):
+            members = order[bounds[j - 1]:bounds[j]]
+            level = max(thr, self.cfg.relative_threshold * float(np.percentile(flat_ev[members], 95)))
+            keep = members[flat_ev[members] >= level]
+            out.ravel()[keep] = True
+        return self._clean(out)
 
     def _components(self, mask: np.ndarray) -> np.ndarray:
         """bool (h,w) → int32 labels of connected components above min_area, largest first."""

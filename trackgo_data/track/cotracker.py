@@ -69,6 +69,7 @@ def load_model(variant: str, repo: str = DEFAULT_REPO, pretrained: bool = True, 
         if local and not (Path(repo).expanduser() / "hubconf.py").is_file():
             raise CoTrackerUnavailable(f"{repo} is a directory without hubconf.py: point 'repo' at a "
                                        "clone of https://github.com/facebookresearch/co-tracker")
+        log.info("loading Co-Tracker %s from %s (pretrained=%s, device=%s)", variant, repo, pretrained, device)
         try:
             model = torch.hub.load(str(Path(repo).expanduser()) if local else repo, variant,
                                    source="local" if local else "github", pretrained=pretrained,
@@ -146,7 +147,12 @@ class CoTracker:
         vis = vis[0, :L].cpu().numpy()
         if vis.ndim == 3:  # some versions return (T,N,1)
             vis = vis[..., 0]
-        return tracks, vis.astype(bool)
+        vis = vis.astype(bool)
+        # the query frame is known exactly: pin it (the online model only approximates it)
+        H, W = frames.shape[1:3]
+        tracks[0] = points
+        vis[0] = (points[:, 0] >= 0) & (points[:, 0] <= W - 1) & (points[:, 1] >= 0) & (points[:, 1] <= H - 1)
+        return tracks, vis
 
     @staticmethod
     def _run_online(model, video, queries):

@@ -218,6 +218,7 @@ def load_fid_inception(path: str | Path | None = None, device: str = "cpu") -> F
         raise MetricUnavailable(
             f"{file} is not the FID Inception weights file: missing {missing[:5]}…, unexpected {unexpected[:5]}…"
         )
+    log.info("loaded FID Inception weights from %s", file)
     return model.eval().to(device)
 
 

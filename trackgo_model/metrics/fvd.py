@@ -45,6 +45,7 @@ def load_i3d(path: str | Path | None = None, device: str = "cpu") -> torch.jit.S
         model = torch.jit.load(str(file), map_location=device)
     except RuntimeError as exc:
         raise MetricUnavailable(f"{file} is not a loadable TorchScript I3D: {exc}") from exc
+    log.info("loaded I3D TorchScript from %s", file)
     return model.eval()
 
 

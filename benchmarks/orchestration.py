@@ -1,0 +1,150 @@
+"""Orchestration cost of the build-dataset flow, measured in one run.
+
+1. Overhead: wall time of the ``build-dataset`` flow (thread runner, one worker) on N clips ÷ the
+   same stage functions in a plain in-process loop (``trackgo_data.build.build_dataset``) on the
+   same clips. Goal ≤ 1.3.
+2. Scale-out: the flow on a ``distributed.LocalCluster`` with 1 worker process vs 2 (one thread
+   each), same clips. Goal ≥ 1.7× on 2 cores.
+
+Each measurement writes to a fresh output folder (no cache reuse); models are loaded and every
+process is warmed up on a throw-away run first, so the figures compare steady-state work. The
+Prefect API is a temporary local server (``prefect_test_harness``) started before timing.
+
+    python benchmarks/orchestration.py [--videos 8] [--clips-per-video 3] [--size 512x288] [--frames 16]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def make_sources(root: Path, n: int, video: Path) -> Path:
+    """A list file of ``n`` copies (hard links where possible) of one sample video under distinct
+    names: ``n`` equal-cost batches."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        copy = root / f"clip{i:03d}{video.suffix}"
+        if not copy.exists():
+            try:
+                os.link(video, copy)
+            except OSError:
+                shutil.copyfile(video, copy)
+        lines.append(str(copy))
+    listing = root / "videos.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+def _load_models(cfg) -> int:
+    """Load the segmenter and tracker in this process (returns the pid; the models stay cached)."""
+    from trackgo_data.build import get_models
+
+    get_models(cfg)
+    return os.getpid()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--video", default="bikes", help="bundled sample to replicate (bigbuckbunny|bikes|carphone)")
+    p.add_argument("--videos", type=int, default=8, help="source files (one batch each)")
+    p.add_argument("--clips-per-video", type=int, default=3)
+    p.add_argument("--size", default="512x288")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=2, help="interleaved loop/flow repetitions (min is kept)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary outputs")
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    width, height = (int(v) for v in a.size.lower().split("x"))
+
+    from distributed import Client, LocalCluster
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.build_dataset import build_dataset_flow, make_build_config
+    from trackgo_data.build import build_dataset, get_models
+    from trackgo_data.samples import sample_video_paths
+
+    tmp = Path(tempfile.mkdtemp(prefix="trackgo-bench-"))
+    video = sample_video_paths()[a.video]
+    sources = make_sources(tmp / "src", a.videos, video)
+    warm_src = make_sources(tmp / "warm", 1, video)
+    cfg = make_build_config("local", a.frames, width, height, clips_per_video=a.clips_per_video)
+    flow_kw = dict(source=str(sources), profile="local", num_frames=a.frames, width=width, height=height,
+                   clips_per_video=a.clips_per_video, batch_size=1, progress_bar=False)
+    load0 = os.getloadavg()
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+
+    with prefect_test_harness(server_startup_timeout=180):
+        # warm-up: imports, models, Prefect client, matplotlib (artifacts)
+        get_models(cfg)
+        build_dataset(str(warm_src), tmp / "warm-loop", cfg, batch_size=1, progress=False)
+        build_dataset_flow(**{**flow_kw, "source": str(warm_src), "output": str(tmp / "warm-flow")})
+
+        # loop and flow interleaved, twice; each run gets its own copies of the sources so that
+        # both pay for content hashing (the library caches hashes per path within a process)
+        runs: dict[str, list[float]] = {"loop": [], "flow": [], "flow-np": []}
+        for rep in range(a.repeats):
+            src = {k: str(make_sources(tmp / f"src-{k}-{rep}", a.videos, video)) for k in runs}
+            t, s_loop = timed(lambda: build_dataset(src["loop"], tmp / f"loop{rep}", cfg, batch_size=1,
+                                                    progress=False))
+            runs["loop"].append(t)
+            t, s_flow = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src["flow"],
+                                                           "output": str(tmp / f"flow{rep}")}))
+            runs["flow"].append(t)
+            t, _ = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src["flow-np"],
+                                                      "output": str(tmp / f"flow-np{rep}"), "previews": 0}))
+            runs["flow-np"].append(t)
+            assert s_flow["accepted"] == s_loop["accepted"] and s_flow["clips"] == s_loop["clips"]
+        t_loop, t_flow, t_flow_np = (min(runs[k]) for k in ("loop", "flow", "flow-np"))
+
+        dask_t = {}
+        for n in (1, 2):
+            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+                with Client(cl) as client:
+                    client.run(_load_models, cfg)  # models load once per worker process, before timing
+                build_dataset_flow(**{**flow_kw, "source": str(make_sources(tmp / f"warm{n}", n, video)),
+                                      "output": str(tmp / f"warm-dask{n}"), "task_runner": "dask",
+                                      "address": cl.scheduler_address, "previews": 0})
+                src_n = str(make_sources(tmp / f"src-dask{n}", a.videos, video))
+                dask_t[n], s = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src_n,
+                                                                   "output": str(tmp / f"dask{n}"),
+                                                                   "task_runner": "dask",
+                                                                   "address": cl.scheduler_address,
+                                                                   "previews": 0}))
+                assert s["accepted"] == s_loop["accepted"]
+    load1 = os.getloadavg()
+
+    n_clips = s_loop["clips"]
+    print(f"clips: N={n_clips} candidate clips ({s_loop['accepted']} accepted) from {a.videos} copies of "
+          f"{a.video}, {a.frames} frames at {width}x{height}, batch_size=1 ({a.videos} batches)")
+    print(f"machine: {os.cpu_count()} cpus, load average before {load0[0]:.2f}, after {load1[0]:.2f} "
+          "(shared machine: other processes compete for the cores)")
+    print(f"times are the min of {a.repeats} interleaved runs: " +
+          ", ".join(f"{k} {[round(v, 2) for v in vs]}" for k, vs in runs.items()))
+    print(f"plain loop (trackgo_data.build.build_dataset): {t_loop:8.2f} s  {n_clips / t_loop:6.2f} clips/s")
+    print(f"flow, thread runner (with artifacts):          {t_flow:8.2f} s  {n_clips / t_flow:6.2f} clips/s")
+    print(f"flow, thread runner (no previews):             {t_flow_np:8.2f} s")
+    print(f"overhead ratio flow / plain loop: {t_flow / t_loop:.3f} (no previews {t_flow_np / t_loop:.3f}; goal <= 1.3)")
+    print(f"flow, Dask LocalCluster 1 worker:              {dask_t[1]:8.2f} s")
+    print(f"flow, Dask LocalCluster 2 workers:             {dask_t[2]:8.2f} s")
+    print(f"scale-out speed-up 2 vs 1 workers: {dask_t[1] / dask_t[2]:.3f}x (goal >= 1.7 on 2 free cores)")
+    if a.keep:
+        print(f"outputs kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
