@@ -44,6 +44,29 @@ def make_sources(root: Path, n: int, video: Path) -> Path:
     return listing
 
 
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def free_parallelism(work: int = 3_000_000) -> float:
+    """How much two processes gain over one right now: 2 * t(1 job) / t(2 jobs at once).
+    2.0 = two free cores; ~1.0 = the cores are busy with other work."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as ex:
+        list(ex.map(_spin, [1000, 1000]))  # start both processes
+        t0 = time.perf_counter()
+        ex.submit(_spin, work).result()
+        t1 = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        list(ex.map(_spin, [work, work]))
+        t2 = time.perf_counter() - t0
+    return 2 * t1 / t2
+
+
 def _load_models(cfg) -> int:
     """Load the segmenter and tracker in this process (returns the pid; the models stay cached)."""
     from trackgo_data.build import get_models
@@ -110,6 +133,7 @@ def main() -> None:
         t_loop, t_flow, t_flow_np = (min(runs[k]) for k in ("loop", "flow", "flow-np"))
 
         dask_t = {}
+        par0 = free_parallelism()
         for n in (1, 2):
             with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
                 with Client(cl) as client:
@@ -124,6 +148,7 @@ def main() -> None:
                                                                    "address": cl.scheduler_address,
                                                                    "previews": 0}))
                 assert s["accepted"] == s_loop["accepted"]
+        par1 = free_parallelism()
     load1 = os.getloadavg()
 
     n_clips = s_loop["clips"]
@@ -140,6 +165,8 @@ def main() -> None:
     print(f"flow, Dask LocalCluster 1 worker:              {dask_t[1]:8.2f} s")
     print(f"flow, Dask LocalCluster 2 workers:             {dask_t[2]:8.2f} s")
     print(f"scale-out speed-up 2 vs 1 workers: {dask_t[1] / dask_t[2]:.3f}x (goal >= 1.7 on 2 free cores)")
+    print(f"free parallelism of the machine (2 CPU-bound processes vs 1, ideal 2.0): before Dask {par0:.2f}, "
+          f"after {par1:.2f}")
     if a.keep:
         print(f"outputs kept in {tmp}")
     else:

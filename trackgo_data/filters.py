@@ -38,12 +38,17 @@ class FilterConfig:
     analysis_long_side: int = 256  # frames are analysed (cuts, camera) at this longer side
 
 
+def analysis_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(w, h) of a H×W frame reduced to ``long_side`` (never enlarged; at least 8 px)."""
+    s = min(1.0, long_side / max(height, width))
+    return max(8, round(width * s)), max(8, round(height * s))
+
+
 def _small_grey(frames: np.ndarray, long_side: int) -> np.ndarray:
     import cv2
 
     H, W = frames.shape[1:3]
-    s = min(1.0, long_side / max(H, W))
-    size = (max(8, round(W * s)), max(8, round(H * s)))
+    size = analysis_size(H, W, long_side)
     out = []
     for f in frames:
         g = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
@@ -95,9 +100,13 @@ def camera_motion(grey: np.ndarray, scale: float = 1.0) -> float:
 
 def clip_stats(tracks: np.ndarray, visibility: np.ndarray, frames: np.ndarray | None = None,
                labels: np.ndarray | None = None, components: np.ndarray | None = None,
-               cfg: FilterConfig | None = None) -> dict:
+               cfg: FilterConfig | None = None, grey: np.ndarray | None = None) -> dict:
     """tracks (L,N,2) float px, visibility (L,N) bool, frames (L,H,W,3) uint8, labels (L,H,W) int
     → JSON-friendly dict of floats/ints.
+
+    ``grey`` (L,h,w) uint8: the frames already reduced to grey at ``cfg.analysis_long_side`` (the
+    flow segmenter's ``last_grey``), reused instead of reducing them again; ignored when its
+    shape is not the one the analysis would produce.
 
     Keys: ``num_points``, ``num_components`` (from ``components`` or labels), ``visible_ratio``,
     ``median_motion`` (median over points of the largest visible displacement from frame 0, px),
@@ -127,7 +136,10 @@ def clip_stats(tracks: np.ndarray, visibility: np.ndarray, frames: np.ndarray | 
         stats["median_motion"] = stats["mean_motion"] = 0.0
     if frames is not None:
         frames = np.asarray(frames)
-        grey = _small_grey(frames, cfg.analysis_long_side)
+        n_frames, H, W = frames.shape[:3]
+        w, h = analysis_size(H, W, cfg.analysis_long_side)
+        if grey is None or np.shape(grey) != (n_frames, h, w) or np.asarray(grey).dtype != np.uint8:
+            grey = _small_grey(frames, cfg.analysis_long_side)
         score, t = scene_cut_score(grey)
         stats["scene_cut"] = score
         stats["scene_cut_frame"] = t

@@ -81,7 +81,7 @@ def iter_video(path: str | Path, cfg: BuildConfig, segmenter: Any, tracker: Any,
     from .clips import iter_clips
     from .points import sample_points
     from .render import render_trajectories
-    from .sample import encode_sample, make_sample, sample_key
+    from .sample import downsample_coarse_labels, encode_sample, make_sample, sample_key
     from .shards import manifest_row
     from .video import VideoError, probe
 
@@ -125,6 +125,9 @@ def iter_video(path: str | Path, cfg: BuildConfig, segmenter: Any, tracker: Any,
         try:
             with clock("segment"):
                 labels = segmenter.segment(frames)
+                # by-products of this call that later stages reuse (the flow segmenter has them)
+                seg_grey = getattr(segmenter, "last_grey", None)
+                seg_coarse = getattr(segmenter, "last_labels", None)
             with clock("points"):
                 points, comps = sample_points(labels[0], seed=clip_seed(cfg.seed, key))
             if len(points) == 0:
@@ -134,7 +137,7 @@ def iter_video(path: str | Path, cfg: BuildConfig, segmenter: Any, tracker: Any,
                 tracks, vis = tracker.track(frames, points)
             with clock("filter"):
                 stats = dict(filters.clip_stats(tracks, vis, frames, labels=labels, components=comps,
-                                                cfg=cfg.filters))
+                                                cfg=cfg.filters, grey=seg_grey))
                 reason = filters.check_clip(stats, cfg.filters)
             extra = {**base, "num_components": len(set(comps.tolist())), "num_points": len(points)}
             if reason:
@@ -146,7 +149,8 @@ def iter_video(path: str | Path, cfg: BuildConfig, segmenter: Any, tracker: Any,
                 sample = make_sample(video_id=vid, start=start, frames=frames, labels=labels,
                                      tracks=tracks, visibility=vis, components=comps, trajectory=traj,
                                      source=src, fps=info.fps or 25.0, config_hash=chash,
-                                     backends=backends, stats=stats)
+                                     backends=backends, stats=stats,
+                                     masks=downsample_coarse_labels(seg_coarse, *labels.shape[1:]))
                 members = encode_sample(sample, crf=cfg.video_crf)
         except Exception as exc:  # one bad clip must not stop the build: record it
             log.warning("%s: clip %s failed: %s", src, key, exc, exc_info=log.isEnabledFor(logging.DEBUG))

@@ -94,3 +94,24 @@ def test_real_scene_cut_in_bikes(sample_videos):
     assert s_cut["scene_cut_frame"] == 6
     assert F.check_clip(s_cut) == F.SCENE_CUT
     assert F.check_clip(s_ok) is None
+
+
+def test_clip_stats_reuses_the_segmenters_grey_frames(sample_videos):
+    """The flow segmenter's grey frames give the same stats as the filters' own reduction;
+    a grey stack of the right shape is used as is, one of another shape is ignored."""
+    from trackgo_data.segment import get_segmenter
+
+    frames = read_frames(sample_videos["bikes"], 24, 10, size=(160, 96))
+    tracks, vis = _tracks(L=10, N=3, step=(2.0, 0.0))
+    comps = np.zeros(3, int)
+    cfg = F.FilterConfig(analysis_long_side=128)
+    seg = get_segmenter("flow", flow_long_side=128)
+    seg.segment(frames)
+    own = F.clip_stats(tracks, vis, frames, components=comps, cfg=cfg)
+    assert own["scene_cut"] > 1.8                                      # this window spans the cut
+    assert F.clip_stats(tracks, vis, frames, components=comps, cfg=cfg, grey=seg.last_grey) == own
+    flat = np.full_like(seg.last_grey, 100)                            # used as is: no cut, no pan
+    s = F.clip_stats(tracks, vis, frames, components=comps, cfg=cfg, grey=flat)
+    assert s["scene_cut"] == 0.0 and s["camera_motion"] == pytest.approx(0.0, abs=0.05)
+    wrong = np.full((10, 40, 64), 100, np.uint8)                        # another size: ignored
+    assert F.clip_stats(tracks, vis, frames, components=comps, cfg=cfg, grey=wrong) == own

@@ -136,3 +136,46 @@ def test_deva_id_decoding_and_moving_selection():
     labels = select_moving(ids, frames)
     assert labels.max() == 1
     np.testing.assert_array_equal(labels == 1, masks)
+
+
+@pytest.mark.parametrize("size", [(36, 64), (48, 80), (30, 50), (9, 16)])
+def test_upscale_labels_matches_nearest_resize(size):
+    import cv2
+
+    from trackgo_data.segment.flow import upscale_labels
+
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 7, (3, 9, 16)).astype(np.int32)
+    H, W = size
+    out = upscale_labels(small, H, W)
+    assert out.shape == (3, H, W) and out.dtype == np.int32
+    for t in range(3):
+        np.testing.assert_array_equal(out[t], cv2.resize(small[t], (W, H), interpolation=cv2.INTER_NEAREST))
+
+
+def test_segmenter_keeps_its_grey_frames_for_the_filters():
+    frames, _ = _scene(L=4)
+    seg = get_segmenter("flow", flow_long_side=128)
+    seg.segment(frames)
+    assert seg.last_grey.shape == (4, 72, 128) and seg.last_grey.dtype == np.uint8
+    np.testing.assert_array_equal(seg.last_grey, seg._small(frames))
+
+
+def test_threads_may_share_a_segmenter():
+    """Each thread gets its own DIS instance and its own by-products (last_grey/last_labels)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scenes = [_scene(L=6, pan=(0, 0), seed=s)[0] for s in (0, 5, 9, 13)]
+    seg = get_segmenter("flow")
+    expected = [get_segmenter("flow").segment(f) for f in scenes]
+
+    def run(i):
+        labels = seg.segment(scenes[i])
+        return labels, seg.last_grey, seg.last_labels
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(4)))
+    for (labels, grey, coarse), frames, exp in zip(results, scenes, expected):
+        np.testing.assert_array_equal(labels, exp)
+        np.testing.assert_array_equal(grey, seg._small(frames))
+        np.testing.assert_array_equal(coarse, exp)       # 256×144 frames: flow resolution = clip

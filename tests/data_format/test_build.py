@@ -181,3 +181,20 @@ def test_plan_batches_ids_follow_content_and_config(tmp_path):
     a.write_bytes(b"changed")
     assert B.plan_batches([a, b], cfg, batch_size=1)[0].batch_id != p1[0].batch_id
     assert "." not in p1[0].batch_id
+
+
+def test_clip_masks_equal_the_vote_on_full_resolution_labels(sample_videos):
+    """The builder votes the masks on the segmenter's flow-resolution labels (512×288 clip,
+    256×144 flow: factor 2); they must equal the vote on the full-resolution labels."""
+    from trackgo_data.sample import decode_sample, downsample_labels
+    from trackgo_data.video import read_frames
+
+    cfg = B.make_config("local", {"clip": {"num_frames": 8, "width": 512, "height": 288},
+                                  "filters": {"min_median_motion": 0.0}})
+    seg, trk = B.get_models(cfg)
+    src = sample_videos["bigbuckbunny"]
+    members = next(m for m, _ in B.iter_video(src, cfg, seg, trk, limit=1) if m is not None)
+    s = decode_sample(members, decode_video=False)
+    labels = seg.segment(read_frames(src, 0, 8, size=(512, 288)))
+    assert labels.max() >= 1 and s.masks.max() >= 1
+    np.testing.assert_array_equal(s.masks, downsample_labels(labels))

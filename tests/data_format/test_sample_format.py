@@ -100,3 +100,49 @@ def test_validate_catches_shape_mismatch():
     s.visibility = s.visibility[:, :-1]
     with pytest.raises(SampleError, match="visibility"):
         encode_sample(s)
+
+
+def test_png_is_lossless_deterministic_and_read_by_pil():
+    import io
+
+    from PIL import Image
+
+    from trackgo_data.sample import decode_png, encode_png
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    img[:10] = [12, 200, 7]                                       # flat rows next to noise
+    data = encode_png(img)
+    assert data == encode_png(img.copy())                         # byte-reproducible shards
+    np.testing.assert_array_equal(decode_png(data), img)
+    with Image.open(io.BytesIO(data)) as im:                      # RGB order, not BGR
+        assert im.mode == "RGB" and im.getpixel((0, 0)) == (12, 200, 7)
+    with pytest.raises(SampleError, match="uint8"):
+        encode_png(img.astype(np.float32))
+
+
+@pytest.mark.parametrize("f", [1, 2, 4, 8])
+def test_masks_from_coarse_labels_equal_the_full_resolution_vote(f):
+    """Voting on coarse labels equals voting on their nearest-neighbour upscale (incl. ties)."""
+    import cv2
+
+    from trackgo_data.sample import downsample_coarse_labels
+
+    rng = np.random.default_rng(f)
+    H, W = 48, 64
+    coarse = rng.integers(0, 4, (3, H // f, W // f)).astype(np.int32)
+    coarse[0, :2, :2] = [[0, 2], [2, 0]] if f <= 4 else coarse[0, :2, :2]   # an even split
+    full = np.stack([cv2.resize(c, (W, H), interpolation=cv2.INTER_NEAREST) for c in coarse])
+    np.testing.assert_array_equal(downsample_coarse_labels(coarse, H, W), downsample_labels(full))
+
+
+def test_masks_from_coarse_labels_refuse_sizes_that_do_not_fit():
+    from trackgo_data.sample import downsample_coarse_labels
+
+    lab = np.zeros((2, 16, 24), np.int32)
+    assert downsample_coarse_labels(None, 48, 72) is None
+    assert downsample_coarse_labels(lab, 48, 72) is None              # f = 3 does not divide 8
+    assert downsample_coarse_labels(lab, 48, 72, stride=6) is not None
+    assert downsample_coarse_labels(np.zeros((2, 12, 16), np.int32), 48, 64) is not None
+    assert downsample_coarse_labels(np.zeros((2, 10, 16), np.int32), 48, 64) is None   # not integral
+    assert downsample_coarse_labels(np.zeros((2, 24, 16), np.int32), 48, 64) is None   # f differs per axis

@@ -162,3 +162,39 @@ def test_tasks_via_fn_and_previews(tmp_path, flow_sources, build_cfg, reference_
     assert (out / "previews" / f"{acc[0]['key']}.png").read_bytes() == images[0][1]
     md = _common.previews_markdown(images)
     assert md.count("data:image/png;base64,") == 1 and acc[0]["key"] in md
+
+
+def test_prefect_yaml_deployments():
+    """prefect.yaml: pinned 3.x, explicit pull step, the deployments the scripts rely on, and
+    parameters that the flows accept."""
+    import inspect
+    import re as _re
+    from pathlib import Path
+
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    root = Path(__file__).resolve().parents[2]
+    doc = yaml.safe_load((root / "prefect.yaml").read_text())
+    assert _re.fullmatch(r"3\.\d+\.\d+", str(doc["prefect-version"]))
+    assert "prefect.deployments.steps.set_working_directory" in doc["pull"][0]
+    flows = {"flows/build_dataset.py:build_dataset_flow": "build-dataset",
+             "flows/train.py:train_flow": "train", "flows/eval_vipseg.py:eval_vipseg_flow": "eval-vipseg"}
+    deployed = set()
+    for dep in doc["deployments"]:
+        assert dep["entrypoint"] in flows
+        deployed.add((flows[dep["entrypoint"]], dep["name"]))
+        if not (root / dep["entrypoint"].split(":")[0]).is_file():
+            continue  # a flow not written yet is skipped by scripts/server.sh as well
+        fl = load_flow_from_entrypoint(str(root / dep["entrypoint"]))
+        assert fl.name == flows[dep["entrypoint"]]
+        params = inspect.signature(fl.fn).parameters
+        assert set(dep.get("parameters", {})) <= set(params), dep["name"]
+    assert {("build-dataset", "local"), ("build-dataset", "cluster"), ("train", "local"),
+            ("eval-vipseg", "local")} <= deployed
+    cluster = next(d for d in doc["deployments"] if d["name"] == "cluster")
+    assert cluster["parameters"]["task_runner"] == "dask" and cluster["parameters"]["address"].startswith("tcp://")
+    # scripts/server.sh registers exactly the */local entrypoints of prefect.yaml
+    text = (root / "scripts" / "server.sh").read_text()
+    listed = set(_re.search(r'LOCAL_DEPLOYMENTS="([^"]+)"', text).group(1).split())
+    assert listed == {d["entrypoint"] for d in doc["deployments"] if d["name"] == "local"}

@@ -21,10 +21,16 @@ Steps, all at a reduced resolution (longer side ``flow_long_side``, default 256)
    mask within 2 px of a component join it. Ids therefore never swap or appear from nowhere.
 
 Cost on a 1024×576×25 clip: the two DIS passes dominate; see ``benchmarks/clip_cost.py``.
-``last_evidence`` keeps the evidence map of the last call (for previews/debugging).
+``last_evidence`` keeps the evidence map of the last call (for previews/debugging) and
+``last_grey`` the grey frames (L,h,w) uint8 it analysed, which the clip filters reuse instead of
+reducing the frames a second time, and ``last_labels`` the labels (L,h,w) int32 at the flow
+resolution whose nearest-neighbour upscale is the result (the sample's masks are voted on them).
+These by-products, like the DIS instance, are kept per thread, so threads may share a segmenter.
 """
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,11 +76,29 @@ class FlowSegmenter:
 
         self.cfg = config_from_dict(FlowSegConfig, cfg)
         self.version = f"1-opencv-{cv2.__version__}"
-        preset = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-                  "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-                  "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[self.cfg.dis_preset]
-        self._dis = cv2.DISOpticalFlow_create(preset)
-        self._dis.setFinestScale(self.cfg.dis_finest_scale)
+        self._local = threading.local()
+
+    @property
+    def _dis(self):
+        """The DIS optical flow of the calling thread (one per thread: it keeps work buffers)."""
+        dis = getattr(self._local, "dis", None)
+        if dis is None:
+            import cv2
+
+            preset = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+                      "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                      "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[self.cfg.dis_preset]
+            dis = self._local.dis = cv2.DISOpticalFlow_create(preset)
+            dis.setFinestScale(self.cfg.dis_finest_scale)
+        return dis
+
+    # by-products of the calling thread's last segment() call (None before the first)
+    last_evidence = property(lambda self: getattr(self._local, "evidence", None),
+                             doc="(h,w) float32 accumulated residual evidence")
+    last_grey = property(lambda self: getattr(self._local, "grey", None),
+                         doc="(L,h,w) uint8 grey frames at the flow resolution")
+    last_labels = property(lambda self: getattr(self._local, "labels", None),
+                           doc="(L,h,w) int32 labels at the flow resolution (upscaled: the result)")
 
     # ---- helpers ---------------------------------------------------------------------------
     def _small(self, frames: np.ndarray) -> np.ndarray:
@@ -100,9 +124,12 @@ class FlowSegmenter:
 
         h, w = flow.shape[:2]
         st = self.cfg.grid_step
-        ys, xs = np.mgrid[st // 2:h:st, st // 2:w:st]
-        src = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32)
-        dst = src + flow[ys.ravel(), xs.ravel()]
+        key = (h, w, st)
+        if getattr(self, "_sparse_cache", (None,))[0] != key:
+            ys, xs = np.mgrid[st // 2:h:st, st // 2:w:st]
+            self._sparse_cache = (key, np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32))
+        src = self._sparse_cache[1]
+        dst = src + flow[st // 2::st, st // 2::st].reshape(-1, 2)
         Hm = None
         if len(src) >= 8:
             Hm, _ = cv2.findHomography(src, dst, cv2.RANSAC, self.cfg.ransac_threshold,
@@ -142,19 +169,20 @@ class FlowSegmenter:
         frames = check_frames(frames)
         L, H, W = frames.shape[:3]
         grey = self._small(frames)
+        self._local.grey, self._local.labels, self._local.evidence = grey, None, None
         h, w = grey.shape[1:]
-        flows = self.flows(grey)
+        dis = self._dis
+        # (L−1,h,w,4): forward flow t → t+1 and its camera-compensated residual, remapped together;
         # (L−1,h,w,3): backward flow t+1 → t and the blurred grey of frame t+1, sampled together
+        fr = np.empty((L - 1, h, w, 4), np.float32)
         back = np.empty((L - 1, h, w, 3), np.float32)
         for t in range(L - 1):
-            back[t, ..., :2] = self._dis.calc(grey[t + 1], grey[t], None)
+            f = dis.calc(grey[t], grey[t + 1], None)
+            fr[t, ..., :2] = f
+            fr[t, ..., 2:] = f - self.camera_flow(f)
+            back[t, ..., :2] = dis.calc(grey[t + 1], grey[t], None)
             back[t, ..., 2] = cv2.GaussianBlur(grey[t + 1], (0, 0), 1.0)
         grey0 = cv2.GaussianBlur(grey[0], (0, 0), 1.0).astype(np.float32)
-        # (L−1,h,w,4): forward flow and its camera-compensated residual, remapped together
-        fr = np.empty((L - 1, h, w, 4), np.float32)
-        fr[..., :2] = flows
-        for t in range(L - 1):
-            fr[t, ..., 2:] = flows[t] - self.camera_flow(flows[t])
 
         # follow every first-frame pixel; accumulate its residual displacement
         gx, gy = self._grid(h, w)
@@ -186,7 +214,7 @@ class FlowSegmenter:
                 alive &= np.abs(b[..., 2] - grey0) <= c.photometric_threshold
             np.maximum(evidence, np.hypot(acc_x, acc_y), out=evidence)
             alive_at.append(alive.copy())
-        self.last_evidence = evidence
+        self._local.evidence = evidence
         ev = cv2.GaussianBlur(evidence, (0, 0), c.smooth_sigma)
         # background noise of the accumulated residual sets the bar on shaky footage
         thr = max(c.motion_threshold, c.noise_factor * float(np.median(ev)))
@@ -202,20 +230,16 @@ class FlowSegmenter:
                 moving = np.hypot(r[..., 0], r[..., 1]) > c.frame_threshold
                 small[t] = self._propagate(np.where(alive_at[t], labels0, 0), pos[t], moving, h, w)
         small = relabel_by_area(small, c.max_components)
-        if (h, w) == (H, W):
-            return small
-        out = np.empty((L, H, W), np.int32)
-        for t in range(L):
-            cv2.resize(small[t], (W, H), dst=out[t], interpolation=cv2.INTER_NEAREST)
-        return out
+        self._local.labels = small
+        return upscale_labels(small, H, W)
 
     def _clean(self, mask: np.ndarray) -> np.ndarray:
         import cv2
         from scipy import ndimage
 
         m = mask.astype(np.uint8)
-        k3 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
-        k5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        k3 = _ellipse(3)
+        k5 = _ellipse(5)
         m = cv2.morphologyEx(m, cv2.MORPH_OPEN, k3)
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, k5)
         return ndimage.binary_fill_holes(m > 0)
@@ -268,7 +292,7 @@ class FlowSegmenter:
         ok = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
         out = np.zeros((h, w), np.int32)
         out[ys[ok], xs[ok]] = labels0[fg][ok]
-        k5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        k5 = _ellipse(5)
         # close each id separately (grey closing on ids would merge neighbours)
         closed = np.zeros_like(out)
         for j in range(1, int(labels0.max()) + 1):
@@ -278,3 +302,32 @@ class FlowSegmenter:
         join = moving & (closed == 0) & (grow > 0)
         closed[join] = grow[join]
         return closed
+
+
+def upscale_labels(small: np.ndarray, H: int, W: int) -> np.ndarray:
+    """small (L,h,w) int labels → (L,H,W) int32 by nearest neighbour (cv2 INTER_NEAREST's
+    sampling). An integer factor is a plain block repeat, done without a per-frame resize."""
+    import cv2
+
+    L, h, w = small.shape
+    if (h, w) == (H, W):
+        return small.astype(np.int32, copy=False)
+    out = np.empty((L, H, W), np.int32)
+    if H % h == 0 and W % w == 0:
+        wide = np.repeat(small.astype(np.int32, copy=False), W // w, axis=2)   # (L,h,W)
+        out.reshape(L, h, H // h, W)[:] = wide[:, :, None, :]
+    else:
+        for t in range(L):
+            cv2.resize(small[t].astype(np.int32, copy=False), (W, H), dst=out[t],
+                       interpolation=cv2.INTER_NEAREST)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _ellipse(size: int) -> np.ndarray:
+    """Elliptic structuring element size×size uint8 (cached: built once per process)."""
+    import cv2
+
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    k.setflags(write=False)
+    return k
