@@ -199,6 +199,7 @@ class TrackGoPipeline:
         out_dir = Path(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        tmp.chmod(0o755)  # mkdtemp creates 0700; the saved model is an ordinary folder
         try:
             with self.unet.without_adapters() as bare:
                 bare.save_pretrained(tmp / "unet")
