@@ -20,6 +20,18 @@ class MetricUnavailable(RuntimeError):
     """A metric cannot be computed here (e.g. its feature-extractor weights are absent)."""
 
 
+def resolve_weight_file(path: str | Path | None, env: str, needs: str, how: str) -> Path:
+    """``path`` or ``$env`` if it names an existing file, else MetricUnavailable saying
+    ``{needs}: … {how} and set {env}=…``."""
+    import os
+
+    path = path or os.environ.get(env)
+    if not path or not Path(path).is_file():
+        where = f"{path} does not exist; " if path else ""
+        raise MetricUnavailable(f"{needs}: {where}{how}")
+    return Path(path)
+
+
 def _numeric_key(path: Path):
     parts = re.split(r"(\d+)", path.stem)
     return [int(p) if p.isdigit() else p for p in parts], path.name

@@ -16,7 +16,6 @@ the global average of ``Mixed_7c``'s output. No weights are downloaded: the file
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trackgo_model.metrics import MetricUnavailable
+from trackgo_model.metrics import MetricUnavailable, resolve_weight_file
 
 log = logging.getLogger(__name__)
 
@@ -196,14 +195,10 @@ class FIDInceptionV3(nn.Module):
 
 def resolve_weights(path: str | Path | None = None) -> Path:
     """The FID weights file from ``path`` or ``$TRACKGO_FID_WEIGHTS``; MetricUnavailable if absent."""
-    path = path or os.environ.get(WEIGHTS_ENV)
-    if not path or not Path(path).is_file():
-        where = f"{path} does not exist; " if path else ""
-        raise MetricUnavailable(
-            f"FID needs the Inception weights {WEIGHTS_FILE}: {where}download it from {WEIGHTS_URL} "
-            f"on a connected machine and set {WEIGHTS_ENV}=/path/to/{WEIGHTS_FILE} (or pass --fid-weights)"
-        )
-    return Path(path)
+    return resolve_weight_file(
+        path, WEIGHTS_ENV, f"FID needs the Inception weights {WEIGHTS_FILE}",
+        f"download it from {WEIGHTS_URL} on a connected machine and set "
+        f"{WEIGHTS_ENV}=/path/to/{WEIGHTS_FILE} (or pass --fid-weights)")
 
 
 def load_fid_inception(path: str | Path | None = None, device: str = "cpu") -> FIDInceptionV3:

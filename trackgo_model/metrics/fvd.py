@@ -10,7 +10,6 @@ No weights are downloaded: the file comes from ``TRACKGO_I3D_PATH`` or an explic
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trackgo_model.metrics import MetricUnavailable
+from trackgo_model.metrics import MetricUnavailable, resolve_weight_file
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +28,10 @@ CLIP_SIZE = 224
 
 
 def resolve_weights(path: str | Path | None = None) -> Path:
-    path = path or os.environ.get(WEIGHTS_ENV)
-    if not path or not Path(path).is_file():
-        where = f"{path} does not exist; " if path else ""
-        raise MetricUnavailable(
-            f"FVD needs the I3D TorchScript file {WEIGHTS_FILE} ({WEIGHTS_HINT}): {where}copy it to this "
-            f"machine and set {WEIGHTS_ENV}=/path/to/{WEIGHTS_FILE} (or pass --i3d)"
-        )
-    return Path(path)
+    """The I3D TorchScript file from ``path`` or ``$TRACKGO_I3D_PATH``; MetricUnavailable if absent."""
+    return resolve_weight_file(
+        path, WEIGHTS_ENV, f"FVD needs the I3D TorchScript file {WEIGHTS_FILE} ({WEIGHTS_HINT})",
+        f"copy it to this machine and set {WEIGHTS_ENV}=/path/to/{WEIGHTS_FILE} (or pass --i3d)")
 
 
 def load_i3d(path: str | Path | None = None, device: str = "cpu") -> torch.jit.ScriptModule:
