@@ -27,6 +27,22 @@ TOO_SHORT = "too_short"
 TOO_SMALL = "too_small"
 VIDEO_REASONS = (EMPTY_FILE, UNDECODABLE, TOO_SHORT, TOO_SMALL)
 
+#: decoder threads per stream; 0 lets FFmpeg choose (one per core). Decoded frames do not depend
+#: on it. A worker process sharing the cores with others lowers it (:func:`set_decode_threads`).
+_DECODE_THREADS = 0
+
+
+def set_decode_threads(n: int) -> None:
+    """Threads FFmpeg may use to decode one stream in this process (0 = FFmpeg's choice)."""
+    global _DECODE_THREADS
+    if int(n) < 0:
+        raise ValueError(f"decode threads must be >= 0, got {n}")
+    _DECODE_THREADS = int(n)
+
+
+def get_decode_threads() -> int:
+    return _DECODE_THREADS
+
 
 class VideoError(Exception):
     """A source video cannot be used; ``reason`` is one of :data:`VIDEO_REASONS`."""
@@ -158,6 +174,8 @@ def iter_frames(path: str | Path | bytes, start: int = 0, size: tuple[int, int] 
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if _DECODE_THREADS:
+            stream.thread_count = _DECODE_THREADS
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         seeked = False

@@ -105,10 +105,12 @@ def test_rerun_is_served_from_cache(thread_run, flow_sources):
 
 
 def test_dask_local_cluster_two_workers(tmp_path, flow_sources, thread_run):
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from flows.task_runners.dask import cpu_count, local_cluster
 
     out = tmp_path / "dask"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with local_cluster(2) as cluster:
         state = build_dataset_flow(**flow_kwargs(flow_sources, out, task_runner="dask",
                                                  address=cluster.scheduler_address), return_state=True)
         with Client(cluster) as client:
@@ -120,6 +122,23 @@ def test_dask_local_cluster_two_workers(tmp_path, flow_sources, thread_run):
                 return _os.getpid(), len(build._MODELS) if build else 0
 
             per_worker = client.run(loaded)
+
+            def settings() -> tuple:
+                import os as _os
+
+                import cv2
+                import torch
+
+                from trackgo_data import video
+
+                return (_os.environ.get("MALLOC_TRIM_THRESHOLD_"), _os.environ.get("OMP_NUM_THREADS"),
+                        cv2.getNumThreads(), torch.get_num_threads(), video.get_decode_threads())
+
+            per_worker_settings = set(client.run(settings).values())
+    # glibc's default malloc tuning, and each worker pinned to its half of the cores
+    share = max(1, cpu_count() // 2)
+    assert per_worker_settings == {(None, str(share), share, share, share)}
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ or os.environ["MALLOC_TRIM_THRESHOLD_"] != "65536"
     assert state.is_completed(), state.message
     ref_out, _ = thread_run
     assert _accepted(out) == _accepted(ref_out)

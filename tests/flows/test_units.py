@@ -70,6 +70,12 @@ def test_task_runner_registry():
     assert isinstance(d, DaskTaskRunner) and d.address == "tcp://127.0.0.1:8786"
     local = make_task_runner("dask", max_workers=2)
     assert local.address is None and local.cluster_kwargs["n_workers"] == 2
+    from flows.task_runners.dask import local_cluster, threads_per_process
+
+    assert local.cluster_class is local_cluster
+    assert [threads_per_process(n, cpus=8) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    with pytest.raises(ValueError, match="n_workers"):
+        threads_per_process(0, cpus=2)
     with pytest.raises(ValueError, match="unknown task_runner"):
         make_task_runner("spark")
     with pytest.raises(ValueError, match="no address"):
