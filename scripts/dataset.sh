@@ -11,17 +11,10 @@
 # the flow run to finish, and prints where the shards, the manifest and the flow-run page are.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+source "$(dirname "${BASH_SOURCE[0]}")/prefect_env.sh"
 SOURCE="${1:-}"
 OUT="${2:-data/sample}"
 PROFILE="${3:-local}"
-PORT="${TRACKGO_PREFECT_PORT:-4200}"
-HOST="${TRACKGO_PREFECT_HOST:-127.0.0.1}"
-[[ "$HOST" == "0.0.0.0" ]] && HOST=127.0.0.1
-PREFECT="${PREFECT_BIN:-$ROOT/.venv/bin/prefect}"
-STATE="${TRACKGO_PREFECT_DIR:-$ROOT/.prefect}"
-UI_URL="http://$HOST:$PORT"
 
 [[ -z "$SOURCE" ]] && SOURCE=samples
 if [[ "$SOURCE" != samples && "$SOURCE" != *[*?[]* ]]; then
@@ -39,7 +32,7 @@ mkdir -p "$STATE/logs"
 runlog="$STATE/logs/dataset-$(date +%Y%m%d-%H%M%S).log"
 echo "[dataset.sh] prefect deployment run build-dataset/local ${params[*]} --watch (log $runlog)"
 set +e
-PREFECT_API_URL="http://$HOST:$PORT/api" "$PREFECT" deployment run build-dataset/local "${params[@]}" --watch \
+PREFECT_API_URL="$API_URL" "$PREFECT" deployment run build-dataset/local "${params[@]}" --watch \
   2>&1 | tee "$runlog"
 rc=${PIPESTATUS[0]}
 set -e

@@ -16,15 +16,9 @@
 # TRACKGO_WORK_POOL (trackgo-local), PREFECT_BIN (.venv/bin/prefect).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-
-PORT="${TRACKGO_PREFECT_PORT:-4200}"
-HOST="${TRACKGO_PREFECT_HOST:-127.0.0.1}"
-STATE="${TRACKGO_PREFECT_DIR:-$ROOT/.prefect}"
+source "$(dirname "${BASH_SOURCE[0]}")/prefect_env.sh"
 PROFILE="${TRACKGO_PREFECT_PROFILE:-trackgo}"
 POOL="${TRACKGO_WORK_POOL:-trackgo-local}"
-PREFECT="${PREFECT_BIN:-$ROOT/.venv/bin/prefect}"
 PY="$(dirname "$PREFECT")/python"
 # entrypoints of the */local deployments in prefect.yaml (a missing flow file is skipped)
 LOCAL_DEPLOYMENTS="flows/build_dataset.py:build_dataset_flow flows/train.py:train_flow flows/eval_vipseg.py:eval_vipseg_flow"
@@ -32,10 +26,6 @@ mkdir -p "$STATE/logs" "$STATE/run"
 STATE="$(cd "$STATE" && pwd)"
 LOGS="$STATE/logs"
 RUN="$STATE/run"
-CLIENT_HOST="$HOST"
-[[ "$HOST" == "0.0.0.0" ]] && CLIENT_HOST=127.0.0.1
-API_URL="http://$CLIENT_HOST:$PORT/api"
-UI_URL="http://$CLIENT_HOST:$PORT"
 
 # The server and worker keep their database/storage in the project; the profiles file stays the
 # user's (PREFECT_PROFILES_PATH is resolved before PREFECT_HOME is changed for the children).

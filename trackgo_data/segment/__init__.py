@@ -6,10 +6,11 @@ and ``version`` (recorded in every sample) and import their heavy dependencies l
 """
 from __future__ import annotations
 
-import importlib
 from typing import Protocol
 
 import numpy as np
+
+from trackgo_data.registry import load_backend
 
 MAX_COMPONENTS = 6
 
@@ -32,10 +33,7 @@ def available_segmenters() -> list[str]:
 
 def get_segmenter(name: str, **cfg) -> Segmenter:
     """Build the segmenter registered as ``name`` with backend options ``cfg``."""
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown segmenter {name!r}; choose one of {', '.join(available_segmenters())}")
-    module, cls = _BACKENDS[name]
-    return getattr(importlib.import_module(module), cls)(**cfg)
+    return load_backend("segmenter", _BACKENDS, name)(**cfg)
 
 
 def check_frames(frames: np.ndarray) -> np.ndarray:

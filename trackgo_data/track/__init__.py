@@ -8,10 +8,11 @@ dependency lazily; all share the Co-Tracker output contract:
 """
 from __future__ import annotations
 
-import importlib
 from typing import Protocol
 
 import numpy as np
+
+from trackgo_data.registry import load_backend
 
 # name -> (module, class); cotracker variants share one module
 _BACKENDS = {
@@ -35,11 +36,8 @@ def available_trackers() -> list[str]:
 
 def get_tracker(name: str, **cfg) -> Tracker:
     """Build the tracker registered as ``name`` with backend options ``cfg``."""
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown tracker {name!r}; choose one of {', '.join(available_trackers())}")
-    module, cls = _BACKENDS[name]
-    klass = getattr(importlib.import_module(module), cls)
-    if module.endswith("cotracker"):
+    klass = load_backend("tracker", _BACKENDS, name)
+    if _BACKENDS[name][0].endswith("cotracker"):  # one class serves the three hub variants
         return klass(variant=name, **cfg)
     return klass(**cfg)
 

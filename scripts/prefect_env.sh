@@ -1,0 +1,14 @@
+# Settings shared by scripts/server.sh and scripts/dataset.sh (sourced, not run).
+#   TRACKGO_PREFECT_PORT (4200), TRACKGO_PREFECT_HOST (127.0.0.1; 0.0.0.0 only to expose the
+#   server), TRACKGO_PREFECT_DIR (.prefect), PREFECT_BIN (.venv/bin/prefect)
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PORT="${TRACKGO_PREFECT_PORT:-4200}"
+HOST="${TRACKGO_PREFECT_HOST:-127.0.0.1}"
+STATE="${TRACKGO_PREFECT_DIR:-$ROOT/.prefect}"
+PREFECT="${PREFECT_BIN:-$ROOT/.venv/bin/prefect}"
+# clients reach a server bound to every interface through loopback
+CLIENT_HOST="$HOST"
+[[ "$HOST" == "0.0.0.0" ]] && CLIENT_HOST=127.0.0.1
+API_URL="http://$CLIENT_HOST:$PORT/api"
+UI_URL="http://$CLIENT_HOST:$PORT"
