@@ -8,6 +8,7 @@ Variants, timed interleaved (median of ``--repeats`` after ``--warmup`` runs eac
   bare            the UNet with its stock attention processors
   trackgo         TrackGoUNet with the trajectory video P (encoder run inside the step)
   trackgo_cached  TrackGoUNet with P encoded once (what a sampler does across steps)
+  trackgo_cached_sdpa / *_compiled   the same with the SDPA kernel / the torch.compile'd kernel
 Forward+backward compares the bare UNet training its temporal attn1 to_q/k/v against TrackGo
 training its default groups (encoder, adapters, temporal attn1 to_q/k/v).
 Prints one JSON line: ratios (goal ≤ 1.05), ms per variant, peak GPU memory, added params.
@@ -46,6 +47,8 @@ def parse_args(argv=None):
     ap.add_argument("--grad-checkpointing", action="store_true",
                     help="enable gradient checkpointing for forward+backward (also used after an OOM)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compiled-kernel", action="store_true",
+                    help="also time TrackContext.compiled=True (torch.compile of the attention kernel)")
     return ap.parse_args(argv)
 
 
@@ -129,7 +132,13 @@ def _noop():
     return None
 
 
-def forward_variants(model, inputs):
+def _context_switch(model, name: str, value):
+    """(prepare, finish) pair that sets ``model.context.<name>`` for one variant."""
+    old = getattr(model.context, name)
+    return (lambda: setattr(model.context, name, value)), (lambda: setattr(model.context, name, old))
+
+
+def forward_variants(model, inputs, compiled: bool = False):
     sample, t, ehs, ati, traj = inputs
     unet = model.unet
     with torch.no_grad():
@@ -147,21 +156,18 @@ def forward_variants(model, inputs):
         with torch.no_grad():
             model(sample, t, ehs, ati, trajectories=encoded)
 
-    default_sdpa = model.context.sdpa
-
-    def sdpa_on():
-        model.context.sdpa = True
-
-    def sdpa_restore():
-        model.context.sdpa = default_sdpa
-
     prepare, finish = _swap(model)
-    return {"bare": (prepare, bare, finish), "trackgo": (_noop, trackgo, _noop),
-            "trackgo_cached": (_noop, trackgo_cached, _noop),
-            "trackgo_cached_sdpa": (sdpa_on, trackgo_cached, sdpa_restore)}
+    variants = {"bare": (prepare, bare, finish), "trackgo": (_noop, trackgo, _noop),
+                "trackgo_cached": (_noop, trackgo_cached, _noop)}
+    on, off = _context_switch(model, "sdpa", True)
+    variants["trackgo_cached_sdpa"] = (on, trackgo_cached, off)
+    if compiled:
+        on, off = _context_switch(model, "compiled", True)
+        variants["trackgo_cached_compiled"] = (on, trackgo_cached, off)
+    return variants
 
 
-def kernel_variants(model, args, device, dtype):
+def kernel_variants(model, args, device, dtype, compiled: bool = False):
     """The attention kernel alone at the first (finest) temporal layer's shape."""
     first = next(iter(model.adapters.values()))
     n = args.batch * (args.height // 8) * (args.width // 8)
@@ -182,11 +188,18 @@ def kernel_variants(model, args, device, dtype):
         with torch.no_grad():
             track_attention(q, k, v, qp, kp, gate=gate, sdpa=False)
 
-    return {"stock_sdpa": (_noop, stock, _noop), "track_sdpa": (_noop, sdpa, _noop),
-            "track_explicit": (_noop, explicit, _noop)}, list(shape)
+    def fused():
+        with torch.no_grad():
+            track_attention(q, k, v, qp, kp, gate=gate, compiled=True)
+
+    variants = {"stock_sdpa": (_noop, stock, _noop), "track_sdpa": (_noop, sdpa, _noop),
+                "track_explicit": (_noop, explicit, _noop)}
+    if compiled:
+        variants["track_compiled"] = (_noop, fused, _noop)
+    return variants, list(shape)
 
 
-def backward_variants(model, inputs):
+def backward_variants(model, inputs, compiled: bool = False):
     sample, t, ehs, ati, traj = inputs
     unet = model.unet
     qkv = model.trainable_parameters(("temporal_qkv",))
@@ -217,8 +230,17 @@ def backward_variants(model, inputs):
         swap_out()
         clear()
 
-    return {"bare": (prepare_bare, bare, finish_bare),
-            "trackgo": (lambda: set_trainable(full), trackgo, clear)}
+    variants = {"bare": (prepare_bare, bare, finish_bare),
+                "trackgo": (lambda: set_trainable(full), trackgo, clear)}
+    if compiled:
+        on, off = _context_switch(model, "compiled", True)
+
+        def finish_compiled():
+            off()
+            clear()
+
+        variants["trackgo_compiled"] = (lambda: (set_trainable(full), on()), trackgo, finish_compiled)
+    return variants
 
 
 def main(argv=None) -> int:
@@ -246,14 +268,16 @@ def main(argv=None) -> int:
         result["gpu"] = torch.cuda.get_device_name(device)
 
     log.info("timing forward")
-    fwd, fwd_peak = time_variants(forward_variants(model, inputs), args, device)
+    fwd, fwd_peak = time_variants(forward_variants(model, inputs, args.compiled_kernel), args, device)
     result["forward_ms"] = {k: round(v * 1e3, 3) for k, v in fwd.items()}
     result["forward_ratio"] = round(fwd["trackgo"] / fwd["bare"], 4)
     result["forward_ratio_cached_encoder"] = round(fwd["trackgo_cached"] / fwd["bare"], 4)
     result["forward_ratio_cached_sdpa"] = round(fwd["trackgo_cached_sdpa"] / fwd["bare"], 4)
+    if args.compiled_kernel:
+        result["forward_ratio_cached_compiled"] = round(fwd["trackgo_cached_compiled"] / fwd["bare"], 4)
 
     log.info("timing the attention kernel alone")
-    kernels, shape = kernel_variants(model, args, device, dtype)
+    kernels, shape = kernel_variants(model, args, device, dtype, args.compiled_kernel)
     kern, _ = time_variants(kernels, args, device)
     result["kernel_shape"] = shape
     result["kernel_ms"] = {k: round(v * 1e3, 4) for k, v in kern.items()}
@@ -267,7 +291,7 @@ def main(argv=None) -> int:
         result["grad_checkpointing"] = bool(args.grad_checkpointing)
         log.info("timing forward+backward (gradient checkpointing: %s)", args.grad_checkpointing)
         try:
-            bwd, bwd_peak = time_variants(backward_variants(model, inputs), args, device)
+            bwd, bwd_peak = time_variants(backward_variants(model, inputs, args.compiled_kernel), args, device)
         except torch.cuda.OutOfMemoryError:
             if args.grad_checkpointing:
                 raise
@@ -277,9 +301,11 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
             model.enable_gradient_checkpointing()
             result["grad_checkpointing"] = True
-            bwd, bwd_peak = time_variants(backward_variants(model, inputs), args, device)
+            bwd, bwd_peak = time_variants(backward_variants(model, inputs, args.compiled_kernel), args, device)
         result["fwd_bwd_ms"] = {k: round(v * 1e3, 3) for k, v in bwd.items()}
         result["fwd_bwd_ratio"] = round(bwd["trackgo"] / bwd["bare"], 4)
+        if args.compiled_kernel:
+            result["fwd_bwd_ratio_compiled"] = round(bwd["trackgo_compiled"] / bwd["bare"], 4)
         if device.type == "cuda":
             result["fwd_bwd_peak_gib"] = {k: round(v / 2**30, 3) for k, v in bwd_peak.items()}
     print(json.dumps(result, sort_keys=True))

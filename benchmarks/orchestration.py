@@ -3,22 +3,36 @@
 1. Overhead: wall time of the ``build-dataset`` flow (thread runner, one worker) on N clips ÷ the
    same stage functions in a plain in-process loop (``trackgo_data.build.build_dataset``) on the
    same clips. Goal ≤ 1.3.
-2. Scale-out: the flow on the ``distributed.LocalCluster`` the ``dask`` task runner starts
-   (``flows.task_runners.dask.local_cluster``: one task thread per worker process, cpus // workers
-   library threads each) with 1 worker process vs 2, same clips. Goal ≥ 1.7× on 2 cores.
+2. Scale-out: the flow with the ``dask`` task runner on 1 worker process vs 2, same clips.
+   Goal ≥ 1.7× on 2 cores. Two kinds of cluster (``--clusters``):
+   ``external`` — an existing engine, as the ``build-dataset/cluster`` deployment uses one: a
+   ``dask scheduler`` process and ``dask worker --nthreads 1 --no-nanny`` processes started from
+   the command line, the flow connecting by ``address``. Every worker is the same size whether
+   there are 1 or 2 (``--worker-threads`` library threads, default 1 = one core), like the
+   fixed-size pods of ``infra/dask``: the ratio is what adding a worker buys.
+   ``local`` — the ``distributed.LocalCluster`` the runner starts itself without an address
+   (``flows.task_runners.dask.local_cluster``: scheduler inside the flow process, ``cpus //
+   workers`` library threads per worker, so a lone worker already spreads onto the second core
+   and the ratio is smaller by design).
 
 Each measurement writes to a fresh output folder (no cache reuse); models are loaded and every
 process is warmed up on a throw-away run first, so the figures compare steady-state work. The
-Prefect API is a temporary local server (``prefect_test_harness``) started before timing.
+Prefect API is a temporary local server (``prefect_test_harness``) started before timing. Clips
+are the ``local`` profile's (25 frames at 1024×576, as ``make dataset`` builds) unless
+``--size``/``--frames`` say otherwise.
 
-    python benchmarks/orchestration.py [--videos 8] [--clips-per-video 3] [--size 512x288] [--frames 16]
+    python benchmarks/orchestration.py [--videos 16] [--batch-size 4] [--clips-per-video 3] [--size 1024x576] [--frames 25]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +92,15 @@ def _warm_worker(cfg, source: str, out: str) -> int:
     return os.getpid()
 
 
+def _run_batch(spec, cfg, out: str) -> int:
+    """One batch through the library alone (no Prefect): the plain-Dask reference."""
+    from trackgo_data.build import prepare_output
+    from trackgo_data.process import process_batch
+
+    prepare_output(out, cfg)
+    return len(process_batch(spec, cfg, out).rows)
+
+
 def _cpu_seconds() -> float:
     """CPU seconds (user + system) used so far by this process and the processes it started
     (API server, Dask workers) that are still running."""
@@ -94,24 +117,68 @@ def _cpu_seconds() -> float:
     return total
 
 
+@contextlib.contextmanager
+def external_cluster(n_workers: int, workdir: Path, threads: int = 1):
+    """``dask scheduler`` + ``n_workers`` × ``dask worker --nthreads 1 --no-nanny`` as separate
+    processes (an existing engine, like ``infra/dask``), each worker's libraries limited to
+    ``threads`` threads; yields the scheduler address."""
+    from flows.task_runners.dask import THREAD_ENV
+
+    repo = Path(__file__).resolve().parents[1]
+    sched_file = workdir / f"scheduler-{n_workers}.json"
+    env = {**os.environ, **{k: str(threads) for k in THREAD_ENV},
+           "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}  # as infra/dask configures workers
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), str(repo / "benchmarks"), env.get("PYTHONPATH", "")])
+    dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [subprocess.Popen([*dask_cli, "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                               "--scheduler-file", str(sched_file)], env=env, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists():
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                raise RuntimeError("dask scheduler did not start")
+            time.sleep(0.1)
+        time.sleep(0.2)  # the file is written before the scheduler accepts workers
+        address = json.loads(sched_file.read_text())["address"]
+        procs += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
+                                    "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"w{i}"],
+                                   env=env, stderr=subprocess.DEVNULL) for i in range(n_workers)]
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--video", default="bikes", help="bundled sample to replicate (bigbuckbunny|bikes|carphone)")
-    p.add_argument("--videos", type=int, default=8, help="source files (one batch each)")
+    p.add_argument("--videos", type=int, default=16, help="source files (copies of --video)")
+    p.add_argument("--batch-size", type=int, default=4, help="videos per task run (the flow's default: 4)")
     p.add_argument("--clips-per-video", type=int, default=3)
-    p.add_argument("--size", default="512x288")
-    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", default="", help="WxH of the clips (default: the profile's, 1024x576)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the profile's, 25)")
+    p.add_argument("--clusters", default="external,local", help="comma list of external, local")
+    p.add_argument("--worker-threads", type=int, default=1,
+                   help="library threads of each external worker (a worker = this many cores, for 1 and 2 workers)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved loop/flow repetitions (min is kept)")
     p.add_argument("--keep", action="store_true", help="keep the temporary outputs")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    width, height = (int(v) for v in a.size.lower().split("x"))
+    width, height = (int(v) for v in a.size.lower().split("x")) if a.size else (None, None)
+    kinds = [k.strip() for k in a.clusters.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"external", "local"}:
+        p.error(f"--clusters takes external and/or local, got {a.clusters!r}")
 
     from distributed import Client
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.build_dataset import build_dataset_flow, make_build_config
-    from flows.task_runners.dask import local_cluster
+    from flows.task_runners.dask import PinThreads, local_cluster
     from trackgo_data.build import build_dataset, get_models
     from trackgo_data.samples import sample_video_paths
 
@@ -121,7 +188,7 @@ def main() -> None:
     warm_src = make_sources(tmp / "warm", 1, video)
     cfg = make_build_config("local", a.frames, width, height, clips_per_video=a.clips_per_video)
     flow_kw = dict(source=str(sources), profile="local", num_frames=a.frames, width=width, height=height,
-                   clips_per_video=a.clips_per_video, batch_size=1, progress_bar=False)
+                   clips_per_video=a.clips_per_video, batch_size=a.batch_size, progress_bar=False)
     load0 = os.getloadavg()
 
     def timed(fn):
@@ -132,7 +199,7 @@ def main() -> None:
     with prefect_test_harness(server_startup_timeout=180):
         # warm-up: imports, models, Prefect client, matplotlib (artifacts)
         get_models(cfg)
-        build_dataset(str(warm_src), tmp / "warm-loop", cfg, batch_size=1, progress=False)
+        build_dataset(str(warm_src), tmp / "warm-loop", cfg, batch_size=a.batch_size, progress=False)
         build_dataset_flow(**{**flow_kw, "source": str(warm_src), "output": str(tmp / "warm-flow")})
 
         # loop and flow interleaved, twice; each run gets its own copies of the sources so that
@@ -140,7 +207,7 @@ def main() -> None:
         runs: dict[str, list[float]] = {"loop": [], "flow": [], "flow-np": []}
         for rep in range(a.repeats):
             src = {k: str(make_sources(tmp / f"src-{k}-{rep}", a.videos, video)) for k in runs}
-            t, s_loop = timed(lambda: build_dataset(src["loop"], tmp / f"loop{rep}", cfg, batch_size=1,
+            t, s_loop = timed(lambda: build_dataset(src["loop"], tmp / f"loop{rep}", cfg, batch_size=a.batch_size,
                                                     progress=False))
             runs["loop"].append(t)
             t, s_flow = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src["flow"],
@@ -152,35 +219,55 @@ def main() -> None:
             assert s_flow["accepted"] == s_loop["accepted"] and s_flow["clips"] == s_loop["clips"]
         t_loop, t_flow, t_flow_np = (min(runs[k]) for k in ("loop", "flow", "flow-np"))
 
-        dask_t, dask_cpu = {}, {}
+        dask_t, dask_cpu, plain_t = {}, {}, {}
         par0 = free_parallelism()
-        for n in (1, 2):
-            # the cluster the "dask" task runner starts for max_workers=n (flows/task_runners/dask.py)
-            with local_cluster(n) as cl:
-                with Client(cl) as client:
-                    # every worker process runs one batch before timing (models, imports, first calls)
-                    pids = {client.submit(_warm_worker, cfg, str(make_sources(tmp / f"warm{n}-{i}", 1, video)),
-                                          str(tmp / f"warm-w{n}-{i}"), workers=[w], pure=False).result()
-                            for i, w in enumerate(client.scheduler_info()["workers"])}
-                    assert len(pids) == n
-                build_dataset_flow(**{**flow_kw, "source": str(make_sources(tmp / f"warm{n}", n, video)),
-                                      "output": str(tmp / f"warm-dask{n}"), "task_runner": "dask",
-                                      "address": cl.scheduler_address, "previews": 0})
-                src_n = str(make_sources(tmp / f"src-dask{n}", a.videos, video))
-                c0 = _cpu_seconds()
-                dask_t[n], s = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src_n,
-                                                                   "output": str(tmp / f"dask{n}"),
-                                                                   "task_runner": "dask",
-                                                                   "address": cl.scheduler_address,
-                                                                   "previews": 0}))
-                dask_cpu[n] = _cpu_seconds() - c0
-                assert s["accepted"] == s_loop["accepted"]
+        for kind in kinds:
+            for n in (1, 2):
+                if kind == "local":  # the cluster the runner starts for max_workers=n
+                    cm = contextlib.closing(local_cluster(n))
+                else:
+                    cm = external_cluster(n, tmp, a.worker_threads)
+                with cm as cl:
+                    address = cl if isinstance(cl, str) else cl.scheduler_address
+                    with Client(address) as client:
+                        client.wait_for_workers(n, timeout=120)
+                        if kind == "external":
+                            client.register_plugin(PinThreads(a.worker_threads))
+                        # every worker process runs one batch before timing (models, imports, first calls)
+                        pids = {client.submit(_warm_worker, cfg, str(make_sources(tmp / f"warm{kind}{n}-{i}", 1, video)),
+                                              str(tmp / f"warm-w{kind}{n}-{i}"), workers=[w], pure=False).result()
+                                for i, w in enumerate(client.scheduler_info()["workers"])}
+                        assert len(pids) == n
+                    build_dataset_flow(**{**flow_kw, "source": str(make_sources(tmp / f"warm{kind}{n}", n, video)),
+                                          "output": str(tmp / f"warm-dask{kind}{n}"), "task_runner": "dask",
+                                          "address": address, "previews": 0})
+                    src_n = str(make_sources(tmp / f"src-dask{kind}{n}", a.videos, video))
+                    c0 = _cpu_seconds()
+                    dask_t[kind, n], s = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src_n,
+                                                                             "output": str(tmp / f"dask{kind}{n}"),
+                                                                             "task_runner": "dask",
+                                                                             "address": address,
+                                                                             "previews": 0}))
+                    dask_cpu[kind, n] = _cpu_seconds() - c0
+                    assert s["accepted"] == s_loop["accepted"]
+                    if kind == "external":  # the same batches as plain Dask futures, no Prefect
+                        from trackgo_data.build import discover_sources, plan_batches
+
+                        specs = plan_batches(discover_sources(str(make_sources(tmp / f"src-plain{n}", a.videos, video))),
+                                             cfg, a.batch_size)
+                        with Client(address) as client:
+                            t0 = time.perf_counter()
+                            rows = client.gather([client.submit(_run_batch, spec, cfg, str(tmp / f"plain{n}"), pure=False)
+                                                  for spec in specs])
+                            plain_t[n] = time.perf_counter() - t0
+                        assert sum(rows) == s["clips"]
         par1 = free_parallelism()
     load1 = os.getloadavg()
 
     n_clips = s_loop["clips"]
     print(f"clips: N={n_clips} candidate clips ({s_loop['accepted']} accepted) from {a.videos} copies of "
-          f"{a.video}, {a.frames} frames at {width}x{height}, batch_size=1 ({a.videos} batches)")
+          f"{a.video}, {cfg.clip.num_frames} frames at {cfg.clip.width}x{cfg.clip.height}, "
+          f"batch_size={a.batch_size} ({-(-a.videos // a.batch_size)} batches)")
     print(f"machine: {os.cpu_count()} cpus, load average before {load0[0]:.2f}, after {load1[0]:.2f} "
           "(shared machine: other processes compete for the cores)")
     print(f"times are the min of {a.repeats} interleaved runs: " +
@@ -189,12 +276,19 @@ def main() -> None:
     print(f"flow, thread runner (with artifacts):          {t_flow:8.2f} s  {n_clips / t_flow:6.2f} clips/s")
     print(f"flow, thread runner (no previews):             {t_flow_np:8.2f} s")
     print(f"overhead ratio flow / plain loop: {t_flow / t_loop:.3f} (no previews {t_flow_np / t_loop:.3f}; goal <= 1.3)")
-    print(f"flow, Dask LocalCluster 1 worker:              {dask_t[1]:8.2f} s")
-    print(f"flow, Dask LocalCluster 2 workers:             {dask_t[2]:8.2f} s")
-    print(f"scale-out speed-up 2 vs 1 workers: {dask_t[1] / dask_t[2]:.3f}x (goal >= 1.7 on 2 free cores)")
-    for n in (1, 2):
-        print(f"  {n} worker(s): {dask_cpu[n]:.1f} CPU-s used by flow process + API server + workers in "
-              f"{dask_t[n]:.2f} s wall = {dask_cpu[n] / dask_t[n]:.2f} of {os.cpu_count()} cores busy")
+    labels = {"external": "Dask, external scheduler + workers", "local": "Dask, LocalCluster in the flow process"}
+    for kind in kinds:
+        t1, t2 = dask_t[kind, 1], dask_t[kind, 2]
+        print(f"{labels[kind]}: 1 worker {t1:.2f} s, 2 workers {t2:.2f} s -> scale-out {t1 / t2:.3f}x "
+              "(goal >= 1.7 on 2 free cores)")
+        for n in (1, 2):
+            print(f"  {n} worker(s): {dask_cpu[kind, n]:.1f} CPU-s used by flow process + API server + "
+                  f"scheduler + workers in {dask_t[kind, n]:.2f} s wall = "
+                  f"{dask_cpu[kind, n] / dask_t[kind, n]:.2f} of {os.cpu_count()} cores busy")
+    if plain_t:
+        print(f"plain Dask futures, same batches, same external workers, no Prefect: 1 worker {plain_t[1]:.2f} s, "
+              f"2 workers {plain_t[2]:.2f} s -> {plain_t[1] / plain_t[2]:.3f}x (what the cores give this work; "
+              f"the flow keeps {dask_t['external', 1] / dask_t['external', 2] / (plain_t[1] / plain_t[2]):.0%} of it)")
     print(f"free parallelism of the machine (2 CPU-bound processes vs 1, ideal 2.0): before Dask {par0:.2f}, "
           f"after {par1:.2f}")
     if a.keep:

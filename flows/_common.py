@@ -66,7 +66,8 @@ def histogram_png(values: Sequence[float], title: str, xlabel: str, integer: boo
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("clips", fontsize=8)
     ax.tick_params(labelsize=7)
-    fig.tight_layout()
+    # fixed margins (room for 4-digit counts and both labels); tight_layout costs ~50 ms a figure
+    fig.subplots_adjust(left=0.17, right=0.97, top=0.89, bottom=0.2)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -37,7 +37,9 @@ def main() -> None:
         memory=a.memory,
         walltime=a.walltime,
         job_extra_directives=["--gres=gpu:1"],
-        job_script_prologue=[f"source {a.image_env}"],
+        job_script_prologue=[f"source {a.image_env}",
+                             # Dask's task profiler costs ~9 % of a worker's time on these batches
+                             "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False"],
         worker_extra_args=["--nthreads", "1"],   # ... with one thread (one GPU model instance)
         scheduler_options={"port": a.scheduler_port, "dashboard_address": ":8787"},
     )

@@ -131,13 +131,16 @@ def test_dask_local_cluster_two_workers(tmp_path, flow_sources, thread_run):
 
                 from trackgo_data import video
 
+                import dask
+
                 return (_os.environ.get("MALLOC_TRIM_THRESHOLD_"), _os.environ.get("OMP_NUM_THREADS"),
-                        cv2.getNumThreads(), torch.get_num_threads(), video.get_decode_threads())
+                        cv2.getNumThreads(), torch.get_num_threads(), video.get_decode_threads(),
+                        dask.config.get("distributed.worker.profile.enabled"))
 
             per_worker_settings = set(client.run(settings).values())
-    # glibc's default malloc tuning, and each worker pinned to its half of the cores
+    # glibc's default malloc tuning, each worker pinned to its half of the cores, no task profiler
     share = max(1, cpu_count() // 2)
-    assert per_worker_settings == {(None, str(share), share, share, share)}
+    assert per_worker_settings == {(None, str(share), share, share, share, False)}
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ or os.environ["MALLOC_TRIM_THRESHOLD_"] != "65536"
     assert state.is_completed(), state.message
     ref_out, _ = thread_run
