@@ -110,7 +110,8 @@ def track_attention(
     gap = float(mask_value) - (0.0 if tau is None else float(tau))
     if compiled or return_maps or not sdpa:
         kernel = _compiled_kernel() if compiled else _explicit_kernel
-        out, a, a_prime, hit = kernel(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale)
+        out, a, a_prime, hit = kernel(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale,
+                                      return_maps, motion != 1.0)
     else:
         a_prime, hit, am = _adapter_branch(q_prime, k_prime, float(alpha), gap, scale)
         a = None
@@ -145,17 +146,21 @@ def _adapter_branch(q_prime: torch.Tensor, k_prime: torch.Tensor, alpha: float, 
 
 def _explicit_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prime: torch.Tensor,
                      k_prime: torch.Tensor, g: torch.Tensor | float | None, alpha: float, gap: float,
-                     scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                     scale: float, maps: bool = True, want_hit: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Explicit path on (B, heads, F, d) inputs → (out (B, heads, F, d), A, A′, hit (B, heads, F, F)).
 
-    A and A′ in fp32; one matmul with A″ = A + g·A′ (just A when g is None)."""
+    A and A′ in fp32; one matmul with A″ = A + g·A′ (just A when g is None). A and A′ are
+    returned only with ``maps``, hit only with ``want_hit`` (None otherwise), so a compiled kernel
+    need not write out maps nobody reads."""
     a_prime, hit, am = _adapter_branch(q_prime, k_prime, alpha, gap, scale)
     a = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * scale + am, dim=-1)
     if g is None:
         total = a
     else:
         total = a + (g.float() if isinstance(g, torch.Tensor) else g) * a_prime
-    return torch.matmul(total.to(v.dtype), v), a, a_prime, hit
+    out = torch.matmul(total.to(v.dtype), v)
+    return out, (a if maps else None), (a_prime if maps else None), (hit if want_hit else None)
 
 
 _COMPILED = None
