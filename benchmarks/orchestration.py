@@ -82,23 +82,21 @@ def free_parallelism(work: int = 3_000_000) -> float:
     return 2 * t1 / t2
 
 
-def _warm_worker(cfg, source: str, out: str) -> int:
-    """Run one batch in this process (models, imports, first-call costs) and return the pid."""
-    from trackgo_data.build import discover_sources, plan_batches, prepare_output
-    from trackgo_data.process import process_batch
-
-    prepare_output(out, cfg)
-    process_batch(plan_batches(discover_sources(source), cfg, 1)[0], cfg, out)
-    return os.getpid()
-
-
 def _run_batch(spec, cfg, out: str) -> int:
-    """One batch through the library alone (no Prefect): the plain-Dask reference."""
+    """One batch through the library alone (no Prefect); returns its number of clips."""
     from trackgo_data.build import prepare_output
     from trackgo_data.process import process_batch
 
     prepare_output(out, cfg)
     return len(process_batch(spec, cfg, out).rows)
+
+
+def _warm_worker(cfg, source: str, out: str) -> int:
+    """Run one batch in this process (models, imports, first-call costs) and return the pid."""
+    from trackgo_data.build import discover_sources, plan_batches
+
+    _run_batch(plan_batches(discover_sources(source), cfg, 1)[0], cfg, out)
+    return os.getpid()
 
 
 def _cpu_seconds() -> float:
@@ -122,12 +120,11 @@ def external_cluster(n_workers: int, workdir: Path, threads: int = 1):
     """``dask scheduler`` + ``n_workers`` × ``dask worker --nthreads 1 --no-nanny`` as separate
     processes (an existing engine, like ``infra/dask``), each worker's libraries limited to
     ``threads`` threads; yields the scheduler address."""
-    from flows.task_runners.dask import THREAD_ENV
+    from flows.task_runners.dask import worker_environ
 
     repo = Path(__file__).resolve().parents[1]
     sched_file = workdir / f"scheduler-{n_workers}.json"
-    env = {**os.environ, **{k: str(threads) for k in THREAD_ENV},
-           "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}  # as infra/dask configures workers
+    env = {**os.environ, **worker_environ(threads)}  # as infra/dask configures its workers
     env["PYTHONPATH"] = os.pathsep.join([str(repo), str(repo / "benchmarks"), env.get("PYTHONPATH", "")])
     dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
     procs = [subprocess.Popen([*dask_cli, "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
@@ -154,6 +151,55 @@ def external_cluster(n_workers: int, workdir: Path, threads: int = 1):
                 proc.kill()
 
 
+def time_cluster(kind: str, n: int, a, cfg, flow_kw: dict, video: Path, tmp: Path, s_loop: dict,
+                 plain: bool) -> tuple[float, float, float | None]:
+    """The flow on a warmed-up ``kind`` cluster of ``n`` workers: (wall s, CPU-s of this process
+    tree, and with ``plain`` the wall s of the same batches as plain Dask futures)."""
+    from distributed import Client
+
+    from flows.build_dataset import build_dataset_flow
+    from flows.task_runners.dask import PinThreads, local_cluster
+    from trackgo_data.build import discover_sources, plan_batches
+
+    if kind == "local":  # the cluster the runner starts for max_workers=n
+        cm = contextlib.closing(local_cluster(n))
+    else:
+        cm = external_cluster(n, tmp, a.worker_threads)
+    with cm as cl:
+        address = cl if isinstance(cl, str) else cl.scheduler_address
+        with Client(address) as client:
+            client.wait_for_workers(n, timeout=120)
+            if kind == "external":
+                client.register_plugin(PinThreads(a.worker_threads))
+            # every worker process runs one batch before timing (models, imports, first calls)
+            pids = {client.submit(_warm_worker, cfg, str(make_sources(tmp / f"warm{kind}{n}-{i}", 1, video)),
+                                  str(tmp / f"warm-w{kind}{n}-{i}"), workers=[w], pure=False).result()
+                    for i, w in enumerate(client.scheduler_info()["workers"])}
+            assert len(pids) == n
+        run_kw = {**flow_kw, "task_runner": "dask", "address": address, "previews": 0}
+        build_dataset_flow(**{**run_kw, "source": str(make_sources(tmp / f"warm{kind}{n}", n, video)),
+                              "output": str(tmp / f"warm-dask{kind}{n}")})
+        src = str(make_sources(tmp / f"src-dask{kind}{n}", a.videos, video))
+        c0 = _cpu_seconds()
+        t0 = time.perf_counter()
+        s = build_dataset_flow(**{**run_kw, "source": src, "output": str(tmp / f"dask{kind}{n}")})
+        wall = time.perf_counter() - t0
+        cpu = _cpu_seconds() - c0
+        assert s["accepted"] == s_loop["accepted"]
+        if not plain:
+            return wall, cpu, None
+        # the same batches as plain Dask futures on the same workers, no Prefect
+        specs = plan_batches(discover_sources(str(make_sources(tmp / f"src-plain{kind}{n}", a.videos, video))),
+                             cfg, a.batch_size)
+        with Client(address) as client:
+            t0 = time.perf_counter()
+            rows = client.gather([client.submit(_run_batch, spec, cfg, str(tmp / f"plain{kind}{n}"), pure=False)
+                                  for spec in specs])
+            plain_wall = time.perf_counter() - t0
+        assert sum(rows) == s["clips"]
+        return wall, cpu, plain_wall
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--video", default="bikes", help="bundled sample to replicate (bigbuckbunny|bikes|carphone)")
@@ -174,11 +220,9 @@ def main() -> None:
     if not kinds or set(kinds) - {"external", "local"}:
         p.error(f"--clusters takes external and/or local, got {a.clusters!r}")
 
-    from distributed import Client
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.build_dataset import build_dataset_flow, make_build_config
-    from flows.task_runners.dask import PinThreads, local_cluster
     from trackgo_data.build import build_dataset, get_models
     from trackgo_data.samples import sample_video_paths
 
@@ -223,44 +267,10 @@ def main() -> None:
         par0 = free_parallelism()
         for kind in kinds:
             for n in (1, 2):
-                if kind == "local":  # the cluster the runner starts for max_workers=n
-                    cm = contextlib.closing(local_cluster(n))
-                else:
-                    cm = external_cluster(n, tmp, a.worker_threads)
-                with cm as cl:
-                    address = cl if isinstance(cl, str) else cl.scheduler_address
-                    with Client(address) as client:
-                        client.wait_for_workers(n, timeout=120)
-                        if kind == "external":
-                            client.register_plugin(PinThreads(a.worker_threads))
-                        # every worker process runs one batch before timing (models, imports, first calls)
-                        pids = {client.submit(_warm_worker, cfg, str(make_sources(tmp / f"warm{kind}{n}-{i}", 1, video)),
-                                              str(tmp / f"warm-w{kind}{n}-{i}"), workers=[w], pure=False).result()
-                                for i, w in enumerate(client.scheduler_info()["workers"])}
-                        assert len(pids) == n
-                    build_dataset_flow(**{**flow_kw, "source": str(make_sources(tmp / f"warm{kind}{n}", n, video)),
-                                          "output": str(tmp / f"warm-dask{kind}{n}"), "task_runner": "dask",
-                                          "address": address, "previews": 0})
-                    src_n = str(make_sources(tmp / f"src-dask{kind}{n}", a.videos, video))
-                    c0 = _cpu_seconds()
-                    dask_t[kind, n], s = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src_n,
-                                                                             "output": str(tmp / f"dask{kind}{n}"),
-                                                                             "task_runner": "dask",
-                                                                             "address": address,
-                                                                             "previews": 0}))
-                    dask_cpu[kind, n] = _cpu_seconds() - c0
-                    assert s["accepted"] == s_loop["accepted"]
-                    if kind == "external":  # the same batches as plain Dask futures, no Prefect
-                        from trackgo_data.build import discover_sources, plan_batches
-
-                        specs = plan_batches(discover_sources(str(make_sources(tmp / f"src-plain{n}", a.videos, video))),
-                                             cfg, a.batch_size)
-                        with Client(address) as client:
-                            t0 = time.perf_counter()
-                            rows = client.gather([client.submit(_run_batch, spec, cfg, str(tmp / f"plain{n}"), pure=False)
-                                                  for spec in specs])
-                            plain_t[n] = time.perf_counter() - t0
-                        assert sum(rows) == s["clips"]
+                dask_t[kind, n], dask_cpu[kind, n], plain = time_cluster(
+                    kind, n, a, cfg, flow_kw, video, tmp, s_loop, plain=(kind == "external"))
+                if plain is not None:
+                    plain_t[n] = plain
         par1 = free_parallelism()
     load1 = os.getloadavg()
 

@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 
 #: thread-count variables read by OpenMP / MKL / OpenBLAS when a worker process starts
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: dask config key of the workers' statistical task profiler, and its environment variable
+PROFILE_KEY = "distributed.worker.profile.enabled"
+PROFILE_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
+
+
+def worker_environ(threads: int) -> dict[str, str]:
+    """Environment for a worker process started outside :func:`local_cluster` (``dask worker``
+    on the command line, a pod): ``threads`` library threads and no task profiler. The infra
+    configs set the same variables."""
+    return {**{k: str(int(threads)) for k in THREAD_ENV}, PROFILE_ENV: "False"}
 
 
 def cpu_count() -> int:
@@ -102,8 +112,7 @@ def local_cluster(n_workers: int | None = None, **kwargs: Any) -> Any:
     saved = {k: os.environ.get(k) for k in (*THREAD_ENV, "MALLOC_TRIM_THRESHOLD_")}
     try:
         # the nanny hands this process's dask config to each worker it spawns
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
-                              "distributed.worker.profile.enabled": False}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ, PROFILE_KEY: False}):
             return LocalCluster(n_workers=n, **options)
     finally:
         for k, v in saved.items():

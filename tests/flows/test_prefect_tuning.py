@@ -4,11 +4,14 @@ from __future__ import annotations
 import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 import certifi
 import pytest
 
 from flows import prefect_tuning
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -76,5 +79,5 @@ def test_switch_off_keeps_prefects_behaviour():
             "assert a._client._transport._pool._ssl_context is not b._client._transport._pool._ssl_context\n")
     env = {"TRACKGO_PREFECT_SHARED_TLS": "0", "PATH": "/usr/bin:/bin"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+                         cwd=str(REPO))
     assert res.returncode == 0, res.stderr[-2000:]
