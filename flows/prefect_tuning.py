@@ -1,33 +1,47 @@
-"""One shared TLS context per process for Prefect's API clients.
+"""Two fixed costs of Prefect's engine removed, each with its own switch.
 
-Prefect builds a new API client for every task run (a worker process runs each task inside a
-freshly hydrated context: two to three clients per task run), and each client constructor loads
-the certifi CA bundle into a new ``ssl.SSLContext`` — ~40 ms of CPU on the 2-core reference
-machine, whether the API is ``https://`` or plain ``http://127.0.0.1``. With one batch of videos
-per task run that is 5–10 % of a worker's CPU, and the flow process pays it again for every
-task it starts locally. Prefect itself has no switch for it (upstream proposal: reusing contexts
-across clients, PrefectHQ/prefect pull request 19106).
+**One TLS context per process for the API clients** (``TRACKGO_PREFECT_SHARED_TLS=0`` keeps
+Prefect's behaviour). Prefect builds a new API client for every task run (a worker process runs
+each task inside a freshly hydrated context: two to three clients per task run), and each client
+constructor loads the certifi CA bundle into a new ``ssl.SSLContext`` — ~40 ms of CPU on the
+2-core reference machine, whether the API is ``https://`` or plain ``http://127.0.0.1``. With one
+batch of videos per task run that is 5–10 % of a worker's CPU, and the flow process pays it again
+for every task it starts locally. Prefect has no switch for it (upstream proposal: reusing
+contexts across clients, PrefectHQ/prefect pull request 19106). Here the client constructors share
+one verified context per CA file (or path/data); verification is untouched: the shared context
+still requires and checks the server's certificate and host name. Contexts built for
+``PREFECT_API_TLS_INSECURE_SKIP_VERIFY`` (no CA argument; Prefect turns verification off on them)
+are never shared.
 
-:func:`install` makes the client constructors share one verified context per CA file (or
-path/data) in this process; verification is untouched: the shared context still requires and
-checks the server's certificate and host name. Contexts built for
-``PREFECT_API_TLS_INSECURE_SKIP_VERIFY`` (no CA argument; Prefect turns verification off on
-them) are never shared. :mod:`flows` installs it on import, so the flow process and every worker
-that unpickles a flow's task get it. Set ``TRACKGO_PREFECT_SHARED_TLS=0`` to keep Prefect's
-behaviour.
+**Flow-run heartbeats that stop at once** (``TRACKGO_PREFECT_PROMPT_HEARTBEAT=0`` keeps Prefect's
+behaviour). A synchronous flow run emits a heartbeat event every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``
+seconds (default 180) from a thread that sleeps in one-second steps, and the run waits for that
+thread when it ends: every flow run finished up to one second late (0.5 s on average; a flow's
+wall time always ended just after a whole second). :func:`prompt_heartbeats` emits the same
+events at the same interval, waiting on an event instead, so the end of the run wakes it at once.
+
+:mod:`flows` calls :func:`install` on import, so the flow process and every worker that
+unpickles a flow's task get both.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import ssl
 import threading
 import types
-from typing import Any
+from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
 ENV_SWITCH = "TRACKGO_PREFECT_SHARED_TLS"
+HEARTBEAT_SWITCH = "TRACKGO_PREFECT_PROMPT_HEARTBEAT"
+
+
+def _switched_off(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() in ("0", "false", "no", "off")
 
 
 class SharedContextSSL(types.ModuleType):
@@ -60,12 +74,78 @@ class SharedContextSSL(types.ModuleType):
             return ctx
 
 
-def install() -> bool:
-    """Share TLS contexts between Prefect API clients in this process (idempotent).
+@contextlib.contextmanager
+def prompt_heartbeats(engine: Any, join_on_exit: bool = True) -> Iterator[None]:
+    """Heartbeat events for ``engine``'s flow run while the block runs (Prefect's contract for
+    the engine's heartbeat context: the engine's interval, none once the run is final, errors
+    logged and ignored), from a thread that the end of the block wakes at once."""
+    from prefect import flow_engine
 
-    Returns True when the shared contexts are in effect, False when switched off by
-    ``TRACKGO_PREFECT_SHARED_TLS=0`` or when this Prefect has no such client module."""
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    seconds = engine.heartbeat_seconds
+    if seconds is None:
+        yield
+        return
+    seconds = max(seconds, flow_engine.MINIMUM_HEARTBEAT_INTERVAL)
+    resource, related = engine._build_heartbeat_event_template()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            run = engine.flow_run
+            if run is not None and run.state is not None and run.state.is_final():
+                return
+            try:
+                engine._emit_flow_run_heartbeat(resource, related)
+            except Exception:  # a lost heartbeat must not fail the run
+                log.debug("flow-run heartbeat not sent", exc_info=True)
+            stop.wait(seconds)
+
+    # the thread needs the caller's settings context (API URL) to reach the same server
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(beat,), daemon=True,
+                              name="flow-run-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if join_on_exit:
+            thread.join(timeout=2)
+
+
+_PREFECT_HEARTBEATS: Any = None  # Prefect's own context manager while ours is installed
+
+
+def _install_heartbeats() -> bool:
+    global _PREFECT_HEARTBEATS
+    if _switched_off(HEARTBEAT_SWITCH):
+        return False
+    try:
+        from prefect import flow_engine
+    except ImportError:  # pragma: no cover - prefect is a core dependency
+        return False
+    current = getattr(flow_engine, "_send_heartbeats", None)
+    if current is prompt_heartbeats:
+        return True
+    engine_cls = getattr(flow_engine, "BaseFlowRunEngine", None)
+    needed = ("heartbeat_seconds", "_build_heartbeat_event_template", "_emit_flow_run_heartbeat")
+    if current is None or engine_cls is None or not all(hasattr(engine_cls, n) for n in needed) \
+            or not hasattr(flow_engine, "MINIMUM_HEARTBEAT_INTERVAL"):
+        log.debug("this Prefect's flow engine has no heartbeat context of the known shape; not patched")
+        return False
+    _PREFECT_HEARTBEATS = current
+    flow_engine._send_heartbeats = prompt_heartbeats
+    return True
+
+
+def install() -> dict[str, bool]:
+    """Install both changes in this process (idempotent); returns which are in effect
+    (``{"shared_tls": …, "prompt_heartbeats": …}``): each is off when its switch says so or
+    when this Prefect lacks the code it replaces."""
+    return {"shared_tls": _install_tls(), "prompt_heartbeats": _install_heartbeats()}
+
+
+def _install_tls() -> bool:
+    if _switched_off(ENV_SWITCH):
         return False
     try:
         from prefect.client import orchestration
@@ -82,8 +162,13 @@ def install() -> bool:
 
 
 def uninstall() -> None:
-    """Give Prefect's client module the real ``ssl`` module back."""
+    """Give Prefect back its client module's real ``ssl`` module and its heartbeat context."""
+    global _PREFECT_HEARTBEATS
+    from prefect import flow_engine
     from prefect.client import orchestration
 
     if isinstance(getattr(orchestration, "ssl", None), SharedContextSSL):
         orchestration.ssl = ssl
+    if _PREFECT_HEARTBEATS is not None and flow_engine._send_heartbeats is prompt_heartbeats:
+        flow_engine._send_heartbeats = _PREFECT_HEARTBEATS
+        _PREFECT_HEARTBEATS = None

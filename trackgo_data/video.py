@@ -27,13 +27,15 @@ TOO_SHORT = "too_short"
 TOO_SMALL = "too_small"
 VIDEO_REASONS = (EMPTY_FILE, UNDECODABLE, TOO_SHORT, TOO_SMALL)
 
-#: decoder threads per stream; 0 lets FFmpeg choose (one per core). Decoded frames do not depend
-#: on it. A worker process sharing the cores with others lowers it (:func:`set_decode_threads`).
+#: threads per stream for FFmpeg's decoder and for libswscale's RGB conversion; 0 lets FFmpeg
+#: choose (one per core). Decoded frames do not depend on it. A worker process sharing the cores
+#: with others lowers it (:func:`set_decode_threads`).
 _DECODE_THREADS = 0
 
 
 def set_decode_threads(n: int) -> None:
-    """Threads FFmpeg may use to decode one stream in this process (0 = FFmpeg's choice)."""
+    """Threads FFmpeg may use to decode and convert one stream in this process (0 = FFmpeg's
+    choice)."""
     global _DECODE_THREADS
     if int(n) < 0:
         raise ValueError(f"decode threads must be >= 0, got {n}")
@@ -172,10 +174,7 @@ def iter_frames(path: str | Path | bytes, start: int = 0, size: tuple[int, int] 
 
     container, name = _open(path)
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if _DECODE_THREADS:
-            stream.thread_count = _DECODE_THREADS
+        stream = _video_stream(container)
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         seeked = False
@@ -189,6 +188,7 @@ def iter_frames(path: str | Path | bytes, start: int = 0, size: tuple[int, int] 
         counter = 0
         produced = 0
         scaled = None
+        to_rgb = _ToRGB()
         try:
             for frame in container.decode(stream):
                 idx = _frame_index(frame, stream, fps) if seeked else counter
@@ -198,12 +198,11 @@ def iter_frames(path: str | Path | bytes, start: int = 0, size: tuple[int, int] 
                 if idx < start:
                     continue
                 if size is None:
-                    img = frame.to_ndarray(format="rgb24")
+                    img = to_rgb(frame)
                 else:
                     if scaled is None:
                         scaled = cover_size(frame.width, frame.height, size[0], size[1])
-                    img = frame.to_ndarray(width=scaled[0], height=scaled[1], format="rgb24",
-                                           interpolation="AREA")
+                    img = to_rgb(frame, *scaled)
                     img = np.ascontiguousarray(_centre_crop(img, size[0], size[1]))
                 produced += 1
                 yield img
@@ -227,19 +226,61 @@ class _NoTimestamps(Exception):
     pass
 
 
+def _video_stream(container):
+    """The first video stream, its decoder threaded as :func:`set_decode_threads` says."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    if _DECODE_THREADS:
+        stream.thread_count = _DECODE_THREADS
+    return stream
+
+
+class _ToRGB:
+    """Frame → RGB uint8 array (H, W, 3), optionally scaled to (width, height) with AREA.
+
+    One libswscale context serves every frame of a stream. ``VideoFrame.to_ndarray(width=…)``
+    builds a new context per frame, and since PyAV 17 each context starts its own thread pool
+    (one thread per core): two threads created and joined per frame, and a worker limited to
+    one core by :func:`set_decode_threads` would still spread onto the others. Here the pool
+    follows that setting (PyAV < 17 converts on the calling thread and takes no ``threads``).
+    """
+
+    _takes_threads: bool | None = None  # learnt on first use (class-wide)
+
+    def __init__(self) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame, width: int | None = None, height: int | None = None) -> np.ndarray:
+        kw = {"format": "rgb24"}
+        if width is not None:
+            kw.update(width=width, height=height, interpolation="AREA")
+        if _ToRGB._takes_threads is not False:
+            try:
+                out = self._reformatter.reformat(frame, threads=_DECODE_THREADS, **kw)
+                _ToRGB._takes_threads = True
+                return out.to_ndarray()
+            except TypeError:
+                if _ToRGB._takes_threads:
+                    raise
+                _ToRGB._takes_threads = False
+        return self._reformatter.reformat(frame, **kw).to_ndarray()
+
+
 def _iter_sequential(path, size):
     import av
 
     container, _ = _open(path)
     try:
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
+        to_rgb = _ToRGB()
         try:
             for frame in container.decode(stream):
                 if size is None:
-                    yield frame.to_ndarray(format="rgb24")
+                    yield to_rgb(frame)
                 else:
-                    cw, ch = cover_size(frame.width, frame.height, size[0], size[1])
-                    img = frame.to_ndarray(width=cw, height=ch, format="rgb24", interpolation="AREA")
+                    img = to_rgb(frame, *cover_size(frame.width, frame.height, size[0], size[1]))
                     yield np.ascontiguousarray(_centre_crop(img, size[0], size[1]))
         except (av.error.FFmpegError, ValueError):
             return

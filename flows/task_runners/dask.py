@@ -13,9 +13,9 @@ changes all three:
   page faults and ~0.4 s of extra system time per batch of the ``local`` profile at 512×288.
   The workers here run without it (glibc's defaults, as in a plain Python process).
 * Each worker keeps its libraries' default thread pools (OpenCV and PyTorch: one thread per
-  core; FFmpeg's decoder: automatic), so N workers on C cores run N×C busy threads. Each worker
-  is pinned to ``cpus // N`` threads instead (:class:`PinThreads`, plus ``OMP_NUM_THREADS`` and
-  friends set before the worker process starts).
+  core; FFmpeg's decoder and RGB scaler: automatic), so N workers on C cores run N×C busy
+  threads. Each worker is pinned to ``cpus // N`` threads instead (:class:`PinThreads`, plus
+  ``OMP_NUM_THREADS`` and friends set before the worker process starts).
 * Each worker runs Dask's statistical profiler, which samples the task thread's stack every
   10 ms (for the dashboard's profile page): ~9 % of a single-core worker's time on batches of
   the ``local`` profile at 1024×576 (38.7 s vs 42.6 s for 16 videos). It is switched off
@@ -59,7 +59,7 @@ def threads_per_process(n_workers: int, cpus: int | None = None) -> int:
 
 
 def pin_threads(threads: int) -> dict[str, int]:
-    """Size this process's OpenCV, PyTorch and FFmpeg-decoder thread pools to ``threads``.
+    """Size this process's OpenCV, PyTorch and FFmpeg (decoder, RGB scaler) thread pools to ``threads``.
 
     Returns the counts now in effect ({"opencv": …, "torch": …, "decode": …})."""
     import cv2

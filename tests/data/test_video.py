@@ -63,6 +63,47 @@ def test_decode_with_resize_matches_resize_crop(sample_videos):
     assert cover_size(176, 144, 96, 48) == (96, 79)
 
 
+def test_one_scaler_per_stream_with_the_thread_setting(sample_videos, monkeypatch):
+    """Every frame of a stream goes through one libswscale context whose thread count is the
+    process's decode-thread setting, and the pixels equal PyAV's per-frame conversion."""
+    import av
+    from av.video import reformatter as ref_mod
+
+    from trackgo_data import video
+
+    made, thread_args = [], []
+    real = ref_mod.VideoReformatter
+
+    class Recording:  # the Cython class cannot be subclassed: wrap it
+        def __init__(self):
+            self.inner = real()
+            made.append(self)
+
+        def reformat(self, frame, *args, **kwargs):
+            thread_args.append(kwargs.get("threads"))
+            return self.inner.reformat(frame, *args, **kwargs)
+
+    monkeypatch.setattr(ref_mod, "VideoReformatter", Recording)
+    p = sample_videos["carphone"]
+    old = video.get_decode_threads()
+    try:
+        video.set_decode_threads(1)
+        scaled = read_frames(p, count=5, size=(96, 48))
+        plain = read_frames(p, count=5)
+    finally:
+        video.set_decode_threads(old)
+    assert len(made) == 2  # one per decoded stream, not one per frame
+    if video._ToRGB._takes_threads:  # PyAV >= 17 threads its scaler; older ones run it inline
+        assert thread_args == [1] * 10
+    with av.open(str(p)) as c:
+        frames = [f for _, f in zip(range(5), c.decode(video=0))]
+    w, h = cover_size(176, 144, 96, 48)
+    ref = [f.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA") for f in frames]
+    top = (h - 48) // 2
+    np.testing.assert_array_equal(scaled, np.stack([r[top:top + 48, :96] for r in ref]))
+    np.testing.assert_array_equal(plain, np.stack([f.to_ndarray(format="rgb24") for f in frames]))
+
+
 def test_lossless_rgb_round_trip_is_bit_exact(tmp_path):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (5, 24, 40, 3), dtype=np.uint8)   # noise: worst case

@@ -1,10 +1,14 @@
-"""flows.prefect_tuning: Prefect API clients share one verified TLS context per process."""
+"""flows.prefect_tuning: Prefect API clients share one verified TLS context per process, and a
+flow run's heartbeat thread stops as soon as the run ends."""
 from __future__ import annotations
 
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import certifi
 import pytest
@@ -18,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 def shared():
     """The shared-context stand-in freshly installed (whatever flows' import did before)."""
     prefect_tuning.uninstall()
-    assert prefect_tuning.install() is True
+    assert prefect_tuning.install()["shared_tls"] is True
     from prefect.client import orchestration
 
     yield orchestration.ssl
@@ -76,8 +80,92 @@ def test_switch_off_keeps_prefects_behaviour():
             "assert o.ssl is ssl, type(o.ssl)\n"
             "from prefect.client.orchestration import SyncPrefectClient as C\n"
             "a, b = C('https://x/api'), C('https://x/api')\n"
-            "assert a._client._transport._pool._ssl_context is not b._client._transport._pool._ssl_context\n")
-    env = {"TRACKGO_PREFECT_SHARED_TLS": "0", "PATH": "/usr/bin:/bin"}
+            "assert a._client._transport._pool._ssl_context is not b._client._transport._pool._ssl_context\n"
+            "from prefect import flow_engine\n"
+            "assert flow_engine._send_heartbeats.__module__ == 'prefect.flow_engine'\n")
+    env = {"TRACKGO_PREFECT_SHARED_TLS": "0", "TRACKGO_PREFECT_PROMPT_HEARTBEAT": "0", "PATH": "/usr/bin:/bin"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          cwd=str(REPO))
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------- heartbeats
+
+class _Engine:
+    """The part of Prefect's flow-run engine the heartbeat context uses."""
+
+    def __init__(self, seconds=30, final=False, fail=False):
+        self.heartbeat_seconds = seconds
+        self.flow_run = SimpleNamespace(state=SimpleNamespace(is_final=lambda: final))
+        self.fail = fail
+        self.emitted: list = []
+        self.sent = threading.Event()
+
+    def _build_heartbeat_event_template(self):
+        return {"prefect.resource.id": "prefect.flow-run.x"}, ["related"]
+
+    def _emit_flow_run_heartbeat(self, resource, related):
+        self.emitted.append((resource, related))
+        self.sent.set()
+        if self.fail:
+            raise RuntimeError("API unreachable")
+
+
+def _heartbeat_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "flow-run-heartbeat"]
+
+
+def test_heartbeat_is_sent_and_stops_at_once():
+    engine = _Engine(seconds=30)
+    with prefect_tuning.prompt_heartbeats(engine):
+        assert engine.sent.wait(10)
+        assert len(_heartbeat_threads()) == 1
+        t0 = time.perf_counter()
+    stopped = time.perf_counter() - t0
+    # Prefect's own thread sleeps in 1 s steps and is joined here: up to a second
+    assert stopped < 0.5, stopped
+    assert _heartbeat_threads() == []
+    assert engine.emitted == [({"prefect.resource.id": "prefect.flow-run.x"}, ["related"])]
+
+
+def test_no_heartbeat_when_off_or_final_and_errors_stay_inside():
+    off = _Engine(seconds=None)
+    with prefect_tuning.prompt_heartbeats(off):
+        assert _heartbeat_threads() == []
+    final = _Engine(final=True)
+    with prefect_tuning.prompt_heartbeats(final):
+        time.sleep(0.2)
+    assert final.emitted == []
+    failing = _Engine(fail=True)
+    with pytest.raises(KeyError):  # the block's own error goes through, the heartbeat's does not
+        with prefect_tuning.prompt_heartbeats(failing):
+            assert failing.sent.wait(10)
+            raise KeyError("flow body")
+    assert len(failing.emitted) == 1 and _heartbeat_threads() == []
+
+
+def test_flow_runs_use_the_prompt_heartbeat(monkeypatch):
+    """A real flow run goes through the installed context (so the patch point is the one the
+    engine calls) and ends without waiting for the heartbeat thread."""
+    from prefect import flow, flow_engine
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    assert flow_engine._send_heartbeats is prefect_tuning.prompt_heartbeats
+    entered = []
+
+    def spy(engine, join_on_exit=True):
+        entered.append(engine.heartbeat_seconds)
+        return prefect_tuning.prompt_heartbeats(engine, join_on_exit)
+
+    monkeypatch.setattr(flow_engine, "_send_heartbeats", spy)
+
+    @flow
+    def tiny() -> int:
+        return 7
+
+    with prefect_test_harness(server_startup_timeout=180), \
+            temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 45}):
+        assert tiny() == 7
+    assert entered == [45]
+    assert _heartbeat_threads() == []
