@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import logging
 import os
 import ssl
@@ -115,13 +116,20 @@ def prompt_heartbeats(engine: Any, join_on_exit: bool = True) -> Iterator[None]:
 _PREFECT_HEARTBEATS: Any = None  # Prefect's own context manager while ours is installed
 
 
+def _wanted_module(switch: str, name: str) -> Any:
+    """Prefect's module ``name`` to patch, or None when ``switch`` is off or it is missing."""
+    if _switched_off(switch):
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # pragma: no cover - prefect is a core dependency
+        return None
+
+
 def _install_heartbeats() -> bool:
     global _PREFECT_HEARTBEATS
-    if _switched_off(HEARTBEAT_SWITCH):
-        return False
-    try:
-        from prefect import flow_engine
-    except ImportError:  # pragma: no cover - prefect is a core dependency
+    flow_engine = _wanted_module(HEARTBEAT_SWITCH, "prefect.flow_engine")
+    if flow_engine is None:
         return False
     current = getattr(flow_engine, "_send_heartbeats", None)
     if current is prompt_heartbeats:
@@ -145,11 +153,8 @@ def install() -> dict[str, bool]:
 
 
 def _install_tls() -> bool:
-    if _switched_off(ENV_SWITCH):
-        return False
-    try:
-        from prefect.client import orchestration
-    except ImportError:  # pragma: no cover - prefect is a core dependency
+    orchestration = _wanted_module(ENV_SWITCH, "prefect.client.orchestration")
+    if orchestration is None:
         return False
     current = getattr(orchestration, "ssl", None)
     if isinstance(current, SharedContextSSL):
