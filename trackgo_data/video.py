@@ -245,27 +245,23 @@ class _ToRGB:
     follows that setting (PyAV < 17 converts on the calling thread and takes no ``threads``).
     """
 
-    _takes_threads: bool | None = None  # learnt on first use (class-wide)
-
     def __init__(self) -> None:
+        import av
         from av.video.reformatter import VideoReformatter
 
         self._reformatter = VideoReformatter()
+        self._threads = {"threads": _DECODE_THREADS} if pyav_threads_scaler(av.__version__) else {}
 
     def __call__(self, frame, width: int | None = None, height: int | None = None) -> np.ndarray:
-        kw = {"format": "rgb24"}
+        kw = {"format": "rgb24", **self._threads}
         if width is not None:
             kw.update(width=width, height=height, interpolation="AREA")
-        if _ToRGB._takes_threads is not False:
-            try:
-                out = self._reformatter.reformat(frame, threads=_DECODE_THREADS, **kw)
-                _ToRGB._takes_threads = True
-                return out.to_ndarray()
-            except TypeError:
-                if _ToRGB._takes_threads:
-                    raise
-                _ToRGB._takes_threads = False
         return self._reformatter.reformat(frame, **kw).to_ndarray()
+
+
+def pyav_threads_scaler(version: str) -> bool:
+    """Whether this PyAV version threads libswscale (and takes ``threads=``): 17 and newer."""
+    return int(version.split(".")[0]) >= 17
 
 
 def _iter_sequential(path, size):

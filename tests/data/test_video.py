@@ -93,8 +93,9 @@ def test_one_scaler_per_stream_with_the_thread_setting(sample_videos, monkeypatc
     finally:
         video.set_decode_threads(old)
     assert len(made) == 2  # one per decoded stream, not one per frame
-    if video._ToRGB._takes_threads:  # PyAV >= 17 threads its scaler; older ones run it inline
-        assert thread_args == [1] * 10
+    # PyAV >= 17 threads its scaler (and takes the count); older ones scale on the calling thread
+    assert thread_args == [1 if video.pyav_threads_scaler(av.__version__) else None] * 10
+    assert not video.pyav_threads_scaler("16.1.0") and video.pyav_threads_scaler("17.0.0")
     with av.open(str(p)) as c:
         frames = [f for _, f in zip(range(5), c.decode(video=0))]
     w, h = cover_size(176, 144, 96, 48)
