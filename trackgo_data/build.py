@@ -135,6 +135,24 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return _HASH_CACHE[ck]
 
 
+#: threads reading source files at once while planning (hashlib releases the GIL, so hashing
+#: spreads over the cores, and reads from network storage overlap)
+HASH_THREADS = 8
+
+
+def content_hashes(sources: list[Path], threads: int = HASH_THREADS) -> list[str]:
+    """sha256 of each source's bytes, in order ("missing" for a path that is not a file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(path: Path) -> str:
+        return file_sha256(path) if path.is_file() else "missing"
+
+    if threads <= 1 or len(sources) <= 1:
+        return [one(p) for p in sources]
+    with ThreadPoolExecutor(min(threads, len(sources)), thread_name_prefix="hash") as pool:
+        return list(pool.map(one, sources))
+
+
 @dataclass
 class BatchSpec:
     batch_id: str
@@ -160,13 +178,13 @@ def plan_batches(sources: list[Path], cfg: BuildConfig, batch_size: int = 4) -> 
         raise ValueError("batch_size must be >= 1")
     sources = [Path(s) for s in sources]
     ids = video_ids_for(sources)
+    contents = content_hashes(sources)
     chash = config_hash(cfg)
     out = []
     for i in range(0, len(sources), batch_size):
         srcs, vids = sources[i:i + batch_size], ids[i:i + batch_size]
         h = hashlib.sha256(chash.encode())
-        for s, v in zip(srcs, vids):
-            content = file_sha256(s) if s.is_file() else "missing"
+        for v, content in zip(vids, contents[i:i + batch_size]):
             h.update(f"|{v}:{content}".encode())
         out.append(BatchSpec("b" + h.hexdigest()[:16], [str(s) for s in srcs], vids))
     return out

@@ -183,6 +183,20 @@ def test_plan_batches_ids_follow_content_and_config(tmp_path):
     assert "." not in p1[0].batch_id
 
 
+def test_content_hashes_in_threads_equal_sha256_in_order(tmp_path):
+    import hashlib
+
+    paths = []
+    for i in range(12):
+        p = tmp_path / f"v{i}.mp4"
+        p.write_bytes(bytes([i]) * (100_000 + 7919 * i))
+        paths.append(p)
+    paths.insert(5, tmp_path / "gone.mp4")
+    want = [hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else "missing" for p in paths]
+    assert B.content_hashes(paths, threads=4) == want
+    assert B.content_hashes(paths, threads=1) == want
+
+
 def test_clip_masks_equal_the_vote_on_full_resolution_labels(sample_videos):
     """The builder votes the masks on the segmenter's flow-resolution labels (512×288 clip,
     256×144 flow: factor 2); they must equal the vote on the full-resolution labels."""
