@@ -187,8 +187,7 @@ def iter_frames(path: str | Path | bytes, start: int = 0, size: tuple[int, int] 
                 container.seek(0)
         counter = 0
         produced = 0
-        scaled = None
-        to_rgb = _ToRGB()
+        to_rgb = _ToRGB(size)
         try:
             for frame in container.decode(stream):
                 idx = _frame_index(frame, stream, fps) if seeked else counter
@@ -197,15 +196,8 @@ def iter_frames(path: str | Path | bytes, start: int = 0, size: tuple[int, int] 
                 counter += 1
                 if idx < start:
                     continue
-                if size is None:
-                    img = to_rgb(frame)
-                else:
-                    if scaled is None:
-                        scaled = cover_size(frame.width, frame.height, size[0], size[1])
-                    img = to_rgb(frame, *scaled)
-                    img = np.ascontiguousarray(_centre_crop(img, size[0], size[1]))
                 produced += 1
-                yield img
+                yield to_rgb(frame)
         except _NoTimestamps:
             container.close()
             for i, img in enumerate(_iter_sequential(path, size)):
@@ -236,7 +228,8 @@ def _video_stream(container):
 
 
 class _ToRGB:
-    """Frame → RGB uint8 array (H, W, 3), optionally scaled to (width, height) with AREA.
+    """Frame → RGB uint8 array (H, W, 3); with ``size=(W, H)`` scaled with AREA to cover W×H
+    (during the conversion), then centre-cropped.
 
     One libswscale context serves every frame of a stream. ``VideoFrame.to_ndarray(width=…)``
     builds a new context per frame, and since PyAV 17 each context starts its own thread pool
@@ -245,18 +238,26 @@ class _ToRGB:
     follows that setting (PyAV < 17 converts on the calling thread and takes no ``threads``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, size: tuple[int, int] | None = None) -> None:
         import av
         from av.video.reformatter import VideoReformatter
 
         self._reformatter = VideoReformatter()
-        self._threads = {"threads": _DECODE_THREADS} if pyav_threads_scaler(av.__version__) else {}
+        self._kw = {"format": "rgb24"}
+        if pyav_threads_scaler(av.__version__):
+            self._kw["threads"] = _DECODE_THREADS
+        self._size = size
+        self._scaled = False
 
-    def __call__(self, frame, width: int | None = None, height: int | None = None) -> np.ndarray:
-        kw = {"format": "rgb24", **self._threads}
-        if width is not None:
-            kw.update(width=width, height=height, interpolation="AREA")
-        return self._reformatter.reformat(frame, **kw).to_ndarray()
+    def __call__(self, frame) -> np.ndarray:
+        if self._size is not None and not self._scaled:  # the stream's size, from its first frame
+            width, height = cover_size(frame.width, frame.height, *self._size)
+            self._kw.update(width=width, height=height, interpolation="AREA")
+            self._scaled = True
+        img = self._reformatter.reformat(frame, **self._kw).to_ndarray()
+        if self._size is None:
+            return img
+        return np.ascontiguousarray(_centre_crop(img, *self._size))
 
 
 def pyav_threads_scaler(version: str) -> bool:
@@ -270,14 +271,10 @@ def _iter_sequential(path, size):
     container, _ = _open(path)
     try:
         stream = _video_stream(container)
-        to_rgb = _ToRGB()
+        to_rgb = _ToRGB(size)
         try:
             for frame in container.decode(stream):
-                if size is None:
-                    yield to_rgb(frame)
-                else:
-                    img = to_rgb(frame, *cover_size(frame.width, frame.height, size[0], size[1]))
-                    yield np.ascontiguousarray(_centre_crop(img, size[0], size[1]))
+                yield to_rgb(frame)
         except (av.error.FFmpegError, ValueError):
             return
     finally:

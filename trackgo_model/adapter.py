@@ -29,6 +29,7 @@ Two interpretations, both exact consequences of softmax's shift invariance (spec
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -163,15 +164,10 @@ def _explicit_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prime:
     return out, (a if maps else None), (a_prime if maps else None), (hit if want_hit else None)
 
 
-_COMPILED = None
-
-
+@functools.cache
 def _compiled_kernel():
     """``torch.compile`` of :func:`_explicit_kernel`, built on first use."""
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = torch.compile(_explicit_kernel, fullgraph=True)
-    return _COMPILED
+    return torch.compile(_explicit_kernel, fullgraph=True)
 
 
 # ----------------------------------------------------------------------------------------------
