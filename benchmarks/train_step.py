@@ -38,7 +38,7 @@ def build_components(full: bool, cfg, device):
 
     from trackgo_model.model import TrackGoUNet, build_unet
     from trackgo_model.tiny import CLIP_PROCESSOR, SVD_SCHEDULER, TINY_CLIP, TINY_VAE
-    from trackgo_model.train_io import Components, trackgo_config_for
+    from trackgo_model.train.data import Components, trackgo_config_for
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -76,7 +76,7 @@ def synthetic_batch(frames: int, height: int, width: int, seed: int = 0):
 
 def time_steps(comp, cfg, device, frames: int, height: int, width: int, steps: int) -> dict:
     from trackgo_model.train import DTYPES, prepare_model
-    from trackgo_model.train_loss import batch_to_inputs, compute_loss
+    from trackgo_model.train.loss import batch_to_inputs, compute_loss
 
     params = prepare_model(comp, cfg, device)
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
@@ -159,7 +159,7 @@ def loop_check(tmp: Path, mixed_precision: str) -> dict:
     from trackgo_data.shards import ShardSpec, write_shards
     from trackgo_model.tiny import init_tiny
     from trackgo_model.train import train
-    from trackgo_model.train_config import load_train_config
+    from trackgo_model.train.config import load_train_config
 
     samples = []
     for i in range(4):
@@ -192,7 +192,7 @@ def main() -> None:
                     help="also run the real train() loop on the tiny model (bf16 on CUDA) with a resume")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    from trackgo_model.train_config import load_train_config
+    from trackgo_model.train.config import load_train_config
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

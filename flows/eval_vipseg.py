@@ -1,6 +1,6 @@
 """Prefect flow ``eval-vipseg``: the paper's Table 1 protocol on VIPSeg, one run.
 
-Thin orchestration over :mod:`trackgo_model.evaluate` (which never imports Prefect):
+Thin orchestration over :mod:`trackgo_model.eval.vipseg` (which never imports Prefect):
 
     generate   conditions from the panoptic masks + tracker, one generated video per val video;
                videos already generated in the output folder are skipped (reruns resume)
@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from trackgo_data.config import apply_overrides, config_from_dict
-from trackgo_model import evaluate as E
+from trackgo_model.eval import vipseg as E
 
 
 @task(name="generate")

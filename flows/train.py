@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.artifacts import update_progress_artifact
 
 from trackgo_model.train import train
-from trackgo_model.train_config import load_train_config
+from trackgo_model.train.config import load_train_config
 
 
 @flow(name="train", log_prints=False)

@@ -1,4 +1,4 @@
-"""Attention loss (spec §5, Eq. 8). The diffusion (EDM) loss lives in ``trackgo_model.edm``.
+"""Attention loss (spec §5, Eq. 8). The diffusion (EDM) loss lives in ``trackgo_model.train.edm``.
 
     L_attn = Σ_{q ∈ C} Σ_{i=1..F} ( A_q(i, i) · φ(M_i) )²
 

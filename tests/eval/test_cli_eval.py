@@ -7,9 +7,9 @@ from PIL import Image
 
 from trackgo_data.video import encode_lossless_rgb
 from trackgo_model.cli import main
-from trackgo_model.metrics import load_video_dir
-from trackgo_model.metrics.fvd import fvd_from_videos
-from trackgo_model.metrics.objmc import tracks_to_peer, write_peer_tracks
+from trackgo_model.eval.metrics import load_video_dir
+from trackgo_model.eval.metrics.fvd import fvd_from_videos
+from trackgo_model.eval.metrics.objmc import tracks_to_peer, write_peer_tracks
 
 from .tiny_extractors import TinyI3D
 

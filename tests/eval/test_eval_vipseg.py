@@ -10,9 +10,9 @@ import torch
 from trackgo_data.points import k_for_area
 from trackgo_data.video import decode_mp4, read_frames
 from trackgo_data.vipseg import VIPSeg
-from trackgo_model.evaluate import EvalConfig, run
-from trackgo_model.metrics.fid import fid_from_videos
-from trackgo_model.metrics.fvd import fvd_from_videos
+from trackgo_model.eval.vipseg import EvalConfig, run
+from trackgo_model.eval.metrics.fid import fid_from_videos
+from trackgo_model.eval.metrics.fvd import fvd_from_videos
 
 from .tiny_extractors import TinyFIDNet, TinyI3D
 from .vipseg_fixture import build_fixture

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from trackgo_model.metrics import MetricUnavailable
-from trackgo_model.metrics.fid import FIDInceptionV3, inception_features, load_fid_inception
-from trackgo_model.metrics.fvd import fvd_from_videos, i3d_features, load_i3d, preprocess_clips
+from trackgo_model.eval.metrics import MetricUnavailable
+from trackgo_model.eval.metrics.fid import FIDInceptionV3, inception_features, load_fid_inception
+from trackgo_model.eval.metrics.fvd import fvd_from_videos, i3d_features, load_i3d, preprocess_clips
 
 # (module, in, out, kernel h, kernel w) of every conv of the TF-ported FID InceptionV3, written out
 # from the architecture's published layer table (pt_inception-2015-12-05 key names)
@@ -81,7 +81,7 @@ def test_features_shape_and_weight_file_loading(inception, tmp_path, monkeypatch
 
 
 def test_tf_pooling_variants(inception):
-    from trackgo_model.metrics.fid import _tf_avgpool
+    from trackgo_model.eval.metrics.fid import _tf_avgpool
 
     ones = torch.ones(1, 1, 4, 4)
     assert torch.equal(_tf_avgpool(ones), ones)  # zero padding not counted at the borders

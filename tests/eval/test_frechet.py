@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trackgo_model.metrics.frechet import (
+from trackgo_model.eval.metrics.frechet import (
     FrechetError,
     feature_statistics,
     frechet_distance,

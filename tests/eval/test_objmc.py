@@ -5,7 +5,7 @@ import pytest
 
 from trackgo_data.track import get_tracker
 from trackgo_data.video import encode_mp4, decode_mp4, read_frames
-from trackgo_model.metrics.objmc import (
+from trackgo_model.eval.metrics.objmc import (
     ObjMCError,
     inscribed_centres,
     objmc_ours,

@@ -34,7 +34,7 @@ def run_cli(monkeypatch):
     """``trackgo …`` in-process through the real dispatcher, with this package's commands."""
     from trackgo_model import cli
 
-    monkeypatch.setattr(cli, "_REGISTRARS", ("trackgo_model.cli_model",))
+    monkeypatch.setattr(cli, "_REGISTRARS", ("trackgo_model.cli.model",))
 
     def run(*argv: str) -> int:
         return cli.main([str(a) for a in argv])

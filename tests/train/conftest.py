@@ -86,6 +86,6 @@ def tiny_overrides(shards: Path, model_dir: Path, run_dir: Path, **extra) -> lis
 
 
 def tiny_config(shards: Path, model_dir: Path, run_dir: Path, **extra):
-    from trackgo_model.train_config import load_train_config
+    from trackgo_model.train.config import load_train_config
 
     return load_train_config("tiny-cpu", tiny_overrides(shards, model_dir, run_dir, **extra))

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trackgo_model import edm
+from trackgo_model.train import edm
 
 # σ, c_skip = 1/(σ²+1), c_out = −σ/√(σ²+1), c_in = 1/√(σ²+1), c_noise = ln(σ)/4, w = (σ²+1)/σ²
 HAND = [

@@ -9,8 +9,8 @@ from tests.train.conftest import FRAMES, SIZE, tiny_config
 def test_cache_keys_values_and_reuse(tiny_shards, tiny_model_dir, tmp_path):
     from trackgo_data.loader import make_dataset
     from trackgo_model.conditioning import encode_video_latents
-    from trackgo_model.latent_cache import LatentCache, shard_digest
-    from trackgo_model.train_io import load_components
+    from trackgo_model.train.latent_cache import LatentCache, shard_digest
+    from trackgo_model.train.data import load_components
 
     cfg = tiny_config(tiny_shards, tiny_model_dir, tmp_path / "run")
     vae = load_components(cfg, tmp_path / "run").vae
@@ -38,7 +38,7 @@ def test_cache_keys_values_and_reuse(tiny_shards, tiny_model_dir, tmp_path):
 
 
 def test_training_with_the_cache_matches_training_without(tiny_shards, tiny_model_dir, tmp_path):
-    from trackgo_model import checkpoint as ck
+    from trackgo_model.train import checkpoint as ck
     from trackgo_model.train import train
 
     extra = dict(max_steps=2, checkpoint_every=10, global_batch_size=1)

@@ -19,7 +19,7 @@ def _fixed_eval(comp, batches, cfg, seeds=(11, 12, 13, 14)) -> tuple[float, floa
     """Loss on fixed batches and fixed draws (no dropout): a deterministic yardstick."""
     from dataclasses import replace
 
-    from trackgo_model.train_loss import batch_to_inputs, compute_loss
+    from trackgo_model.train.loss import batch_to_inputs, compute_loss
 
     obj = replace(cfg.objective, drop_clip_prob=0.0, drop_image_prob=0.0)
     total = []
@@ -39,7 +39,7 @@ def test_overfit_changes_only_trainable_and_exports(tiny_shards, tiny_model_dir,
     from trackgo_data.video import decode_mp4
     from trackgo_model.pipeline import TrackGoPipeline
     from trackgo_model.train import train
-    from trackgo_model.train_io import load_components, shard_urls, validation_batches
+    from trackgo_model.train.data import load_components, shard_urls, validation_batches
 
     run = tmp_path / "run"
     cfg = tiny_config(tiny_shards, tiny_model_dir, run, max_steps=24, checkpoint_every=24, global_batch_size=1,
@@ -99,7 +99,7 @@ def test_overfit_changes_only_trainable_and_exports(tiny_shards, tiny_model_dir,
 
 
 def _final(run):
-    from trackgo_model import checkpoint as ck
+    from trackgo_model.train import checkpoint as ck
 
     last = ck.latest_checkpoint(run)
     return (ck.load_tensors(last, "trainable.safetensors"), ck.load_tensors(last, "ema.safetensors"),
@@ -152,9 +152,9 @@ def test_resume_is_bitwise_identical(tiny_shards, tiny_model_dir, tmp_path):
 
 
 def test_nonfinite_steps_are_skipped_then_stop(tiny_shards, tiny_model_dir, tmp_path, monkeypatch):
-    import trackgo_model.train_loss as tl
+    import trackgo_model.train.loss as tl
     from trackgo_model.train import NonFiniteLossError, train
-    from trackgo_model.train_io import load_components
+    from trackgo_model.train.data import load_components
 
     real = tl.compute_loss
     calls = {"n": 0, "nan_at": set()}

@@ -12,7 +12,7 @@ from tests.train.conftest import tiny_config
 
 @pytest.fixture(scope="module")
 def setup(tiny_shards, tiny_model_dir, tmp_path_factory):
-    from trackgo_model.train_io import data_stream, load_components
+    from trackgo_model.train.data import data_stream, load_components
 
     run = tmp_path_factory.mktemp("loss") / "run"
     cfg = tiny_config(tiny_shards, tiny_model_dir, run, **{"data.batch_size": 2, "global_batch_size": 2})
@@ -34,7 +34,7 @@ def _block_mean(mask: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def test_loss_parts_match_a_direct_computation(setup):
-    from trackgo_model.train_loss import batch_to_inputs, compute_loss
+    from trackgo_model.train.loss import batch_to_inputs, compute_loss
 
     cfg, comp, batch = setup
     obj = cfg.objective
@@ -95,7 +95,7 @@ def test_loss_parts_match_a_direct_computation(setup):
 def test_lambda_zero_collects_no_maps_and_drops_the_term(setup):
     from dataclasses import replace
 
-    from trackgo_model.train_loss import batch_to_inputs, compute_loss
+    from trackgo_model.train.loss import batch_to_inputs, compute_loss
 
     cfg, comp, batch = setup
     inputs = batch_to_inputs(batch, torch.device("cpu"), cfg.data.fps)
@@ -113,7 +113,7 @@ def test_conditioning_dropout_zeroes_clip_and_image(setup):
     """With both drop probabilities 1 the image no longer matters."""
     from dataclasses import replace
 
-    from trackgo_model.train_loss import batch_to_inputs, compute_loss
+    from trackgo_model.train.loss import batch_to_inputs, compute_loss
 
     cfg, comp, batch = setup
     inputs = batch_to_inputs(batch, torch.device("cpu"), cfg.data.fps)
@@ -133,7 +133,7 @@ def test_conditioning_dropout_zeroes_clip_and_image(setup):
 
 def test_gradient_checkpointing_gives_the_same_gradients(setup):
     """Recomputation inside checkpointed blocks must still see the adapters' per-forward state."""
-    from trackgo_model.train_loss import batch_to_inputs, compute_loss
+    from trackgo_model.train.loss import batch_to_inputs, compute_loss
 
     cfg, comp, batch = setup
     core = comp.model

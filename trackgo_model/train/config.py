@@ -13,7 +13,7 @@ from typing import Any
 
 from trackgo_data.config import ConfigError, apply_overrides, config_from_dict, load_yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SVD_PATH_ENV = "TRACKGO_SVD_PATH"
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -61,7 +61,7 @@ class DataConfig:
     motion_bucket_id: float = 127.0
     # The last N shards (sorted by name) are held out for validation when there are more than N.
     val_holdout_shards: int = 1
-    # Folder caching the VAE latents of the training shards (trackgo_model.latent_cache); "" = off.
+    # Folder caching the VAE latents of the training shards (trackgo_model.train.latent_cache); "" = off.
     latent_cache: str = ""
 
     def __post_init__(self) -> None:

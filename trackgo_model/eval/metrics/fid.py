@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trackgo_model.metrics import MetricUnavailable, resolve_weight_file
+from trackgo_model.eval.metrics import MetricUnavailable, resolve_weight_file
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def inception_features(model: nn.Module, frames: np.ndarray, batch_size: int = 3
 
 def fid_from_videos(model: nn.Module, real: list[np.ndarray], gen: list[np.ndarray], batch_size: int = 32) -> float:
     """real, gen: lists of (T, H, W, 3) uint8 videos → FID over all their frames."""
-    from trackgo_model.metrics.frechet import frechet_distance_from_features
+    from trackgo_model.eval.metrics.frechet import frechet_distance_from_features
 
     fr = np.concatenate([inception_features(model, v, batch_size) for v in real])
     fg = np.concatenate([inception_features(model, v, batch_size) for v in gen])

@@ -7,7 +7,7 @@
 
 One optimizer step = ``global_batch_size`` samples = data.batch_size × processes × gradient
 accumulation micro-steps (accelerate's ``accumulate``). Outputs under ``run_dir``:
-``checkpoints/checkpoint-XXXXXX/`` (see :mod:`trackgo_model.checkpoint`), ``tb/`` (TensorBoard),
+``checkpoints/checkpoint-XXXXXX/`` (see :mod:`trackgo_model.train.checkpoint`), ``tb/`` (TensorBoard),
 ``val/step-XXXXXX/*.mp4`` (validation videos), ``metrics.jsonl`` and ``config.json``.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from trackgo_data.config import ConfigError, atomic_write_json, config_hash, config_to_dict
 
 from . import checkpoint as ckpt
-from .train_config import TrainConfig, load_train_config
+from .config import TrainConfig, load_train_config
 
 log = logging.getLogger(__name__)
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -142,15 +142,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None,
     stop_at: stop after this global step (a checkpoint is written) without changing the LR
     schedule, which always spans ``cfg.max_steps`` — a resumed run continues the same curve.
     callback(step, metrics): called on the main process every ``log_every`` steps.
-    components: a ready :class:`~trackgo_model.train_io.Components` (tests, benchmarks); by
+    components: a ready :class:`~trackgo_model.train.data.Components` (tests, benchmarks); by
     default they are loaded from ``model.svd_path`` or the tiny model.
     """
     from accelerate import Accelerator, PartialState
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
-    from .train_io import data_stream, load_components, shard_urls, validation_batches, write_validation
-    from .train_loss import batch_to_inputs, compute_loss
+    from .data import data_stream, load_components, shard_urls, validation_batches, write_validation
+    from .loss import batch_to_inputs, compute_loss
 
     run_dir = cfg.run_path
     train_urls, val_urls = shard_urls(cfg)  # clear error before anything heavy
@@ -361,7 +361,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .train_io import MissingShardsError
+    from .data import MissingShardsError
 
     try:
         cfg = load_train_config(args.config, args.overrides)

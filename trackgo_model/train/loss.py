@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from trackgo_model import conditioning as cond
-from trackgo_model import edm
+from trackgo_model.train import edm
 
 
 @dataclass
@@ -97,8 +97,8 @@ def compute_loss(
 
     ``model`` is what runs the forward (the TrackGoUNet, possibly wrapped for DDP/FSDP); ``core``
     the bare TrackGoUNet (its collected attention maps give L_attn). ``x0``: the video latents
-    (B, F, 4, h, w) from a :class:`~trackgo_model.latent_cache.LatentCache`, else encoded here. ``obj`` is an
-    :class:`~trackgo_model.train_config.ObjectiveConfig`. Random draws, in order:
+    (B, F, 4, h, w) from a :class:`~trackgo_model.train.latent_cache.LatentCache`, else encoded here. ``obj`` is an
+    :class:`~trackgo_model.train.config.ObjectiveConfig`. Random draws, in order:
     σ_cond (B), conditioning noise (B,3,H,W), dropout uniforms (2·B), σ (B), ε (B,F,4,h,w).
     """
     device = inputs.video.device

@@ -190,16 +190,16 @@ def load_pipeline(cfg: EvalConfig):
 
 def _load_extractor(kind: str, cfg: EvalConfig, given):
     """(model, None) or (None, reason) for 'fid' / 'fvd'."""
-    from trackgo_model.metrics import MetricUnavailable
+    from trackgo_model.eval.metrics import MetricUnavailable
 
     if given is not None:
         return given, None
     try:
         if kind == "fid":
-            from trackgo_model.metrics.fid import load_fid_inception
+            from trackgo_model.eval.metrics.fid import load_fid_inception
 
             return load_fid_inception(cfg.fid_weights, _device(cfg)), None
-        from trackgo_model.metrics.fvd import load_i3d
+        from trackgo_model.eval.metrics.fvd import load_i3d
 
         return load_i3d(cfg.i3d_path, _device(cfg)), None
     except MetricUnavailable as exc:
@@ -218,10 +218,10 @@ def score(cfg: EvalConfig, fid_model=None, i3d_model=None) -> dict:
 
     from trackgo_data.track import get_tracker
     from trackgo_data.video import decode_mp4
-    from trackgo_model.metrics.fid import inception_features
-    from trackgo_model.metrics.frechet import FrechetError, frechet_distance_from_features
-    from trackgo_model.metrics.fvd import i3d_features
-    from trackgo_model.metrics.objmc import (ErrorSum, objmc_ours, objmc_peer_files, peer_tracks,
+    from trackgo_model.eval.metrics.fid import inception_features
+    from trackgo_model.eval.metrics.frechet import FrechetError, frechet_distance_from_features
+    from trackgo_model.eval.metrics.fvd import i3d_features
+    from trackgo_model.eval.metrics.objmc import (ErrorSum, objmc_ours, objmc_peer_files, peer_tracks,
                                              track_from, tracks_to_peer, write_peer_tracks)
 
     out = Path(cfg.out)

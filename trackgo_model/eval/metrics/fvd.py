@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trackgo_model.metrics import MetricUnavailable, resolve_weight_file
+from trackgo_model.eval.metrics import MetricUnavailable, resolve_weight_file
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def i3d_features(model, videos: list[np.ndarray], batch_size: int = 16, device: 
 def fvd_from_videos(model, real: list[np.ndarray], gen: list[np.ndarray], batch_size: int = 16,
                     device: str = "cpu") -> float:
     """real, gen: lists of (T, H, W, 3) uint8 clips → FVD (≥ 2 clips per side)."""
-    from trackgo_model.metrics.frechet import frechet_distance_from_features
+    from trackgo_model.eval.metrics.frechet import frechet_distance_from_features
 
     return frechet_distance_from_features(
         i3d_features(model, real, batch_size, device), i3d_features(model, gen, batch_size, device)

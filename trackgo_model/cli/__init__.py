@@ -5,11 +5,11 @@ function that adds its parser and sets ``func`` (called with the parsed namespac
 code). Modules import their heavy dependencies inside ``func`` so ``trackgo --help`` stays fast.
 
     trackgo data build|inspect …      trackgo_data.cli
-    trackgo model init-tiny|stats …    trackgo_model.cli_model
-    trackgo generate …                 trackgo_model.cli_model
+    trackgo model init-tiny|stats …    trackgo_model.cli.model
+    trackgo generate …                 trackgo_model.cli.model
     trackgo train …                    trackgo_model.train
-    trackgo metrics fid|fvd|objmc …    trackgo_model.cli_eval
-    trackgo eval-vipseg …              trackgo_model.cli_eval
+    trackgo metrics fid|fvd|objmc …    trackgo_model.cli.eval
+    trackgo eval-vipseg …              trackgo_model.cli.eval
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import sys
 
 _REGISTRARS = (
     "trackgo_data.cli",
-    "trackgo_model.cli_model",
+    "trackgo_model.cli.model",
     "trackgo_model.train",
-    "trackgo_model.cli_eval",
+    "trackgo_model.cli.eval",
 )
 
 

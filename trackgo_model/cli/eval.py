@@ -72,7 +72,7 @@ def _device(name: str) -> str:
 
 
 def _load_pair(args):
-    from trackgo_model.metrics import load_video_dir
+    from trackgo_model.eval.metrics import load_video_dir
 
     real, gen = load_video_dir(args.real), load_video_dir(args.gen)
     return list(real.values()), list(gen.values())
@@ -87,18 +87,18 @@ def _report(args, name: str, value: float, extra: dict) -> int:
 
 
 def _run_metric(args, name: str) -> int:
-    from trackgo_model.metrics import MetricUnavailable
+    from trackgo_model.eval.metrics import MetricUnavailable
 
     try:
         if name == "fid":
-            from trackgo_model.metrics.fid import fid_from_videos, load_fid_inception
+            from trackgo_model.eval.metrics.fid import fid_from_videos, load_fid_inception
 
             model = load_fid_inception(args.weights, _device(args.device))
             real, gen = _load_pair(args)
             value = fid_from_videos(model, real, gen, args.batch_size)
             extra = {"real_frames": sum(len(v) for v in real), "gen_frames": sum(len(v) for v in gen)}
         else:
-            from trackgo_model.metrics.fvd import fvd_from_videos, load_i3d
+            from trackgo_model.eval.metrics.fvd import fvd_from_videos, load_i3d
 
             dev = _device(args.device)
             model = load_i3d(args.weights, dev)
@@ -123,7 +123,7 @@ def cmd_fvd(args) -> int:
 
 
 def cmd_objmc(args) -> int:
-    from trackgo_model.metrics.objmc import ObjMCError, objmc_peer_files
+    from trackgo_model.eval.metrics.objmc import ObjMCError, objmc_peer_files
 
     try:
         r = objmc_peer_files(args.gt, args.pred)
@@ -139,7 +139,7 @@ def cmd_objmc(args) -> int:
 
 def eval_config_from_args(args):
     from trackgo_data.config import apply_overrides, config_from_dict, load_yaml
-    from trackgo_model.evaluate import EvalConfig
+    from trackgo_model.eval.vipseg import EvalConfig
 
     data = load_yaml(args.config) if args.config else {}
     for key in ("vipseg", "checkpoint", "svd", "out", "split", "max_videos", "num_frames", "width", "height",
@@ -154,7 +154,7 @@ def eval_config_from_args(args):
 def cmd_eval_vipseg(args) -> int:
     from trackgo_data.config import ConfigError
     from trackgo_data.vipseg import VIPSegError
-    from trackgo_model.evaluate import run
+    from trackgo_model.eval.vipseg import run
     from trackgo_model.pipeline import MissingWeightsError
 
     try:

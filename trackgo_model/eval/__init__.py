@@ -1,0 +1,1 @@
+"""Evaluation: FID, FVD and ObjMC (``metrics``) and the VIPSeg protocol (``vipseg``)."""
