@@ -5,6 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build on the reference machine; GPU hosts may set TORCH_SPEC to the CUDA build they want.
 TORCH_SPEC ?= torch==2.13.0
+# The paper profile needs torchvision (DEVA, SAM): a torch/torchvision pair that imports together.
+TORCHVISION_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# A clone of Tracking-Anything-with-DEVA; installed (from a copy) by `make setup-paper`.
+DEVA_SRC ?= $(wildcard ../shared/third_party/deva)
 CONFIG ?= tiny-cpu
 SOURCE ?=
 OUT ?= data/sample
@@ -14,7 +18,7 @@ CHECKPOINT ?=
 SVD ?=
 EVAL_OUT ?=
 
-.PHONY: setup dataset dataset-direct server down test test-fast train eval-vipseg bench clean-data
+.PHONY: setup setup-paper dataset dataset-direct server down test test-fast train eval-vipseg bench clean-data
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,6 +31,17 @@ setup: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[test]"
 	@echo "setup done: activate with 'source $(BIN)/activate'"
+
+# What the `paper` profile needs on top of `setup`: torch + torchvision, SAM and DEVA's real
+# dependencies, and DEVA itself, built from a copy of DEVA_SRC (the clone stays untouched).
+setup-paper: $(BIN)/python
+	@$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCHVISION_SPEC)
+	@$(MAKE) --no-print-directory setup
+	$(BIN)/pip install -q -e ".[test,paper]"
+	@if [ -n "$(DEVA_SRC)" ]; then \
+	  rm -rf build/deva-src && mkdir -p build && cp -r "$(DEVA_SRC)" build/deva-src && chmod -R u+w build/deva-src \
+	  && $(BIN)/pip install -q --no-deps ./build/deva-src && echo "DEVA installed from $(DEVA_SRC)"; \
+	else echo "DEVA_SRC not set: clone https://github.com/hkchengrex/Tracking-Anything-with-DEVA and run make setup-paper DEVA_SRC=/path/to/clone"; fi
 
 # The main job: build-dataset as a Prefect deployment on the local server (bundled sample videos).
 dataset: setup
@@ -42,7 +57,7 @@ server: setup
 down:
 	bash scripts/server.sh down
 
-test: setup
+test: setup-paper
 	$(BIN)/python -m pytest -q
 
 train: setup
