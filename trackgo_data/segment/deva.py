@@ -1,22 +1,38 @@
 """DEVA (Tracking-Anything-with-DEVA) in automatic mode: SAM proposals + DEVA propagation.
 
-Install from the repository (the PyPI package named ``deva`` is unrelated)::
+Install with ``make setup-paper`` (DEVA from a clone, ``DEVA_SRC=/path/to/Tracking-Anything-with-DEVA``,
+plus what automatic mode imports: segment-anything, timm, pycocotools, pulp, supervision and a
+torchvision that matches torch). The PyPI package named ``deva`` is a different project.
 
-    git clone https://github.com/hkchengrex/Tracking-Anything-with-DEVA && pip install -e ./Tracking-Anything-with-DEVA
-    # weights: its scripts/download_models.sh → saves/DEVA-propagation.pth, saves/sam_vit_h_4b8939.pth
+Weights are required settings (no defaults relative to the working directory): ``deva_weights``
+(``DEVA-propagation.pth``) and ``sam_weights`` (``sam_vit_h_4b8939.pth`` for SAM ViT-H, or
+``mobile_sam.pt`` with ``sam_variant=mobile``). ``random_init=true`` builds both networks with
+random weights (seed 0) instead — tests and benchmarks only; logged as a warning and recorded in
+``version`` (``+random-init``). SAM's automatic generator keeps a mask when its predicted IoU ≥
+``pred_iou_thresh`` and its stability ≥ ``stability_score_thresh``; random SAM weights need both
+lowered (0) to produce any object.
 
-The repository's own frame processor and result saver run unchanged; the saver writes one RGB
-PNG per frame whose colour encodes the object id (id = R + 256·G + 65536·B) into a temporary
-folder, which is read back into an id map per frame. DEVA segments everything (stuff and
-things), so the main *moving* components are chosen afterwards: an object is moving when the
-camera-compensated flow of the offline ``flow`` backend inside it exceeds ``min_motion`` on
-average; the ``max_components`` largest moving ones (first-frame area) become ids 1..s.
-A GPU is expected (``device="cuda"``).
+Upstream's frame processor, consensus, propagation and result saver run unchanged, on
+``device`` (``auto``: CUDA when present, else CPU). Two things are done here instead: upstream's
+frame preparation moves frames with ``.cuda()``, so while this backend runs, automatic mode's frame
+preparation is :func:`prepare_frame` on the configured device; and DEVA's constructor fetches
+ImageNet ResNet weights from the internet (which the DEVA checkpoint then overwrites), so the
+network is built without them. The saver writes one RGB PNG per frame whose colour encodes the
+object id (id = R + 256·G + 65536·B) into a temporary folder, read back into an id map per frame.
+
+DEVA segments everything (stuff and things), so the main *moving* components are chosen
+afterwards: an object is moving when the camera-compensated flow of the offline ``flow`` backend
+inside it exceeds ``min_motion`` on average; the ``max_components`` largest moving ones
+(first-frame area) become ids 1..s.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,48 +42,102 @@ from trackgo_data.segment import MAX_COMPONENTS, check_frames
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = ("install DEVA from its repository: git clone "
-                "https://github.com/hkchengrex/Tracking-Anything-with-DEVA && pip install -e "
-                "./Tracking-Anything-with-DEVA (the PyPI package 'deva' is a different project)")
+INSTALL_HINT = ("run `make setup-paper` (DEVA from a clone of "
+                "https://github.com/hkchengrex/Tracking-Anything-with-DEVA: DEVA_SRC=/path/to/clone), or "
+                "pip install 'trackgo[paper]' (segment-anything, timm, pycocotools, pulp, supervision; "
+                "torchvision matching torch) and pip install /path/to/clone; the PyPI package 'deva' is a "
+                "different project")
+SAM_FILES = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
+MOBILE_SAM_FILE = "mobile_sam.pt"
+DEVA_FILE = "DEVA-propagation.pth"
+RANDOM_SEED = 0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# upstream keeps per-call state in module globals (frame preparation) and in the SAM predictor
+_UPSTREAM_LOCK = threading.RLock()
 
 
 class DevaUnavailable(RuntimeError):
-    """The DEVA package or its weights are missing."""
+    """The DEVA package (or one of its imports) is missing."""
+
+
+class DevaWeightsMissing(DevaUnavailable, FileNotFoundError):
+    """A weight file is missing; the message names the setting and the file to supply."""
 
 
 @dataclass
 class DevaConfig:
-    deva_weights: str = "saves/DEVA-propagation.pth"
-    sam_weights: str = "saves/sam_vit_h_4b8939.pth"
-    sam_variant: str = "original"      # original (SAM, weights sam_weights) | mobile (MobileSAM)
-    sam_encoder: str = "vit_h"
-    device: str = "cuda"
-    size: int = 480                    # DEVA's internal shorter side
+    deva_weights: str = ""             # DEVA-propagation.pth (required unless random_init)
+    sam_weights: str = ""              # sam_vit_h_4b8939.pth (original) | mobile_sam.pt (mobile)
+    random_init: bool = False          # random weights: tests and benchmarks only (warned, recorded)
+    sam_variant: str = "original"      # original (SAM, encoder sam_encoder) | mobile (MobileSAM)
+    sam_encoder: str = "vit_h"         # vit_h | vit_l | vit_b
+    points_per_side: int = 64          # SAM's prompt grid (upstream automatic mode's default)
+    pred_iou_thresh: float = 0.88      # SAM mask filters (SAM's defaults)
+    stability_score_thresh: float = 0.95
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    size: int = 480                    # DEVA's internal shorter side (-1: the clip's)
     detection_every: int = 5
     num_voting_frames: int = 3
-    temporal_setting: str = "semionline"
-    amp: bool = True
+    temporal_setting: str = "semionline"  # semionline | online
+    amp: bool = True                   # autocast on CUDA (ignored on CPU)
     max_components: int = MAX_COMPONENTS
     min_motion: float = 0.5            # px/frame at 256 px longer side, camera compensated
     min_area: float = 0.005            # share of the frame
 
+    def __post_init__(self) -> None:
+        if self.sam_variant not in ("original", "mobile"):
+            raise ValueError(f"sam_variant must be original or mobile, got {self.sam_variant!r}")
+        if self.sam_variant == "original" and self.sam_encoder not in SAM_FILES:
+            raise ValueError(f"sam_encoder must be one of {', '.join(SAM_FILES)}, got {self.sam_encoder!r}")
+        if self.temporal_setting not in ("semionline", "online"):
+            raise ValueError(f"temporal_setting must be semionline or online, got {self.temporal_setting!r}")
+        if self.random_init and (self.deva_weights or self.sam_weights):
+            raise ValueError("random_init=true and weight files exclude each other: choose one")
+        if self.points_per_side < 1 or self.detection_every < 1 or self.num_voting_frames < 1:
+            raise ValueError("points_per_side, detection_every and num_voting_frames must be >= 1")
+
+    @property
+    def sam_file(self) -> str:
+        return MOBILE_SAM_FILE if self.sam_variant == "mobile" else SAM_FILES[self.sam_encoder]
+
 
 def _import_deva():
+    import warnings
+
+    # DEVA's MobileSAM registers TinyViT names timm already has: one warning per name, nothing wrong
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Overwriting tiny_vit", category=UserWarning)
+        return _import_deva_modules()
+
+
+def _import_deva_modules():
     try:
-        from deva.ext.automatic_processor import process_frame_automatic
+        import deva.ext.automatic_processor as processor
+        import deva.model.resnet as resnet
         from deva.ext.automatic_sam import get_sam_model
         from deva.ext.ext_eval_args import add_auto_default_args, add_ext_eval_args
+        from deva.ext.MobileSAM.setup_mobile_sam import setup_model as setup_mobile_sam
         from deva.inference.demo_utils import flush_buffer
         from deva.inference.eval_args import add_common_eval_args
         from deva.inference.inference_core import DEVAInferenceCore
         from deva.inference.result_utils import ResultSaver
         from deva.model.network import DEVA
     except ImportError as exc:
-        raise DevaUnavailable(f"the 'deva' segmenter needs the DEVA package ({exc}); {INSTALL_HINT}") from exc
-    return dict(process_frame=process_frame_automatic, get_sam_model=get_sam_model,
-                add_auto=add_auto_default_args, add_ext=add_ext_eval_args, flush_buffer=flush_buffer,
-                add_common=add_common_eval_args, Core=DEVAInferenceCore, ResultSaver=ResultSaver,
-                DEVA=DEVA)
+        raise DevaUnavailable(f"the 'deva' segmenter needs DEVA's automatic mode ({exc}); {INSTALL_HINT}") from exc
+    return dict(processor=processor, resnet=resnet, get_sam_model=get_sam_model, add_auto=add_auto_default_args,
+                add_ext=add_ext_eval_args, setup_mobile_sam=setup_mobile_sam, flush_buffer=flush_buffer,
+                add_common=add_common_eval_args, Core=DEVAInferenceCore, ResultSaver=ResultSaver, DEVA=DEVA)
+
+
+def _deva_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deva")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def decode_id_png(rgb: np.ndarray) -> np.ndarray:
@@ -76,83 +146,181 @@ def decode_id_png(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
+def prepare_frame(image_np: np.ndarray, min_side: int, device) -> "torch.Tensor":  # noqa: F821
+    """image_np (H,W,3) uint8 RGB → (3,h,w) float32 on ``device``: scaled to [0,1], normalised with
+    ImageNet's mean/std, resized (bilinear) so the shorter side is ``min_side`` (≤ 0 keeps H×W).
+    The input DEVA's automatic mode expects, built where the model is."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(image_np)).to(device).permute(2, 0, 1).float() / 255
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    x = (x - mean) / std
+    if min_side > 0:
+        h, w = image_np.shape[:2]
+        scale = min_side / min(h, w)
+        x = F.interpolate(x[None], (int(h * scale), int(w * scale)), mode="bilinear", align_corners=False)[0]
+    return x
+
+
+@contextlib.contextmanager
+def _swapped(module, name: str, value):
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
+
+
+def _untrained(build, pretrained: bool = True, extra_dim: int = 0):
+    return build(pretrained=False, extra_dim=extra_dim)
+
+
 class DevaSegmenter:
     name = "deva"
 
     def __init__(self, **cfg) -> None:
         from trackgo_data.config import config_from_dict
 
-        self.cfg = config_from_dict(DevaConfig, cfg)
+        self.cfg = c = config_from_dict(DevaConfig, cfg)
+        self.random_init = c.random_init
         self._api = _import_deva()
-        missing = [f"{what} ({key}={path})" for what, key, path in (
-            ("DEVA propagation weights", "deva_weights", self.cfg.deva_weights),
-            ("SAM weights", "sam_weights", self.cfg.sam_weights)) if not Path(path).expanduser().is_file()]
-        if missing:
-            raise DevaUnavailable(
-                "the 'deva' segmenter needs weights that are not there: " + "; ".join(missing)
-                + ". Fetch them with the DEVA repository's scripts/download_models.sh and point the "
-                  "segmenter options at the files.")
-        self.version = f"deva-automatic-{self.cfg.sam_variant}-{self.cfg.sam_encoder}"
+        if not c.random_init:
+            missing = [f"{key}={path or '(not set)'} ({file})" for key, path, file in (
+                ("deva_weights", c.deva_weights, DEVA_FILE), ("sam_weights", c.sam_weights, c.sam_file))
+                if not path or not Path(path).expanduser().is_file()]
+            if missing:
+                raise DevaWeightsMissing(
+                    "the 'deva' segmenter needs weight files: " + "; ".join(missing)
+                    + ". Get them from the DEVA repository (scripts/download_models.sh) and set "
+                      "segmenter.options.<key>=/path/to/file; segmenter.options.random_init=true builds "
+                      "random networks instead (tests and benchmarks only)")
+        sam = "mobile" if c.sam_variant == "mobile" else f"original-{c.sam_encoder}"
+        self.version = (f"deva-{_deva_version()}-automatic-{sam}"
+                        + ("+random-init" if c.random_init else ""))
         self._model = None
         self._sam = None
         self._config = None
 
-    def _load(self):
-        """Build DEVA + SAM once per process (their own argument defaults, our paths)."""
-        import argparse
-
+    @property
+    def device(self):
         import torch
 
-        if self._model is not None:
-            return
+        name = self.cfg.device
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(name)
+
+    def _upstream_config(self, mobile_random: str | None) -> dict:
+        """Upstream's own argument defaults with our settings; no path is left relative to the
+        working directory."""
+        import argparse
+
         api, c = self._api, self.cfg
-        log.info("loading DEVA %s and SAM %s on %s", c.deva_weights, c.sam_weights, c.device)
         parser = argparse.ArgumentParser()
         api["add_common"](parser)
         api["add_ext"](parser)
         api["add_auto"](parser)
-        args = parser.parse_args([
-            "--model", str(Path(c.deva_weights).expanduser()),
-            "--SAM_CHECKPOINT_PATH", str(Path(c.sam_weights).expanduser()),
-            "--SAM_ENCODER_VERSION", c.sam_encoder, "--sam_variant", c.sam_variant,
-            "--size", str(c.size), "--detection_every", str(c.detection_every),
-            "--num_voting_frames", str(c.num_voting_frames), "--temporal_setting", c.temporal_setting,
-        ] + (["--amp"] if c.amp else []))
-        config = vars(args)
+        config = vars(parser.parse_args([]))
+        for key, value in list(config.items()):   # unused upstream paths (./saves/…, ./example/…)
+            if isinstance(value, str) and value.startswith("./"):
+                config[key] = None
+        sam_path = None if c.random_init else str(Path(c.sam_weights).expanduser())
+        config.update(
+            model=None if c.random_init else str(Path(c.deva_weights).expanduser()),
+            SAM_CHECKPOINT_PATH=sam_path if c.sam_variant == "original" else None,
+            MOBILE_SAM_CHECKPOINT_PATH=mobile_random or (sam_path if c.sam_variant == "mobile" else None),
+            SAM_ENCODER_VERSION=c.sam_encoder, sam_variant=c.sam_variant,
+            SAM_NUM_POINTS_PER_SIDE=c.points_per_side, SAM_PRED_IOU_THRESHOLD=c.pred_iou_thresh,
+            size=c.size, detection_every=c.detection_every, num_voting_frames=c.num_voting_frames,
+            temporal_setting=c.temporal_setting, amp=c.amp)
         config["enable_long_term"] = not config["disable_long_term"]
-        network = api["DEVA"](config).to(c.device).eval()
-        network.load_weights(torch.load(config["model"], map_location=c.device))
-        self._sam = api["get_sam_model"](config, c.device)
-        self._model, self._config = network, config
+        return config
+
+    def load(self) -> None:
+        """Build DEVA + SAM once (weights or seeded random init) on ``device``."""
+        import torch
+
+        with _UPSTREAM_LOCK:
+            if self._model is not None:
+                return
+            api, c, device = self._api, self.cfg, self.device
+            if c.random_init:
+                log.warning("DEVA and SAM (%s) with RANDOM weights (random_init=true): their segments mean "
+                            "nothing; for tests and benchmarks only", c.sam_file)
+            log.info("loading DEVA (%s) and SAM (%s) on %s", c.deva_weights or "random", c.sam_weights or "random",
+                     device)
+            printed = io.StringIO()   # upstream prints while building (MobileSAM); stdout is the CLI's
+            with tempfile.TemporaryDirectory(prefix="deva-sam-") as tmp, torch.random.fork_rng(devices=[]), \
+                    contextlib.redirect_stdout(printed):
+                torch.manual_seed(RANDOM_SEED)
+                mobile_random = None
+                if c.random_init and c.sam_variant == "mobile":
+                    # upstream always loads MobileSAM from MOBILE_SAM_CHECKPOINT_PATH: hand it a random one
+                    mobile_random = str(Path(tmp) / MOBILE_SAM_FILE)
+                    torch.save(api["setup_mobile_sam"]().state_dict(), mobile_random)
+                config = self._upstream_config(mobile_random)
+                with _swapped(api["resnet"], "resnet50", functools.partial(_untrained, api["resnet"].resnet50)), \
+                        _swapped(api["resnet"], "resnet18", functools.partial(_untrained, api["resnet"].resnet18)):
+                    network = api["DEVA"](config)
+                if not c.random_init:
+                    try:
+                        network.load_weights(torch.load(config["model"], map_location="cpu"))
+                    except (RuntimeError, KeyError) as exc:
+                        raise DevaUnavailable(f"deva_weights={c.deva_weights} is not a DEVA propagation "
+                                              f"checkpoint ({DEVA_FILE}): {exc}") from exc
+                network = network.to(device).eval()
+                sam = api["get_sam_model"](config, device)
+            if printed.getvalue().strip():
+                log.debug("DEVA/SAM printed while loading: %s", printed.getvalue().strip())
+            sam.predictor.model.eval()   # upstream's MobileSAM stays in training mode (BatchNorm on batch stats)
+            if c.sam_variant == "mobile":
+                _match_stock_sam(sam)
+            for key in ("pred_iou_thresh", "stability_score_thresh"):
+                if not hasattr(sam, key):
+                    raise DevaUnavailable(f"this DEVA version's SAM generator has no {key}; {INSTALL_HINT}")
+                setattr(sam, key, getattr(c, key))
+            self._model, self._sam, self._config = network, sam, config
 
     def raw_ids(self, frames: np.ndarray) -> np.ndarray:
         """frames (L,H,W,3) uint8 → DEVA object ids (L,H,W) int64 (0 = nothing)."""
         import torch
         from PIL import Image
 
-        self._load()
-        api = self._api
+        self.load()
+        api, device = self._api, self.device
         config = dict(self._config)
         L = len(frames)
-        config["enable_long_term_count_usage"] = False
-        with tempfile.TemporaryDirectory(prefix="deva-") as tmp:
+        # upstream's rule: count long-term memory usage only when the clip can fill it
+        config["enable_long_term_count_usage"] = bool(
+            config["enable_long_term"] and L / (config["max_mid_term_frames"] - config["min_mid_term_frames"])
+            * config["num_prototypes"] >= config["max_long_term_elements"])
+        prep = functools.partial(_prepare_for, device=device)
+        with _UPSTREAM_LOCK, _swapped(api["processor"], "get_input_frame_for_deva", prep), \
+                tempfile.TemporaryDirectory(prefix="deva-") as tmp:
             with torch.inference_mode():
                 deva = api["Core"](self._model, config=config)
                 deva.next_voting_frame = config["num_voting_frames"] - 1
                 deva.enabled_long_id()
                 saver = api["ResultSaver"](tmp, None, dataset="demo", object_manager=deva.object_manager)
-                with torch.autocast(device_type="cuda" if "cuda" in self.cfg.device else "cpu",
-                                    enabled=self.cfg.amp and "cuda" in self.cfg.device):
-                    for ti in range(L):
-                        api["process_frame"](deva, self._sam, f"{ti:05d}.jpg", saver, ti, image_np=frames[ti])
-                    api["flush_buffer"](deva, saver)
-                saver.end()
+                try:
+                    with torch.autocast(device_type=device.type if device.type == "cuda" else "cpu",
+                                        enabled=self.cfg.amp and device.type == "cuda"):
+                        for ti in range(L):
+                            api["processor"].process_frame_automatic(deva, self._sam, f"{ti:05d}.jpg", saver,
+                                                                     ti, image_np=frames[ti])
+                        api["flush_buffer"](deva, saver)
+                finally:
+                    _finish(saver)
             out = np.zeros(frames.shape[:3], np.int64)
             for ti in range(L):
                 p = Path(tmp) / "Annotations" / f"{ti:05d}.png"
-                if p.is_file():
-                    with Image.open(p) as im:
-                        out[ti] = decode_id_png(np.asarray(im.convert("RGB")))
+                if not p.is_file():
+                    raise RuntimeError(f"DEVA wrote no result for frame {ti} (expected {p.name})")
+                with Image.open(p) as im:
+                    out[ti] = decode_id_png(np.asarray(im.convert("RGB")))
         return out
 
     def segment(self, frames: np.ndarray) -> np.ndarray:
@@ -160,6 +328,43 @@ class DevaSegmenter:
         frames = check_frames(frames)
         ids = self.raw_ids(frames)
         return select_moving(ids, frames, self.cfg.max_components, self.cfg.min_motion, self.cfg.min_area)
+
+
+def _prepare_for(image_np: np.ndarray, min_side: int, *, device):
+    return prepare_frame(image_np, min_side, device)
+
+
+def _match_stock_sam(sam) -> None:
+    """DEVA's MobileSAM encoder returns ``(features, None)`` for the SAM-HQ fork of segment_anything;
+    the stock package's predictor expects the features alone: give it them."""
+    import inspect
+
+    import torch
+
+    model = sam.predictor.model
+    if "interm_embeddings" in inspect.signature(type(model.mask_decoder).forward).parameters:
+        return  # the SAM-HQ fork: it unpacks the pair itself
+
+    class FeaturesOnly(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+            self.img_size = encoder.img_size
+
+        def forward(self, x):
+            out = self.encoder(x)
+            return out[0] if isinstance(out, tuple) else out
+
+    model.image_encoder = FeaturesOnly(model.image_encoder)
+
+
+def _finish(saver) -> None:
+    """End upstream's saver thread; a thread that died (an error while saving) is reported, not waited on."""
+    if saver.thread.is_alive():
+        saver.queue.put(None)
+        saver.thread.join()
+    else:
+        raise RuntimeError("DEVA's result saver stopped early (see the error above)")
 
 
 def select_moving(ids: np.ndarray, frames: np.ndarray, max_components: int = MAX_COMPONENTS,
