@@ -57,7 +57,61 @@ def test_metrics_objmc_command(tmp_path, capsys):
 
 
 def test_eval_vipseg_command_errors(tmp_path, capsys):
-    assert main(["eval-vipseg", "--vipseg", str(tmp_path), "--checkpoint", str(tmp_path)]) == 2
+    out = tmp_path / "run"
+    assert main(["eval-vipseg", "--vipseg", str(tmp_path), "--checkpoint", str(tmp_path), "--out", str(out)]) == 2
     assert "not a VIPSeg_720P folder" in capsys.readouterr().err
+    assert not out.exists()                                            # nothing written for a wrong folder
     assert main(["eval-vipseg", "--vipseg", str(tmp_path), "--checkpoint", str(tmp_path), "--set", "nope=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_metrics_objmc_draganything_command(tmp_path, capsys, sample_videos):
+    """Videos + first-frame masks → the protocol's trajectories and value (LK standing in for
+    Co-Tracker2): the generated clip is the real one moved by (4, 3) px from frame 1 on."""
+    import cv2
+
+    from trackgo_data.video import read_frames
+
+    clip = read_frames(sample_videos["carphone"], count=5)            # (5, 144, 176, 3)
+    moved = clip.copy()
+    for t in range(1, len(clip)):
+        moved[t] = cv2.warpAffine(clip[t], np.float32([[1, 0, 4], [0, 1, 3]]), (176, 144),
+                                  borderMode=cv2.BORDER_REPLICATE)
+    encode_lossless_rgb(clip, tmp_path / "real" / "v.mp4", fps=5)
+    encode_lossless_rgb(moved, tmp_path / "gen" / "v.mp4", fps=5)
+    mask = np.zeros((144, 176), np.uint8)
+    mask[30:80, 40:100], mask[80:130, 90:150] = 7, 61
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "v.png")
+    args = ["metrics", "objmc", "--protocol", "draganything", "--real", str(tmp_path / "real"), "--gen",
+            str(tmp_path / "gen"), "--masks", str(tmp_path / "masks"), "--tracker", "lk", "--grid-size", "20"]
+    assert main([*args, "--save-tracks", str(tmp_path / "tracks"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # frame 0 contributes 0, frames 1..4 contribute 5 px each (integer pixels: ±1)
+    assert out["objmc"] == pytest.approx(5.0 * 4 / 5, abs=1.0) and out["num_objects"] == 2
+    assert (out["protocol"], out["tracker"], out["grid_size"], out["num_frames"]) == ("draganything", "lk", 20, 14)
+    gt = json.loads((tmp_path / "tracks" / "gt" / "v.json").read_text())
+    assert set(gt) == {"7", "61"} and len(gt["7"]) == 5
+    assert main([*args, "--num-frames", "1"]) == 0                   # frame 0 alone: the same grid points
+    assert "ObjMC: 0.0000 (1 videos, 2 objects, protocol draganything" in capsys.readouterr().out
+    assert main([*args[:4], "--gt", str(tmp_path)]) == 1
+    assert "--real, --gen and --masks" in capsys.readouterr().err
+    assert main([*args, "--random-init"]) == 1
+    assert "Co-Tracker trackers only" in capsys.readouterr().err
+    (tmp_path / "masks" / "v.png").unlink()
+    assert main(args) == 1
+    assert "no first-frame mask for v" in capsys.readouterr().err
+
+
+def test_eval_vipseg_tracker_options_from_flags(tmp_path):
+    from trackgo_model.cli import build_parser
+    from trackgo_model.cli.eval import eval_config_from_args
+
+    base = ["eval-vipseg", "--vipseg", "V", "--checkpoint", "C"]
+    cfg = eval_config_from_args(build_parser().parse_args(
+        [*base, "--cotracker-repo", "/clone", "--objmc-protocol", "draganything", "--set", "objmc_grid_size=10"]))
+    assert cfg.tracker == "auto" and cfg.tracker_options == cfg.objmc_tracker_options == {"repo": "/clone"}
+    assert (cfg.objmc_protocol, cfg.objmc_grid_size, cfg.objmc_channel_order) == ("draganything", 10, "bgr")
+    cfg = eval_config_from_args(build_parser().parse_args([*base, "--tracker", "lk", "--cotracker-repo", "/clone"]))
+    assert (cfg.tracker_options, cfg.objmc_tracker_options, cfg.objmc_protocol) == ({}, {"repo": "/clone"}, "ours")
+    assert main([*base, "--set", "objmc_protocol=peer"]) == 2

@@ -14,6 +14,7 @@ from trackgo_model.eval.vipseg import EvalConfig, run
 from trackgo_model.eval.metrics.fid import fid_from_videos
 from trackgo_model.eval.metrics.fvd import fvd_from_videos
 
+from ..third_party import CO_TRACKER, requires_cotracker
 from .tiny_extractors import TinyFIDNet, TinyI3D
 from .vipseg_fixture import build_fixture
 
@@ -32,8 +33,10 @@ def setup(tmp_path_factory, sample_videos):
 @pytest.fixture(scope="module")
 def evaluated(setup):
     tmp, root, ckpt = setup
+    (tmp / "no-clone").mkdir()           # Co-Tracker cannot load from here: the default tracker falls back to LK
     cfg = EvalConfig(vipseg=str(root), checkpoint=str(ckpt), out=str(tmp / "run"), num_frames=6, width=128,
-                     height=64, num_inference_steps=2, num_side_by_side=1, metrics_batch_size=4)
+                     height=64, num_inference_steps=2, num_side_by_side=1, metrics_batch_size=4,
+                     tracker_options={"repo": str(tmp / "no-clone")})
     res = run(cfg, fid_model=TinyFIDNet().eval(), i3d_model=torch.jit.script(TinyI3D()))
     return cfg, res
 
@@ -79,7 +82,17 @@ def test_protocol_end_to_end(evaluated, monkeypatch):
     assert [r["video"] for r in rows] == ["vid_a", "vid_b"]
     per_video_peer = np.mean([float(r["objmc_peer"]) for r in rows])   # same object count per video
     assert m["objmc"]["value"] == pytest.approx(per_video_peer, abs=1e-3)
+    # the fallback to LK is recorded and results.md opens by saying the ObjMC is not comparable
+    record = json.loads((out / "tracker.json").read_text())
+    assert (record["requested"], record["name"]) == ("auto", "lk") and "hubconf.py" in record["fallback_reason"]
+    assert res["tracker"] == record and res["comparable_to_paper"] is False
+    assert res["objmc_protocol"]["protocol"] == "ours"
     md = (out / "results.md").read_text()
+    lines = md.splitlines()
+    banner = "\n".join(lines[2: lines.index("", 2)])
+    assert lines[2] == "> **This ObjMC is not comparable to the paper's Table 1:**"
+    assert "`lk`" in lines[3] and "fell back" in lines[3] and "hubconf.py" in lines[3]
+    assert "--objmc-protocol draganything" in banner
     for number in ("248.27", "25.60", "191.15", "294.91", "236.02", "321.31", "30.15", "298.98"):
         assert number in md
     assert json.loads((out / "results.json").read_text())["metrics"]["fvd"]["value"] == m["fvd"]["value"]
@@ -98,6 +111,41 @@ def test_protocol_end_to_end(evaluated, monkeypatch):
         run(EvalConfig(**{**cfg.__dict__, "num_frames": 5}))
 
 
+def _flat_mean_of_files(gt_dir: Path, pred_dir: Path) -> float:
+    """The peer's scoring, written out plainly: every (object, frame) distance, one mean."""
+    dists = []
+    for f in sorted(gt_dir.glob("*.json")):
+        gt, pred = json.loads(f.read_text()), json.loads((pred_dir / f.name).read_text())
+        for sid, traj in gt.items():
+            dists += [float(np.hypot(a[0] - b[0], a[1] - b[1])) for a, b in zip(traj, pred[sid])]
+    return float(np.mean(dists))
+
+
+def test_draganything_protocol_rescores_saved_videos(evaluated):
+    """Score-only rerun with DragAnything's protocol (grid tracking, snapped centres), LK standing in
+    for Co-Tracker2: the real clip's moving patch is followed, the value is the files' flat mean."""
+    cfg, first = evaluated
+    da = EvalConfig(**{**cfg.__dict__, "objmc_protocol": "draganything", "objmc_tracker": "lk",
+                       "objmc_grid_size": 12})
+    res = run(da, score_only=True)
+    out = Path(cfg.out)
+    proto = res["objmc_protocol"]
+    assert (proto["protocol"], proto["tracker"], proto["grid_size"], proto["channel_order"]) == \
+        ("draganything", "lk", 12, "bgr")
+    gt = json.loads((out / "objmc_gt" / "vid_a.json").read_text())
+    assert set(gt) == {"6100", "6101"} and len(gt["6100"]) == 6
+    assert all(float(v).is_integer() for traj in gt.values() for p in traj for v in p)
+    # patch 6100 moves +6 px per source frame, ×128/176 after resizing; 6101 stands still
+    assert gt["6100"][-1][0] - gt["6100"][0][0] == pytest.approx(5 * 6 * 128 / 176, abs=2)
+    assert gt["6101"][-1] == pytest.approx(gt["6101"][0], abs=1)
+    assert res["metrics"]["objmc"]["value"] == pytest.approx(_flat_mean_of_files(out / "objmc_gt", out / "objmc_pred"))
+    assert res["metrics"]["objmc_ours"]["value"] == pytest.approx(first["metrics"]["objmc_ours"]["value"])
+    notes = res["not_comparable_because"]
+    assert any("tracker is `lk`, the peer's is `cotracker2`" in n for n in notes)
+    assert any("grid_size is `12`" in n for n in notes)
+    assert "protocol `draganything`" in (out / "results.md").read_text()
+
+
 @pytest.mark.slow
 def test_prefect_flow_scores_and_posts_the_table(evaluated, monkeypatch):
     from prefect.testing.utilities import prefect_test_harness
@@ -108,6 +156,7 @@ def test_prefect_flow_scores_and_posts_the_table(evaluated, monkeypatch):
     monkeypatch.delenv("TRACKGO_I3D_PATH", raising=False)
     cfg, first = evaluated
     over = [f"{k}={getattr(cfg, k)}" for k in ("num_frames", "width", "height", "num_inference_steps")]
+    over.append(f"tracker_options.repo={cfg.tracker_options['repo']}")
     with prefect_test_harness(server_startup_timeout=240):
         from prefect import get_client
 
@@ -119,3 +168,48 @@ def test_prefect_flow_scores_and_posts_the_table(evaluated, monkeypatch):
     assert res["metrics"]["fvd"]["status"] == "missing"
     table = [a for a in art if a.key == "eval-vipseg-results"]
     assert table and "248.27" in table[0].data and "| **ours**" in table[0].data
+
+
+def test_comparability_verdict_hand_cases():
+    from trackgo_model.eval.report import comparability
+
+    paper = {"width": 1024, "height": 576, "num_frames": 14}
+    co = {"name": "cotracker3_offline", "version": "cotracker3_offline@clone", "options": {}, "fallback_reason": None}
+    da = {"protocol": "draganything", "tracker": "cotracker2", "version": "cotracker2@clone", "options": {},
+          "grid_size": 100, "channel_order": "bgr"}
+    assert comparability(paper, co, da) == []
+    lk = {"name": "lk", "version": "opencv", "options": {}, "fallback_reason": "no weights in /hub/checkpoints"}
+    (note,) = comparability(paper, lk, da)
+    assert "`lk`" in note and "fell back" in note and "no weights in /hub/checkpoints" in note
+    assert "chosen explicitly" in comparability(paper, {**lk, "fallback_reason": None}, da)[0]
+    ours = {"protocol": "ours", "tracker": "cotracker3_offline", "version": "v"}
+    assert len(comparability(paper, co, ours)) == 1
+    random_da = {**da, "options": {"random_init": True}}
+    assert comparability(paper, co, random_da) == ["the ObjMC tracker `cotracker2` ran with random weights"]
+    assert comparability({**paper, "width": 512}, co, da) == ["width is 512, the paper's is 1024"]
+
+
+@requires_cotracker
+def test_auto_tracker_falls_back_to_lk_only_when_not_named(monkeypatch):
+    """No weights (the hub download fails offline): `auto` falls back to LK and says why; a named
+    Co-Tracker is an error; explicit random weights are used, and recorded."""
+    import urllib.error
+
+    from trackgo_data.track.cotracker import CoTrackerUnavailable
+    from trackgo_model.eval.vipseg import choose_tracker
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    opts = {"repo": str(CO_TRACKER), "device": "cpu"}
+    trk, rec = choose_tracker(EvalConfig(tracker_options=opts))
+    assert trk.name == "lk" and (rec["requested"], rec["name"], rec["options"]) == ("auto", "lk", {})
+    assert "checkpoints" in rec["fallback_reason"] and rec["version"] == trk.version
+    with pytest.raises(CoTrackerUnavailable, match="checkpoints"):
+        choose_tracker(EvalConfig(tracker="cotracker3_offline", tracker_options=opts))
+    with pytest.raises(CoTrackerUnavailable, match="does not exist"):  # weights named: no fallback either
+        choose_tracker(EvalConfig(tracker_options={**opts, "checkpoint": "/nowhere/scaled_offline.pth"}))
+    trk, rec = choose_tracker(EvalConfig(tracker_options={**opts, "random_init": True}))
+    assert rec["name"] == trk.name == "cotracker3_offline" and rec["fallback_reason"] is None
+    assert "random" in rec["version"]

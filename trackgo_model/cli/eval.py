@@ -3,12 +3,18 @@
     trackgo metrics fid REAL_DIR GEN_DIR [--fid-weights FILE] [--device D] [--batch-size N] [--json]
     trackgo metrics fvd REAL_DIR GEN_DIR [--i3d FILE] [--device D] [--batch-size N] [--json]
     trackgo metrics objmc --gt DIR --pred DIR [--json]
-    trackgo eval-vipseg --vipseg DIR --checkpoint DIR [--svd PATH] [--out DIR] [--score-only] …
+    trackgo metrics objmc --protocol draganything --real DIR --gen DIR --masks DIR
+                          [--cotracker-repo CLONE] [--grid-size 100] [--num-frames 14] [--save-tracks DIR] …
+    trackgo eval-vipseg --vipseg DIR --checkpoint DIR [--svd PATH] [--out DIR] [--score-only]
+                        [--tracker auto] [--cotracker-repo CLONE] [--objmc-protocol ours|draganything] …
 
 REAL_DIR / GEN_DIR hold mp4 files and/or folders of frames (see ``metrics.list_videos``).
-FID pools all frames; FVD uses each video as one clip. ``objmc`` compares two folders of
-peer-format ``<video>.json`` trajectory files and prints the peer-definition value.
-Without extractor weights ``metrics fid|fvd`` print which file to put where and exit 2.
+FID pools all frames; FVD uses each video as one clip. ``objmc --gt/--pred`` compares two folders
+of peer-format ``<video>.json`` trajectory files; ``objmc --protocol draganything`` makes those
+trajectories from videos and first-frame masks the way DragAnything's script does (Co-Tracker2, a
+grid on frame 0) and scores them. Without extractor weights ``metrics fid|fvd`` print which file
+to put where and exit 2; a tracker without its weights makes ``objmc`` and ``eval-vipseg`` exit 2
+with what to supply.
 """
 from __future__ import annotations
 
@@ -33,9 +39,25 @@ def register(subparsers) -> None:
         p.add_argument("--batch-size", type=int, default=16 if name == "fvd" else 32)
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=cmd_fid if name == "fid" else cmd_fvd)
-    p = msub.add_parser("objmc", help="peer ObjMC of two folders of <video>.json trajectory files")
-    p.add_argument("--gt", required=True, type=Path)
-    p.add_argument("--pred", required=True, type=Path)
+    p = msub.add_parser("objmc", help="peer ObjMC: of two folders of <video>.json trajectory files, or of "
+                        "videos by DragAnything's protocol")
+    p.add_argument("--gt", type=Path, help="folder of ground-truth <video>.json trajectory files")
+    p.add_argument("--pred", type=Path, help="folder of predicted <video>.json trajectory files")
+    p.add_argument("--protocol", choices=["draganything"], help="track videos: DragAnything's script")
+    p.add_argument("--real", type=Path, help="folder of real videos (mp4 and/or frame folders)")
+    p.add_argument("--gen", type=Path, help="folder of generated videos, same names and sizes")
+    p.add_argument("--masks", type=Path, help="first-frame masks: <video>.png or <video>/<frame>.png (panomasks)")
+    p.add_argument("--num-frames", type=int, default=14, help="first frames of each clip (0: all; default 14)")
+    p.add_argument("--grid-size", type=int, default=100, help="query grid side on frame 0 (default 100)")
+    p.add_argument("--channel-order", choices=["bgr", "rgb"], default="bgr",
+                   help="what the tracker sees (default bgr, as the peer's script hands frames over)")
+    p.add_argument("--tracker", default="cotracker2", help="tracker backend (default cotracker2, the peer's)")
+    p.add_argument("--cotracker-repo", help="local clone of facebookresearch/co-tracker (torch.hub source)")
+    p.add_argument("--checkpoint", help="the tracker's weight file (cotracker2.pth; default: torch.hub's cache)")
+    p.add_argument("--device", help="tracker device (default: the backend's choice)")
+    p.add_argument("--random-init", action="store_true",
+                   help="random tracker weights (smoke tests only; recorded in the output)")
+    p.add_argument("--save-tracks", type=Path, help="write peer-format trajectories to DIR/gt and DIR/pred")
     p.add_argument("--json", action="store_true", help="print one JSON object (with per-video values)")
     p.set_defaults(func=cmd_objmc)
 
@@ -49,7 +71,11 @@ def register(subparsers) -> None:
     e.add_argument("--num-frames", type=int)
     e.add_argument("--width", type=int)
     e.add_argument("--height", type=int)
-    e.add_argument("--tracker", help="lk (offline) or cotracker3_offline (the paper's tracker), …")
+    e.add_argument("--tracker", help="conditioning tracker: auto (default: Co-Tracker 3 offline when it loads, "
+                   "else LK with a warning), lk, cotracker3_offline, cotracker3_online, cotracker2")
+    e.add_argument("--cotracker-repo", help="local clone of facebookresearch/co-tracker, for every Co-Tracker used")
+    e.add_argument("--objmc-protocol", choices=["ours", "draganything"],
+                   help="ours (default) or draganything: the peer's script, Co-Tracker2 on a 100×100 grid (Table 1)")
     e.add_argument("--steps", dest="num_inference_steps", type=int)
     e.add_argument("--seed", type=int)
     e.add_argument("--device")
@@ -122,18 +148,56 @@ def cmd_fvd(args) -> int:
     return _run_metric(args, "fvd")
 
 
+def _objmc_tracked(args) -> dict:
+    """--protocol draganything: track the videos, score, and say how (tracker, weights)."""
+    from trackgo_data.track import get_tracker
+    from trackgo_model.eval.metrics.objmc_draganything import objmc_videos
+
+    opts = {}
+    if args.tracker.startswith("cotracker"):
+        opts.update({"repo": args.cotracker_repo} if args.cotracker_repo else {})
+        opts.update({"device": args.device} if args.device else {})
+        opts.update({"random_init": True} if args.random_init else {})
+        opts.update({"checkpoint": args.checkpoint} if args.checkpoint else {})
+    elif args.cotracker_repo or args.random_init or args.checkpoint or args.device:
+        raise ValueError("--cotracker-repo, --checkpoint, --device and --random-init apply to Co-Tracker "
+                         "trackers only")
+    tracker = get_tracker(args.tracker, **opts)   # random weights are warned about by the backend
+    r = objmc_videos(tracker, args.real, args.gen, args.masks, grid_size=args.grid_size,
+                     num_frames=args.num_frames or None, channel_order=args.channel_order,
+                     save_dir=args.save_tracks)
+    r.update(protocol="draganything", tracker=args.tracker, tracker_version=tracker.version,
+             random_init=bool(args.random_init), grid_size=args.grid_size, num_frames=args.num_frames,
+             channel_order=args.channel_order)
+    return r
+
+
 def cmd_objmc(args) -> int:
+    from trackgo_data.track.cotracker import CoTrackerUnavailable
     from trackgo_model.eval.metrics.objmc import ObjMCError, objmc_peer_files
 
+    files, videos = (args.gt, args.pred), (args.real, args.gen, args.masks)
     try:
-        r = objmc_peer_files(args.gt, args.pred)
-    except ObjMCError as exc:
+        if args.protocol == "draganything":
+            if any(files) or not all(videos):
+                raise ObjMCError("--protocol draganything takes --real, --gen and --masks (not --gt/--pred)")
+            r = _objmc_tracked(args)
+        else:
+            if any(videos) or not all(files):
+                raise ObjMCError("give --gt and --pred (trajectory files), or --protocol draganything with "
+                                 "--real, --gen and --masks (videos)")
+            r = objmc_peer_files(args.gt, args.pred)
+    except ValueError as exc:  # ObjMCError included
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except CoTrackerUnavailable as exc:  # what to supply is in the message
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(r))
     else:
-        print(f"ObjMC: {r['objmc']:.4f} ({r['num_videos']} videos, {r['num_objects']} objects)")
+        how = f", protocol {r['protocol']}, tracker {r['tracker_version']}" if "protocol" in r else ""
+        print(f"ObjMC: {r['objmc']:.4f} ({r['num_videos']} videos, {r['num_objects']} objects{how})")
     return 0
 
 
@@ -147,12 +211,20 @@ def eval_config_from_args(args):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = str(value) if isinstance(value, Path) else value
+    if getattr(args, "objmc_protocol", None):
+        data["objmc_protocol"] = args.objmc_protocol
+    if getattr(args, "cotracker_repo", None):  # every Co-Tracker of the run reads this clone
+        if str(data.get("tracker", "auto")) != "lk":
+            data.setdefault("tracker_options", {})["repo"] = args.cotracker_repo
+        if str(data.get("objmc_tracker", "cotracker2")).startswith("cotracker"):
+            data.setdefault("objmc_tracker_options", {})["repo"] = args.cotracker_repo
     apply_overrides(data, args.overrides)
     return config_from_dict(EvalConfig, data)
 
 
 def cmd_eval_vipseg(args) -> int:
     from trackgo_data.config import ConfigError
+    from trackgo_data.track.cotracker import CoTrackerUnavailable
     from trackgo_data.vipseg import VIPSegError
     from trackgo_model.eval.vipseg import run
     from trackgo_model.pipeline import MissingWeightsError
@@ -162,11 +234,15 @@ def cmd_eval_vipseg(args) -> int:
         if not args.vipseg.strip() or not args.checkpoint.strip():
             raise ConfigError("--vipseg and --checkpoint are required (make eval-vipseg VIPSEG=… CHECKPOINT=…)")
         results = run(cfg, score_only=args.score_only)
-    except (ConfigError, VIPSegError, MissingWeightsError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, VIPSegError, MissingWeightsError, CoTrackerUnavailable, FileNotFoundError,
+            ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = {k: v["value"] for k, v in results["metrics"].items()}
     missing = {k: v["reason"] for k, v in results["metrics"].items() if v["status"] == "missing"}
     print(json.dumps({"out": cfg.out, "num_videos": results["num_videos"], "metrics": summary,
-                      "missing": missing}))
+                      "missing": missing, "tracker": results["tracker"]["name"],
+                      "objmc_protocol": results["objmc_protocol"]["protocol"],
+                      "comparable_to_paper": results["comparable_to_paper"],
+                      "not_comparable_because": results["not_comparable_because"]}))
     return 0

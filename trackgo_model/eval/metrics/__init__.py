@@ -37,11 +37,16 @@ def _numeric_key(path: Path):
     return [int(p) if p.isdigit() else p for p in parts], path.name
 
 
-def read_frame_folder(folder: Path) -> np.ndarray:
-    """Folder of images (numeric order) → (T, H, W, 3) uint8."""
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` in numeric order of their names (``2.png`` before ``10.png``)."""
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_numeric_key)
+
+
+def read_frame_folder(folder: Path, count: int | None = None) -> np.ndarray:
+    """Folder of images (numeric order) → (T, H, W, 3) uint8; the first ``count`` (None: all)."""
     from PIL import Image
 
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_numeric_key)
+    files = image_files(folder)[:count]
     if not files:
         raise ValueError(f"{folder} holds no image files")
     frames = [np.asarray(Image.open(p).convert("RGB")) for p in files]
@@ -69,14 +74,14 @@ def list_videos(root: str | Path) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-def read_video(path: str | Path) -> np.ndarray:
-    """A video file or frame folder → (T, H, W, 3) uint8."""
+def read_video(path: str | Path, count: int | None = None) -> np.ndarray:
+    """A video file or frame folder → (T, H, W, 3) uint8; the first ``count`` frames (None: all)."""
     path = Path(path)
     if path.is_dir():
-        return read_frame_folder(path)
-    from trackgo_data.video import decode_mp4
+        return read_frame_folder(path, count)
+    from trackgo_data.video import read_frames
 
-    return decode_mp4(path)
+    return read_frames(path, count=count)
 
 
 def load_video_dir(root: str | Path) -> dict[str, np.ndarray]:

@@ -6,9 +6,11 @@ Two definitions are reported side by side:
   (the condition P was rendered from them) against the same start points tracked on the generated
   clip; Euclidean distance averaged over (video, frame, point) entries where the point is visible
   in the real clip (occluded ground truth carries no position to compare with).
-* **peer** (DragAnything's protocol) — one point per object, the centre of the largest inscribed
+* **peer** (DragAnything's definition) — one point per object, the centre of the largest inscribed
   circle of its first-frame mask (the maximum of the mask's distance transform), tracked on both
   clips; one flat mean over videos, objects and frames, frame 0 included, no visibility mask.
+  Here the centres are tracked directly; :mod:`.objmc_draganything` reproduces the peer's script
+  step by step (Co-Tracker2 grid, snapping, integer pixels) for numbers comparable to Table 1.
 
 Peer trajectory files are ``<video>.json`` = ``{segment id: [[x, y] per frame]}``.
 Coordinates are pixels at the evaluation resolution.
