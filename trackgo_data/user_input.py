@@ -1,24 +1,64 @@
-"""Inference-time motion input: user masks + arrows → point tracks (then rendered by ``render``).
+"""Inference-time motion input: user masks + arrows → point tracks → P (drawn by ``render``).
 
 Points inside each mask come from the same K rule and K-means as the training data
 (:func:`trackgo_data.points.sample_points`). Each arrow (two points, or a polyline of more) is
 split over the L−1 frame steps by arc length into equal per-frame displacements
 T = {(Δx_i, Δy_i)}, i = 1..L−1, which move every point of its mask. Camera motion: one mask
 covering the whole image and one arrow.
+
+Colours follow the training data: segmenters number a clip's components by first-frame area,
+largest first (:func:`trackgo_data.segment.relabel_by_area`), and component j is drawn in
+``COLOURS[j]``. User objects are numbered by the same function, so the largest mask is red
+whatever order the masks were given in (equal areas keep the given order). Training samples hold
+at most :data:`MAX_OBJECTS` components; more objects are refused.
+
+All checks of user input live here (:func:`check_input`), for ``trackgo generate`` and the studio
+alike: no mask, an empty mask, a mask of another size, an arrow that starts outside its mask,
+an arrow that ends (or bends) off the image, more objects than the model was trained with.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from trackgo_data.points import sample_points
-from trackgo_data.render import COLOURS
+from trackgo_data.render import COLOURS, overlay_labels, overlay_tracks, render_trajectories
+from trackgo_data.segment import MAX_COMPONENTS, relabel_by_area
+
+MAX_OBJECTS = MAX_COMPONENTS  # the most components a training sample ever holds
 
 
 class UserInputError(ValueError):
-    """Masks or arrows given by a user do not fit together."""
+    """Masks or arrows given by a user do not fit together (the message says what to change)."""
+
+
+def checkpoint_max_objects(checkpoint: str | Path | None) -> int:
+    """The most objects a TrackGo checkpoint accepts: ``max_components`` of its
+    ``trackgo_config.json`` when the checkpoint records one, else :data:`MAX_OBJECTS`."""
+    if checkpoint is None:
+        return MAX_OBJECTS
+    path = Path(checkpoint) / "trackgo_config.json"
+    if not path.is_file():
+        return MAX_OBJECTS
+    value = json.loads(path.read_text()).get("max_components", MAX_OBJECTS)
+    if not isinstance(value, int) or not 1 <= value <= len(COLOURS):
+        raise ValueError(f"{path}: max_components must be an integer in 1..{len(COLOURS)}, got {value!r}")
+    return value
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Any image file → (H,W,3) uint8 RGB."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"image not found: {path}")
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def load_masks(paths: str | Path | Sequence[str | Path], size: tuple[int, int] | None = None
@@ -34,7 +74,8 @@ def load_masks(paths: str | Path | Sequence[str | Path], size: tuple[int, int] |
     single = isinstance(paths, (str, Path))
     plist = [Path(paths)] if single else [Path(p) for p in paths]
     if not plist:
-        raise UserInputError("no mask given")
+        raise UserInputError("no mask given: give one mask per object (camera motion: one "
+                             "mask covering the whole image)")
     arrays = []
     for p in plist:
         if not p.is_file():
@@ -43,19 +84,21 @@ def load_masks(paths: str | Path | Sequence[str | Path], size: tuple[int, int] |
             if im.mode not in ("P", "L", "1", "I", "I;16"):
                 im = im.convert("L")
             arrays.append(np.asarray(im).astype(np.int64))
-    for p, a in zip(plist, arrays):
+    which = [f"mask {p.name}" if single else f"object {j + 1}: mask {p.name}" for j, p in enumerate(plist)]
+    for w, a in zip(which, arrays):
         if size is not None and (a.shape[1], a.shape[0]) != tuple(size):
-            raise UserInputError(f"mask {p} is {a.shape[1]}×{a.shape[0]} but the image is {size[0]}×{size[1]}")
+            raise UserInputError(f"{w} is {a.shape[1]}×{a.shape[0]} but the image is "
+                                 f"{size[0]}×{size[1]}: draw the masks on this image")
     if single:
         ids = [int(i) for i in np.unique(arrays[0]) if i != 0]
         masks = [arrays[0] == i for i in ids]
         if not masks:
-            raise UserInputError(f"mask {plist[0]} is empty (no non-zero pixel)")
+            raise UserInputError(f"{which[0]} is empty (no non-zero pixel)")
     else:
         masks = [a != 0 for a in arrays]
-        for p, m in zip(plist, masks):
+        for w, m in zip(which, masks):
             if not m.any():
-                raise UserInputError(f"mask {p} is empty (no non-zero pixel)")
+                raise UserInputError(f"{w} is empty (no non-zero pixel): paint at least one pixel of the object")
     return masks
 
 
@@ -71,6 +114,14 @@ def parse_arrow(text: str) -> np.ndarray:
     if not np.isfinite(pts).all():
         raise UserInputError(f"arrow {text!r}: coordinates must be finite")
     return pts
+
+
+def split_arrows(text: str) -> list[str]:
+    """"x0,y0,x1,y1; x0,y0,x1,y1,x2,y2" → one arrow string per object (``;`` separates objects)."""
+    parts = [p.strip() for p in (text or "").split(";")]
+    while parts and not parts[-1]:
+        parts.pop()
+    return parts
 
 
 def arrow_displacements(arrow: np.ndarray, num_frames: int) -> np.ndarray:
@@ -89,44 +140,195 @@ def arrow_displacements(arrow: np.ndarray, num_frames: int) -> np.ndarray:
     return np.stack([x, y], 1) - arrow[0]
 
 
-def arrows_to_tracks(masks: Sequence[np.ndarray], arrows: Sequence[np.ndarray | str], num_frames: int,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """masks: s × (H,W) bool; arrows: s × (P,2) (or strings) → tracks (L,N,2) float32,
-    visibility (L,N) bool (False where a point leaves the image), components (N,) int64.
+def _pixel(v: float) -> int:
+    return int(np.floor(v + 0.5))
 
-    Mask j gets component j (its colour ``COLOURS[j]``); overlapping masks: a later mask takes the
-    shared pixels. Points: :func:`sample_points` on the combined label map (K rule + K-means).
+
+def check_input(masks: Sequence[np.ndarray], arrows: Sequence[np.ndarray | str],
+                image_size: tuple[int, int] | None = None, max_objects: int = MAX_OBJECTS
+                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Validate s masks (H,W) + s arrows against each other, the image (``image_size`` = (W, H))
+    and the model (``max_objects``) → (masks as bool, arrows as (P,2) float64). Objects are
+    numbered from 1 in messages. Raises one :class:`UserInputError` naming what to change."""
+    masks = [np.asarray(m) for m in masks]
+    if not masks:
+        raise UserInputError("no mask given: give one mask per object (camera motion: one mask "
+                             "covering the whole image)")
+    n = len(masks)
+    if n > max_objects:
+        raise UserInputError(f"{n} objects, but the model was trained with at most {max_objects}: "
+                             f"remove or merge {n - max_objects} object(s)")
+    if len(arrows) != n:
+        raise UserInputError(f"{len(arrows)} arrow(s) for {n} mask(s): give one arrow per mask, "
+                             "in the same order")
+    if image_size is None:
+        image_size = (masks[0].shape[-1], masks[0].shape[0]) if masks[0].ndim == 2 else (0, 0)
+    W, H = int(image_size[0]), int(image_size[1])
+    out_masks = []
+    for j, m in enumerate(masks):
+        if m.ndim != 2 or m.shape != (H, W):
+            got = f"{m.shape[1]}×{m.shape[0]}" if m.ndim == 2 else f"of shape {m.shape}"
+            raise UserInputError(f"object {j + 1}: mask is {got} but the image is {W}×{H}: "
+                                 "draw the masks on this image (sizes differ)")
+        m = m.astype(bool)
+        if not m.any():
+            raise UserInputError(f"object {j + 1}: mask is empty: paint at least one pixel of the object")
+        out_masks.append(m)
+    out_arrows = []
+    for j, a in enumerate(arrows):
+        if isinstance(a, str):
+            if not a.strip():
+                raise UserInputError(f"object {j + 1}: no arrow: give its start on the object and its end")
+            try:
+                a = parse_arrow(a)
+            except UserInputError as exc:
+                raise UserInputError(f"object {j + 1}: {exc}") from None
+        a = np.asarray(a, np.float64)
+        if a.ndim != 2 or a.shape[1] != 2 or len(a) < 2:
+            raise UserInputError(f"object {j + 1}: an arrow needs ≥ 2 points (x,y), got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise UserInputError(f"object {j + 1}: arrow coordinates must be finite")
+        x0, y0 = a[0]
+        if not (0 <= _pixel(x0) <= W - 1 and 0 <= _pixel(y0) <= H - 1):
+            raise UserInputError(f"object {j + 1}: arrow starts at ({x0:g}, {y0:g}), outside the "
+                                 f"{W}×{H} image: start it on the object")
+        m = out_masks[j]
+        if not m[_pixel(y0), _pixel(x0)]:
+            ys, xs = np.nonzero(m)
+            raise UserInputError(f"object {j + 1}: arrow starts at ({x0:g}, {y0:g}), outside its mask "
+                                 f"(which spans x {xs.min()}–{xs.max()}, y {ys.min()}–{ys.max()}): "
+                                 "start the arrow on the object")
+        for i, (x, y) in enumerate(a[1:], start=1):
+            if not (0 <= _pixel(x) <= W - 1 and 0 <= _pixel(y) <= H - 1):
+                where = "ends" if i == len(a) - 1 else "bends"
+                raise UserInputError(f"object {j + 1}: arrow {where} at ({x:g}, {y:g}), off the {W}×{H} "
+                                     f"image: keep it within x 0–{W - 1}, y 0–{H - 1}")
+        out_arrows.append(a)
+    return out_masks, out_arrows
+
+
+@dataclass
+class UserMotion:
+    """The motion condition of one request, in input-image pixels.
+
+    tracks (L,N,2) float32 x,y; visibility (L,N) bool (False where a point leaves the image);
+    components (N,) int64 (colour index, training order); labels (H,W) int32 (0 background,
+    component + 1); object_components: object j (given order) → its component.
     """
-    masks = [np.asarray(m, bool) for m in masks]
-    arrows = [parse_arrow(a) if isinstance(a, str) else np.asarray(a, np.float64) for a in arrows]
+
+    tracks: np.ndarray
+    visibility: np.ndarray
+    components: np.ndarray
+    labels: np.ndarray
+    object_components: list[int]
+
+
+def object_labels(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """s masks (H,W) bool (a later mask takes shared pixels) → (labels (H,W) int32 numbered like
+    training data: 1 = largest area, …; object j → component index). Raises when a mask is hidden
+    entirely by later masks."""
+    H, W = masks[0].shape
+    given = np.zeros((H, W), np.int32)
+    for j, m in enumerate(masks):
+        given[m] = j + 1
+    comps = []
+    for j in range(len(masks)):
+        if not (given == j + 1).any():
+            raise UserInputError(f"object {j + 1}: mask is entirely covered by later masks")
+    labels = relabel_by_area(given[None], max_components=len(masks))[0]
+    for j in range(len(masks)):
+        ys, xs = np.nonzero(given == j + 1)
+        comps.append(int(labels[ys[0], xs[0]]) - 1)
+    return labels, comps
+
+
+def build_motion(masks: Sequence[np.ndarray], arrows: Sequence[np.ndarray | str], num_frames: int,
+                 seed: int = 0, max_objects: int = MAX_OBJECTS,
+                 image_size: tuple[int, int] | None = None) -> UserMotion:
+    """masks: s × (H,W); arrows: s × (P,2) (or strings), same order → :class:`UserMotion`."""
     if num_frames < 2:
         raise UserInputError(f"num_frames must be >= 2, got {num_frames}")
-    if not masks:
-        raise UserInputError("no mask given")
-    if len(arrows) != len(masks):
-        raise UserInputError(f"{len(arrows)} arrow(s) for {len(masks)} mask(s): give one arrow per mask")
-    if len(masks) > len(COLOURS):
-        raise UserInputError(f"at most {len(COLOURS)} masks, got {len(masks)}")
-    H, W = masks[0].shape
-    labels = np.zeros((H, W), np.int32)
-    for j, m in enumerate(masks):
-        if m.shape != (H, W):
-            raise UserInputError(f"mask {j} is {m.shape[1]}×{m.shape[0]}, mask 0 is {W}×{H}: sizes differ")
-        if not m.any():
-            raise UserInputError(f"mask {j} is empty")
-        labels[m] = j + 1
-    for j, a in enumerate(arrows):
-        if a.ndim != 2 or a.shape[1] != 2 or len(a) < 2:
-            raise UserInputError(f"arrow {j} must be (P≥2, 2) vertices, got {a.shape}")
-        x0, y0 = a[0]
-        if not (0 <= x0 <= W - 1 and 0 <= y0 <= H - 1):
-            raise UserInputError(f"arrow {j} starts at ({x0:g}, {y0:g}), outside the {W}×{H} image")
-    for j in range(len(masks)):
-        if not (labels == j + 1).any():
-            raise UserInputError(f"mask {j} is entirely covered by later masks")
+    masks, arrows = check_input(masks, arrows, image_size, max_objects)
+    labels, obj_comp = object_labels(masks)
     points, components = sample_points(labels, seed)
-    offsets = np.stack([arrow_displacements(a, num_frames) for a in arrows])      # (s, L, 2)
+    offsets = np.zeros((len(masks), num_frames, 2))
+    for j, a in enumerate(arrows):
+        offsets[obj_comp[j]] = arrow_displacements(a, num_frames)
     tracks = (points[None, :, :] + offsets[components].transpose(1, 0, 2)).astype(np.float32)
-    visibility = (tracks[..., 0] >= 0) & (tracks[..., 0] <= W - 1) \
-        & (tracks[..., 1] >= 0) & (tracks[..., 1] <= H - 1)
-    return tracks, visibility, components
+    H, W = labels.shape
+    return UserMotion(tracks, in_image(tracks, W, H), components, labels, obj_comp)
+
+
+def arrows_to_tracks(masks: Sequence[np.ndarray], arrows: Sequence[np.ndarray | str], num_frames: int,
+                     seed: int = 0, max_objects: int = MAX_OBJECTS
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """masks: s × (H,W) bool; arrows: s × (P,2) (or strings) → tracks (L,N,2) float32,
+    visibility (L,N) bool, components (N,) int64 (see :func:`build_motion`)."""
+    m = build_motion(masks, arrows, num_frames, seed, max_objects)
+    return m.tracks, m.visibility, m.components
+
+
+def in_image(tracks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """tracks (L,N,2) → (L,N) bool: inside the width × height image."""
+    return (tracks[..., 0] >= 0) & (tracks[..., 0] <= width - 1) \
+        & (tracks[..., 1] >= 0) & (tracks[..., 1] <= height - 1)
+
+
+@dataclass
+class Prepared:
+    """One request at the output size: image (H,W,3) uint8, tracks (L,N,2) float32 in output
+    pixels, visibility (L,N), P (L,H,W,3) uint8, and the motion in input pixels."""
+
+    image: np.ndarray
+    tracks: np.ndarray
+    visibility: np.ndarray
+    P: np.ndarray
+    motion: UserMotion
+
+    @property
+    def components(self) -> np.ndarray:
+        return self.motion.components
+
+
+def prepare(image_path: str | Path, mask_paths: Sequence[str | Path], arrows: Sequence[np.ndarray | str],
+            num_frames: int, height: int | None = None, width: int | None = None, seed: int = 0,
+            max_objects: int = MAX_OBJECTS) -> Prepared:
+    """Image file + mask files (several binary masks, or one label PNG) + arrows → :class:`Prepared`.
+    The output size defaults to the image's; tracks are scaled to it before P is rendered."""
+    from PIL import Image
+
+    image = load_image(image_path)
+    h0, w0 = image.shape[:2]
+    mask_paths = list(mask_paths)
+    masks = load_masks(mask_paths[0] if len(mask_paths) == 1 else mask_paths, size=(w0, h0))
+    motion = build_motion(masks, arrows, num_frames, seed, max_objects, image_size=(w0, h0))
+    height, width = int(height or h0), int(width or w0)
+    tracks, visibility = motion.tracks, motion.visibility
+    if (width, height) != (w0, h0):
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
+        tracks = tracks * np.array([width / w0, height / h0], np.float32)
+        visibility = visibility & in_image(tracks, width, height)
+    P = render_trajectories(tracks, visibility, motion.components, height, width)
+    return Prepared(image, tracks, visibility, P, motion)
+
+
+def preview_image(image: np.ndarray, tracks: np.ndarray, visibility: np.ndarray, components: np.ndarray,
+                  labels: np.ndarray | None = None, alpha: float = 0.35) -> np.ndarray:
+    """image (H,W,3) uint8 → the masks tinted in their component colours (``labels`` (h,w), any
+    size: resized nearest), each track drawn as a line and the control points of frame 0 as the
+    squares P holds (the one renderer)."""
+    image = np.asarray(image, np.uint8)
+    H, W = image.shape[:2]
+    out = image
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (H, W):
+            ys = np.minimum((np.arange(H) + 0.5) * labels.shape[0] / H, labels.shape[0] - 1).astype(int)
+            xs = np.minimum((np.arange(W) + 0.5) * labels.shape[1] / W, labels.shape[1] - 1).astype(int)
+            labels = labels[ys][:, xs]
+        out = overlay_labels(out, labels, alpha)
+    out = overlay_tracks(out, tracks, visibility, components)
+    p0 = render_trajectories(tracks[:1], visibility[:1], components, H, W)[0]
+    drawn = p0.any(-1)
+    out[drawn] = p0[drawn]
+    return out

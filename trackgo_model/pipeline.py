@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -258,7 +258,7 @@ class TrackGoPipeline:
                  decode_chunk_size: int | None = None, generator: torch.Generator | None = None,
                  seed: int | None = None, tau: float | None = None, motion: float = 1.0,
                  mode: str | None = None, output_type: str = "np", latents: torch.Tensor | None = None,
-                 progress: bool = False):
+                 progress: bool = False, callback: Callable[[int, int], None] | None = None):
         """Generate one video.
 
         image: PIL image or uint8 (H0, W0, 3); resized to (height, width) when they differ.
@@ -268,6 +268,7 @@ class TrackGoPipeline:
         UNet's ``num_frames``. tau / motion / mode: the TrackAdapter inference knobs
         (``TrackGoUNet.set_inference``). output_type: "np" → uint8 (L, H, W, 3); "pt" → float
         (1, L, 3, H, W) in [-1, 1]; "latent" → (1, L, 4, H/8, W/8).
+        callback: called as ``callback(done, total)`` after each denoising step (progress bars).
         """
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
@@ -330,7 +331,7 @@ class TrackGoPipeline:
         from tqdm.auto import tqdm
 
         with self._on_device(self.unet):
-            for t in tqdm(steps, disable=not progress, desc="denoise"):
+            for i, t in enumerate(tqdm(steps, disable=not progress, desc="denoise")):
                 x = torch.cat([latents, latents]) if do_cfg else latents
                 x = self.scheduler.scale_model_input(x, t)
                 x = torch.cat([x, img_lat], dim=2)
@@ -340,6 +341,8 @@ class TrackGoPipeline:
                     uncond, cond_pred = pred.chunk(2)
                     pred = uncond + scales * (cond_pred - uncond)
                 latents = self.scheduler.step(pred, t, latents).prev_sample
+                if callback is not None:
+                    callback(i + 1, len(steps))
         if output_type == "latent":
             return latents
         with self._on_device(self.vae):

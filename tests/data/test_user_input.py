@@ -1,13 +1,18 @@
-"""User masks + arrows → tracks (the inference-time motion input)."""
+"""User masks + arrows → tracks (the inference-time motion input) and the checks of user input."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from trackgo_data.points import k_for_area
-from trackgo_data.user_input import (UserInputError, arrow_displacements, arrows_to_tracks, load_masks,
-                                     parse_arrow)
+from trackgo_data.points import k_for_area, sample_points
+from trackgo_data.render import COLOURS, overlay_tracks
+from trackgo_data.segment import relabel_by_area
+from trackgo_data.user_input import (MAX_OBJECTS, UserInputError, arrow_displacements, arrows_to_tracks,
+                                     build_motion, checkpoint_max_objects, load_masks, parse_arrow, prepare,
+                                     preview_image, split_arrows)
 
 
 def _mask(h=40, w=60, box=(10, 10, 30, 25)):
@@ -17,17 +22,19 @@ def _mask(h=40, w=60, box=(10, 10, 30, 25)):
     return m
 
 
-def test_parse_arrow_and_polyline():
+def test_parse_arrow_polyline_and_split():
     np.testing.assert_array_equal(parse_arrow("0,0,10,0"), [[0, 0], [10, 0]])
     np.testing.assert_array_equal(parse_arrow("1, 2, 3, 4, 5, 6"), [[1, 2], [3, 4], [5, 6]])
-    for bad in ["1,2,3", "a,b,c,d", "1,2"]:
+    for bad in ["1,2,3", "a,b,c,d", "1,2", "1,2,nan,4"]:
         with pytest.raises(UserInputError):
             parse_arrow(bad)
+    assert split_arrows("1,2,3,4; 5,6,7,8,9,10;") == ["1,2,3,4", "5,6,7,8,9,10"]
+    assert split_arrows("") == [] and split_arrows("1,2,3,4;;5,6,7,8") == ["1,2,3,4", "", "5,6,7,8"]
 
 
 def test_arrow_moves_every_point_one_px_per_frame():
     m = _mask()
-    tracks, vis, comps = arrows_to_tracks([m], ["0,0,10,0"], num_frames=11, seed=0)
+    tracks, vis, comps = arrows_to_tracks([m], ["15,15,25,15"], num_frames=11, seed=0)
     assert tracks.shape == (11, k_for_area(m.mean()), 2) and tracks.dtype == np.float32
     np.testing.assert_allclose(np.diff(tracks[..., 0], axis=0), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.diff(tracks[..., 1], axis=0), 0.0, atol=1e-5)
@@ -41,30 +48,96 @@ def test_polyline_split_by_arc_length():
     np.testing.assert_allclose(off, [[0, 0], [3, 0], [6, 0], [6, 3], [6, 6]])
 
 
-def test_two_masks_camera_mask_and_off_image():
+def test_colours_follow_training_order_by_area():
+    """Objects are numbered like a segmenter numbers components (largest first-frame area → id 1,
+    red), whatever order they are given in; each arrow still moves its own object."""
+    small = _mask(box=(2, 2, 10, 10))              # 64 px, given first
+    large = _mask(box=(30, 5, 58, 35))             # 840 px, given second
+    mid = _mask(box=(12, 20, 27, 38))              # 270 px, given third
+    masks = [small, large, mid]
+    arrows = ["5,5,5,15", "40,20,50,20", "20,30,14,30"]
+    m = build_motion(masks, arrows, num_frames=6, seed=3)
+    assert m.object_components == [2, 0, 1]
+    # the training path: a segmenter's labels (arbitrary ids, two frames) → relabel_by_area →
+    # sample_points gives exactly these points and components
+    seg = np.zeros((2, 40, 60), np.int32)
+    for oid, mask in zip((7, 3, 5), masks):
+        seg[:, mask] = oid
+    lab0 = relabel_by_area(seg)[0]
+    pts, comps = sample_points(lab0, seed=3)
+    np.testing.assert_array_equal(m.labels, lab0)
+    np.testing.assert_array_equal(m.components, comps)
+    np.testing.assert_allclose(m.tracks[0], pts)
+    for j, mask in enumerate(masks):
+        sel = m.components == m.object_components[j]
+        start, end = parse_arrow(arrows[j])
+        np.testing.assert_allclose(m.tracks[-1, sel] - m.tracks[0, sel],
+                                   np.broadcast_to(end - start, (sel.sum(), 2)), atol=1e-4)
+        xs, ys = np.round(m.tracks[0, sel]).astype(int).T
+        assert mask[ys, xs].all()
+    # equal areas keep the given order; overlap: the later mask takes the shared pixels first
+    a, b = _mask(box=(0, 0, 10, 10)), _mask(box=(40, 0, 50, 10))
+    assert build_motion([a, b], ["5,5,6,6", "45,5,46,6"], 3).object_components == [0, 1]
+    assert build_motion([b, a], ["45,5,46,6", "5,5,6,6"], 3).object_components == [0, 1]
+    big, cover = _mask(box=(0, 0, 30, 20)), _mask(box=(0, 0, 25, 20))   # big keeps 100 px, cover 500
+    assert build_motion([big, cover], ["28,5,28,9", "5,5,9,5"], 3).object_components == [1, 0]
+
+
+def test_camera_mask_and_points_leaving_the_image():
     a = _mask(box=(5, 5, 20, 20))
     b = _mask(box=(35, 10, 55, 30))
-    tracks, vis, comps = arrows_to_tracks([a, b], ["10,10,10,20", "40,20,70,20"], num_frames=4, seed=1)
+    tracks, vis, comps = arrows_to_tracks([a, b], ["10,10,10,20", "40,20,59,20"], num_frames=4, seed=1)
     assert set(comps.tolist()) == {0, 1}
-    np.testing.assert_allclose(tracks[-1, comps == 0] - tracks[0, comps == 0], [[0, 10]] * (comps == 0).sum(),
-                               atol=1e-4)
-    assert not vis[-1, comps == 1].all()          # +30 px pushes some of mask b off the 60-px image
-    whole = np.ones((40, 60), bool)               # camera motion: one mask over the whole image
+    sel = comps == 0                               # b (400 px) is larger than a (225 px): red
+    np.testing.assert_allclose(tracks[-1, ~sel] - tracks[0, ~sel], [[0, 10]] * (~sel).sum(), atol=1e-4)
+    assert not vis[-1, sel].all() and vis[0].all()  # +19 px pushes part of mask b off the 60-px image
+    np.testing.assert_array_equal(vis[-1, sel], tracks[-1, sel, 0] <= 59)
+    whole = np.ones((40, 60), bool)                # camera motion: one mask over the whole image
     t2, _, c2 = arrows_to_tracks([whole], ["30,20,33,24"], num_frames=3)
     assert len(c2) == 64
     np.testing.assert_allclose(t2[-1] - t2[0], np.broadcast_to([3, 4], (64, 2)), atol=1e-4)
 
 
-def test_errors():
-    m = _mask()
-    with pytest.raises(UserInputError, match="outside"):
-        arrows_to_tracks([m], ["70,5,80,5"], 5)
-    with pytest.raises(UserInputError, match="one arrow per mask"):
-        arrows_to_tracks([m, m], ["1,1,2,2"], 5)
-    with pytest.raises(UserInputError, match="empty"):
-        arrows_to_tracks([np.zeros_like(m)], ["1,1,2,2"], 5)
-    with pytest.raises(UserInputError, match="sizes differ"):
-        arrows_to_tracks([m, m[:-1]], ["1,1,2,2", "1,1,2,2"], 5)
+@pytest.mark.parametrize("masks, arrows, message", [
+    ([], [], "no mask given"),
+    ([np.zeros((40, 60), bool)], ["1,1,2,2"], "object 1: mask is empty"),
+    ([_mask(), _mask(h=39)], ["15,15,16,16", "15,15,16,16"], "object 2: mask is 60×39 but the image is 60×40"),
+    ([_mask()], ["70,5,80,5"], "starts at \\(70, 5\\), outside the 60×40 image"),
+    ([_mask()], ["2,2,20,20"], "starts at \\(2, 2\\), outside its mask \\(which spans x 10–29, y 10–24\\)"),
+    ([_mask()], ["15,15,9999,15"], "ends at \\(9999, 15\\), off the 60×40 image"),
+    ([_mask()], ["15,15,15,39.6"], "ends at \\(15, 39.6\\), off the 60×40 image"),
+    ([_mask()], ["15,15,70,15,20,20"], "bends at \\(70, 15\\)"),
+    ([_mask(), _mask()], ["15,15,16,16"], "1 arrow\\(s\\) for 2 mask\\(s\\): give one arrow per mask"),
+    ([_mask(box=(10, 10, 15, 15)), _mask()], ["12,12,13,13", "15,15,16,16"], "object 1: mask is entirely covered"),
+    ([_mask(box=(i * 8, 0, i * 8 + 6, 6)) for i in range(7)], [f"{i * 8 + 2},2,{i * 8 + 3},3" for i in range(7)],
+     "7 objects, but the model was trained with at most 6: remove or merge 1"),
+])
+def test_bad_input_is_refused_with_what_to_change(masks, arrows, message):
+    with pytest.raises(UserInputError, match=message):
+        build_motion(masks, arrows, 5)
+
+
+def test_arrow_limits_are_inclusive_and_max_objects_is_a_knob():
+    m = _mask(box=(0, 0, 60, 40))
+    build_motion([m], ["0,0,59,39"], 3)            # corner to corner: on the image
+    build_motion([m], ["59.4,39.4,0,0"], 3)        # rounds onto the last pixel
+    three = [_mask(box=(i * 10, 0, i * 10 + 5, 5)) for i in range(3)]
+    arrows = [f"{i * 10 + 2},2,{i * 10 + 2},4" for i in range(3)]
+    assert len(build_motion(three, arrows, 3, max_objects=3).object_components) == 3
+    with pytest.raises(UserInputError, match="at most 2"):
+        build_motion(three, arrows, 3, max_objects=2)
+
+
+def test_checkpoint_max_objects(tmp_path):
+    assert MAX_OBJECTS == 6
+    assert checkpoint_max_objects(None) == 6 and checkpoint_max_objects(tmp_path) == 6
+    (tmp_path / "trackgo_config.json").write_text(json.dumps({"format": "x", "trackgo": {}}))
+    assert checkpoint_max_objects(tmp_path) == 6
+    (tmp_path / "trackgo_config.json").write_text(json.dumps({"max_components": 3}))
+    assert checkpoint_max_objects(tmp_path) == 3
+    (tmp_path / "trackgo_config.json").write_text(json.dumps({"max_components": 12}))
+    with pytest.raises(ValueError, match="max_components must be an integer in 1..9"):
+        checkpoint_max_objects(tmp_path)
 
 
 def test_load_masks(tmp_path):
@@ -81,3 +154,30 @@ def test_load_masks(tmp_path):
         load_masks(tmp_path / "labels.png", size=(64, 40))
     with pytest.raises(UserInputError, match="empty"):
         load_masks([tmp_path / "b.png", tmp_path / "empty.png"])
+    with pytest.raises(UserInputError, match="no mask given"):
+        load_masks([])
+
+
+def test_prepare_scales_to_the_output_and_preview_draws_it(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray(_mask().astype(np.uint8) * 255).save(tmp_path / "m.png")
+    prep = prepare(tmp_path / "img.png", [tmp_path / "m.png"], ["15,15,25,15"], 5, height=80, width=90, seed=2)
+    assert prep.image.shape == (80, 90, 3) and prep.P.shape == (5, 80, 90, 3)
+    np.testing.assert_allclose(prep.tracks, prep.motion.tracks * np.array([1.5, 2.0], np.float32), atol=1e-4)
+    np.testing.assert_allclose(prep.tracks[-1, :, 0] - prep.tracks[0, :, 0], 15.0, atol=1e-4)
+    prev = preview_image(prep.image, prep.tracks, prep.visibility, prep.components, prep.motion.labels)
+    assert prev.shape == prep.image.shape
+    # frame-0 control points: P's squares, copied exactly; mask pixels away from them are tinted red
+    drawn = prep.P[0].any(-1)
+    np.testing.assert_array_equal(prev[drawn], prep.P[0][drawn])
+    assert (prev[drawn] == COLOURS[0]).all()
+    inside = np.zeros((80, 90), bool)
+    inside[20:50, 15:45] = True                    # the mask (10..29, 10..24) scaled ×1.5, ×2
+    lines = (overlay_tracks(prep.image, prep.tracks, prep.visibility, prep.components) != prep.image).any(-1)
+    plain = inside & ~lines & ~drawn
+    assert plain.sum() > 100
+    expect = np.round(0.65 * prep.image[plain].astype(float) + 0.35 * COLOURS[0].astype(float))
+    np.testing.assert_allclose(prev[plain], expect, atol=1)            # float32 blend rounding
+    outside = ~inside & ~lines & ~drawn
+    np.testing.assert_array_equal(prev[outside], prep.image[outside])

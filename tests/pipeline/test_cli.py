@@ -107,16 +107,69 @@ def test_init_tiny_then_generate_writes_the_video(run_cli, scene, tmp_path, caps
 def test_generate_input_errors(run_cli, scene, tmp_path):
     d, _, _ = scene
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "small.png")
-    base = ["generate", "--image", d / "img.png", "--out", tmp_path / "x.mp4", "--preview"]
+    out = tmp_path / "x.mp4"
+    base = ["generate", "--image", d / "img.png", "--out", out, "--preview"]
     with pytest.raises(SystemExit, match="32×32 but the image is 128×64"):
         run_cli(*base, "--masks", tmp_path / "small.png", "--arrows", "1,1,2,2")
-    with pytest.raises(SystemExit, match="outside"):
+    with pytest.raises(SystemExit, match="outside the 128×64 image"):
         run_cli(*base, "--masks", d / "a.png", "--arrows", "500,30,20,20")
+    with pytest.raises(SystemExit, match="object 1: arrow ends at \\(9999, 30\\), off the 128×64 image"):
+        run_cli(*base, "--masks", d / "a.png", "--arrows", "20,30,9999,30")
+    with pytest.raises(SystemExit, match="object 2: arrow starts at \\(20, 30\\), outside its mask"):
+        run_cli(*base, "--masks", d / "a.png", d / "b.png", "--arrows", "20,30,20,20", "20,30,20,20")
     with pytest.raises(SystemExit, match="one arrow per mask"):
         run_cli(*base, "--masks", d / "a.png", d / "b.png", "--arrows", "20,30,20,20")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "empty.png")
+    with pytest.raises(SystemExit, match="empty.png is empty"):
+        run_cli(*base, "--masks", d / "a.png", tmp_path / "empty.png", "--arrows", "20,30,20,20", "1,1,2,2")
+    # seven objects in one label PNG: more than training ever shows
+    lab = np.zeros((H, W), np.uint8)
+    for i in range(7):
+        lab[5:15, 10 * i + 2:10 * i + 8] = i + 1
+    Image.fromarray(lab).save(tmp_path / "labels.png")
+    seven = [f"{10 * i + 4},8,{10 * i + 4},12" for i in range(7)]
+    with pytest.raises(SystemExit, match="7 objects, but the model was trained with at most 6"):
+        run_cli(*base, "--masks", tmp_path / "labels.png", "--arrows", *seven)
+    # a checkpoint that records its own limit is held to it
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "trackgo_config.json").write_text(json.dumps({"format": "trackgo-v1", "max_components": 2}))
+    Image.fromarray(np.where(lab <= 3, lab, 0)).save(tmp_path / "labels3.png")
+    with pytest.raises(SystemExit, match="3 objects, but the model was trained with at most 2"):
+        run_cli(*base, "--masks", tmp_path / "labels3.png", "--arrows", *seven[:3], "--checkpoint", ckpt)
+    assert not list(tmp_path.glob("x.*"))                      # nothing was written
     with pytest.raises(SystemExit, match="--checkpoint is required"):
         run_cli("generate", "--image", d / "img.png", "--masks", d / "a.png", "--arrows", "20,30,20,20",
-                "--out", tmp_path / "x.mp4")
+                "--out", out)
     with pytest.raises(SystemExit, match="pass --svd"):
         run_cli("generate", "--image", d / "img.png", "--masks", d / "a.png", "--arrows", "20,30,20,20",
-                "--out", tmp_path / "x.mp4", "--checkpoint", tmp_path)
+                "--out", out, "--checkpoint", tmp_path)
+
+
+def test_generate_size_the_model_cannot_take_is_one_message(run_cli, scene, tiny_dir, tmp_path):
+    d, _, _ = scene
+    out = tmp_path / "y.mp4"
+    with pytest.raises(SystemExit, match="trackgo generate: height and width must be multiples of 16"):
+        run_cli("generate", "--image", d / "img.png", "--masks", d / "a.png", "--arrows", "20,30,20,20",
+                "--checkpoint", tiny_dir, "--width", 100, "--frames", 3, "--steps", 1, "--device", "cpu",
+                "--out", out)
+    assert not list(tmp_path.glob("y.*"))
+
+
+def test_preview_colours_objects_by_area_like_training(run_cli, scene, tmp_path, capsys):
+    """The smaller mask given first is the second component (green); the larger one is red."""
+    d, mask_a, _ = scene
+    big = np.zeros((H, W), np.uint8)
+    big[5:60, 60:120] = 255
+    Image.fromarray(big).save(tmp_path / "big.png")
+    rc = run_cli("generate", "--image", d / "img.png", "--masks", d / "a.png", tmp_path / "big.png",
+                 "--arrows", "20,30,20,20", "90,30,100,30", "--frames", 3, "--out", tmp_path / "o.mp4",
+                 "--preview")
+    assert rc == 0
+    capsys.readouterr()
+    P = decode_mp4(tmp_path / "o.trajectory.mp4")
+    red, green = _coloured(P[0], COLOURS[0]), _coloured(P[0], COLOURS[1])
+    assert red and green
+    assert all(x >= 58 for x, _ in red)                        # every red square is on the big mask
+    ys, xs = np.nonzero(mask_a)
+    assert all(xs.min() - 2 <= x <= xs.max() + 1 and ys.min() - 2 <= y <= ys.max() + 1 for x, y in green)

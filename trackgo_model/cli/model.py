@@ -7,11 +7,13 @@
         [--tau T] [--motion M] [--seed 0] [--dtype fp32|fp16|bf16] [--device cpu|cuda] \\
         --out out.mp4 [--preview]
 
-``generate`` turns masks + arrows into point tracks (``trackgo_data.user_input``), scales them to
-the output size, renders P with the one renderer, writes P losslessly next to the output
-(``<out>.trajectory.mp4``, ``out.mp4`` → ``out.trajectory.mp4``) and then samples the video.
-``--preview`` writes ``<out>.preview.png`` (the tracks drawn over the image) and P, and stops
-before any model is loaded. Each command prints one JSON object on stdout.
+``generate`` checks the masks and arrows and turns them into point tracks
+(``trackgo_data.user_input``: colours ordered by mask area as in training, at most the
+checkpoint's number of objects), scales them to the output size, renders P with the one renderer,
+samples the video and writes it with P (lossless) next to it (``out.mp4`` → ``out.trajectory.mp4``).
+``--preview`` writes ``<out>.preview.png`` (masks, tracks and control points drawn over the image)
+and P, and stops before any model is loaded. Each command prints one JSON object on stdout; bad
+input ends it with one message (exit status 1) before anything is written.
 """
 from __future__ import annotations
 
@@ -103,32 +105,15 @@ def side_paths(out: Path) -> tuple[Path, Path]:
     return out.with_suffix(".trajectory.mp4"), out.with_suffix(".preview.png")
 
 
-def prepare_motion(image_path: Path, mask_paths: list[Path], arrows: list[str], num_frames: int,
-                   height: int | None, width: int | None, seed: int):
-    """Image + masks + arrows → (image uint8 (H,W,3) at the output size, tracks (L,N,2) in output
-    pixels, visibility (L,N), components (N,), P uint8 (L,H,W,3))."""
-    import numpy as np
-    from PIL import Image
-
-    from trackgo_data.render import render_trajectories
-    from trackgo_data.user_input import UserInputError, arrows_to_tracks, load_masks, parse_arrow
-
-    if not image_path.is_file():
-        raise UserInputError(f"image not found: {image_path}")
-    with Image.open(image_path) as im:
-        image = im.convert("RGB")
-    w0, h0 = image.size
-    masks = load_masks(mask_paths[0] if len(mask_paths) == 1 else mask_paths, size=(w0, h0))
-    tracks, visibility, components = arrows_to_tracks(masks, [parse_arrow(a) for a in arrows],
-                                                      num_frames, seed)
-    height, width = int(height or h0), int(width or w0)
-    if (width, height) != (w0, h0):
-        image = image.resize((width, height), Image.BICUBIC)
-        tracks = tracks * np.array([width / w0, height / h0], np.float32)
-        visibility = visibility & (tracks[..., 0] >= 0) & (tracks[..., 0] <= width - 1) \
-            & (tracks[..., 1] >= 0) & (tracks[..., 1] <= height - 1)
-    P = render_trajectories(tracks, visibility, components, height, width)
-    return np.asarray(image), tracks, visibility, components, P
+def sample(pipe, image, P, args: argparse.Namespace, progress: bool = False, callback=None):
+    """The pipeline call of ``trackgo generate`` (the studio makes the same one): image (H,W,3)
+    uint8 and P (L,H,W,3) at the output size → frames (L,H,W,3) uint8."""
+    return pipe(image, P, num_frames=args.frames, height=P.shape[1], width=P.shape[2],
+                num_inference_steps=args.steps, min_guidance_scale=args.min_guidance,
+                max_guidance_scale=args.max_guidance, fps=args.fps,
+                motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
+                decode_chunk_size=args.decode_chunk_size, seed=args.seed, tau=args.tau,
+                motion=args.motion, mode=args.mode, progress=progress, callback=callback)
 
 
 def _resolve_svd(args: argparse.Namespace) -> Path:
@@ -141,53 +126,68 @@ def _resolve_svd(args: argparse.Namespace) -> Path:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from trackgo_data.config import atomic_write_bytes
-    from trackgo_data.render import overlay_tracks
     from trackgo_data.user_input import UserInputError
-    from trackgo_data.video import encode_lossless_rgb, encode_mp4
 
     if args.checkpoint is None and not args.preview:
         raise SystemExit("trackgo generate: --checkpoint is required (unless --preview)")
-    if args.frames < 2 or args.steps < 1:
-        raise SystemExit("trackgo generate: --frames must be >= 2 and --steps >= 1")
     try:
-        image, tracks, vis, comps, P = prepare_motion(args.image, args.masks, args.arrows, args.frames,
-                                                       args.height, args.width, args.seed)
+        result = run_generate(args)
     except UserInputError as exc:
         raise SystemExit(f"trackgo generate: {exc}") from None
+    _emit(result)
+    return 0
+
+
+def run_generate(args: argparse.Namespace, pipe=None, callback=None, max_objects: int | None = None) -> dict:
+    """``trackgo generate`` without the console: parsed ``args`` → the result dict it prints.
+
+    ``pipe``: an already loaded TrackGoPipeline (else loaded from ``--svd``/``--checkpoint``);
+    ``callback(done, total)`` after each denoising step; ``max_objects`` overrides the
+    checkpoint's limit. Bad input raises :class:`~trackgo_data.user_input.UserInputError` before
+    anything is written.
+    """
+    from PIL import Image
+
+    from trackgo_data.config import atomic_write_bytes
+    from trackgo_data.user_input import UserInputError, checkpoint_max_objects, prepare, preview_image
+    from trackgo_data.video import encode_lossless_rgb, encode_mp4
+
+    if args.frames < 2 or args.steps < 1:
+        raise UserInputError("--frames must be >= 2 and --steps >= 1")
+    if max_objects is None:
+        max_objects = checkpoint_max_objects(args.checkpoint)
+    prep = prepare(args.image, args.masks, args.arrows, args.frames, args.height, args.width,
+                   args.seed, max_objects=max_objects)
+    image, tracks, vis, comps, P = prep.image, prep.tracks, prep.visibility, prep.components, prep.P
     traj_path, preview_path = side_paths(args.out)
-    encode_lossless_rgb(P, traj_path, fps=args.fps)
     result = {"trajectory": str(traj_path), "frames": int(P.shape[0]), "height": int(P.shape[1]),
               "width": int(P.shape[2]), "points": int(tracks.shape[1])}
     if args.preview:
         import io
 
+        encode_lossless_rgb(P, traj_path, fps=args.fps)
         buf = io.BytesIO()
-        Image.fromarray(overlay_tracks(image, tracks, vis, comps)).save(buf, format="PNG")
+        Image.fromarray(preview_image(image, tracks, vis, comps, prep.motion.labels)).save(buf, format="PNG")
         atomic_write_bytes(preview_path, buf.getvalue())
         result["preview"] = str(preview_path)
-        _emit(result)
-        return 0
+        return result
 
-    import torch
+    if pipe is None:
+        import torch
 
-    from trackgo_model.pipeline import TrackGoPipeline
+        from trackgo_model.pipeline import TrackGoPipeline
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = TrackGoPipeline.from_pretrained(_resolve_svd(args), args.checkpoint, torch_dtype=args.dtype,
-                                           device=device, enable_model_cpu_offload=args.cpu_offload)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pipe = TrackGoPipeline.from_pretrained(_resolve_svd(args), args.checkpoint, torch_dtype=args.dtype,
+                                               device=device, enable_model_cpu_offload=args.cpu_offload)
     t0 = time.perf_counter()
-    frames = pipe(image, P, num_frames=args.frames, height=P.shape[1], width=P.shape[2],
-                  num_inference_steps=args.steps, min_guidance_scale=args.min_guidance,
-                  max_guidance_scale=args.max_guidance, fps=args.fps,
-                  motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
-                  decode_chunk_size=args.decode_chunk_size, seed=args.seed, tau=args.tau,
-                  motion=args.motion, mode=args.mode, progress=log.isEnabledFor(logging.INFO))
+    try:
+        frames = sample(pipe, image, P, args, progress=log.isEnabledFor(logging.INFO), callback=callback)
+    except ValueError as exc:  # a size the model cannot take (checked before any sampling)
+        raise UserInputError(str(exc)) from None
     seconds = time.perf_counter() - t0
+    encode_lossless_rgb(P, traj_path, fps=args.fps)
     encode_mp4(frames, args.out, fps=args.fps)
     log.info("wrote %s (%d frames, %.1f s sampling)", args.out, len(frames), seconds)
-    result.update({"video": str(args.out), "seconds": round(seconds, 3), "device": device})
-    _emit(result)
-    return 0
+    result.update({"video": str(args.out), "seconds": round(seconds, 3), "device": str(pipe.device)})
+    return result

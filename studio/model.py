@@ -1,0 +1,131 @@
+"""The model behind the studio: loaded once per process, described on the page and in every run.
+
+With neither ``--checkpoint`` nor ``--svd`` the studio uses the tiny random-weight TrackGo that
+``trackgo model init-tiny`` writes, created on first use in the cache folder, so the page works end
+to end on a fresh machine. Its videos are noise; the banner says so and each run records it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TINY_NAME = "tiny-model"
+
+
+def cache_dir(path: str | Path | None = None) -> Path:
+    """``path``, else ``$TRACKGO_CACHE_DIR``, else ``$XDG_CACHE_HOME/trackgo`` (~/.cache/trackgo)."""
+    if path is not None:
+        return Path(path).expanduser()
+    if os.environ.get("TRACKGO_CACHE_DIR"):
+        return Path(os.environ["TRACKGO_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "trackgo"
+
+
+def tiny_model_dir(cache: Path) -> Path:
+    """The tiny model in ``cache`` (written by ``init_tiny`` when absent or incomplete)."""
+    from trackgo_model.pipeline import MissingWeightsError, check_svd_folder, find_trackgo_checkpoint
+    from trackgo_model.tiny import init_tiny
+
+    path = cache / TINY_NAME
+    try:
+        check_svd_folder(path)
+        find_trackgo_checkpoint(path, None)
+    except MissingWeightsError:
+        log.warning("writing the tiny random-weight TrackGo to %s (first use)", path)
+        init_tiny(path, seed=0)
+    return path
+
+
+def fit_size(width: int, height: int, multiple: int, max_side: int) -> tuple[int, int]:
+    """Output size for a width × height image: scaled down so its longer side is ≤ ``max_side``,
+    each side rounded to the nearest multiple of ``multiple`` (at least one multiple)."""
+    s = min(1.0, max_side / max(width, height))
+    return tuple(max(multiple, int(round(v * s / multiple)) * multiple) for v in (width, height))
+
+
+@dataclass
+class StudioModel:
+    """A loaded TrackGoPipeline and what the page needs to know about it."""
+
+    pipe: Any
+    svd: Path
+    checkpoint: Path
+    random_weights: bool
+    max_objects: int
+    device: str
+    dtype: str = "fp32"
+    cpu_offload: bool = False
+    max_side: int = 1024
+    frames: int = 14
+    steps: int = 25
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def multiple(self) -> int:
+        """Height and width must be multiples of this (VAE ×8 times the UNet's down-samplings)."""
+        down = len(self.pipe.unet.unet.config.block_out_channels) - 1
+        return int(self.pipe.vae_scale_factor * 2 ** down)
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        return fit_size(width, height, self.multiple, self.max_side)
+
+    def banner(self) -> str:
+        if self.random_weights:
+            return (f"**Model:** the tiny random-weight TrackGo (`{self.checkpoint}`) — a test model, its "
+                    "videos are noise. Start with `trackgo studio --checkpoint DIR --svd DIR` to generate "
+                    f"real videos. Device: {self.device}.")
+        return (f"**Model:** TrackGo checkpoint `{self.checkpoint}` on SVD `{self.svd}` "
+                f"({self.dtype}, {self.device}{', CPU offload' if self.cpu_offload else ''}); "
+                f"at most {self.max_objects} objects.")
+
+    def cli_args(self) -> list[str]:
+        """The model part of the equivalent ``trackgo generate`` command."""
+        args = ["--checkpoint", str(self.checkpoint)]
+        if self.svd != self.checkpoint:
+            args += ["--svd", str(self.svd)]
+        args += ["--device", self.device, "--dtype", self.dtype]
+        return args + (["--cpu-offload"] if self.cpu_offload else [])
+
+    def describe(self) -> dict[str, Any]:
+        return {"svd": str(self.svd), "checkpoint": str(self.checkpoint), "random_weights": self.random_weights,
+                "max_objects": self.max_objects, "device": self.device, "dtype": self.dtype}
+
+
+def load_model(checkpoint: str | Path | None = None, svd: str | Path | None = None, *,
+               cache: str | Path | None = None, device: str | None = None, dtype: str = "fp32",
+               cpu_offload: bool = False, max_side: int | None = None) -> StudioModel:
+    """Load the pipeline once. No model given → the tiny model in the cache folder (random weights,
+    a logged warning, recorded in every run). A missing folder or file raises
+    :class:`~trackgo_model.pipeline.MissingWeightsError` naming what to supply."""
+    import torch
+
+    from trackgo_data.user_input import checkpoint_max_objects
+    from trackgo_model.pipeline import MissingWeightsError, TrackGoPipeline
+
+    random_weights = checkpoint is None and svd is None
+    if random_weights:
+        svd = checkpoint = tiny_model_dir(cache_dir(cache))
+        log.warning("no --checkpoint/--svd given: using the tiny random-weight model %s (videos are noise)", svd)
+    elif svd is None:
+        if not (Path(checkpoint) / "unet").is_dir():
+            raise MissingWeightsError(f"--checkpoint {checkpoint} has no unet/: pass --svd PATH (a diffusers "
+                                      "Stable Video Diffusion folder) as well")
+        svd = checkpoint
+    elif checkpoint is None:
+        checkpoint = svd
+    svd, checkpoint = Path(svd), Path(checkpoint)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = TrackGoPipeline.from_pretrained(svd, checkpoint, torch_dtype=dtype, device=device,
+                                           enable_model_cpu_offload=cpu_offload)
+    unet_frames = int(pipe.unet.unet.config.num_frames)
+    return StudioModel(pipe=pipe, svd=svd, checkpoint=checkpoint, random_weights=random_weights,
+                       max_objects=checkpoint_max_objects(checkpoint), device=device, dtype=dtype,
+                       cpu_offload=cpu_offload,
+                       max_side=max_side or (256 if random_weights else 1024),
+                       frames=8 if random_weights else unet_frames, steps=4 if random_weights else 25)
