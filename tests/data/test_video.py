@@ -1,8 +1,14 @@
 """Video IO and clip windows: real sample files, encoders' round trips, every bad-input reason."""
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
+import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +130,120 @@ def test_encode_mp4_visually_lossless(sample_videos):
     assert 10 * np.log10(255 ** 2 / mse) > 35  # PSNR in dB
     with pytest.raises(ValueError, match="even"):
         encode_mp4(frames[:, :95], fps=25)
+
+
+def _blocky_frames():
+    """8×8-pixel blocks of random colour, 64 px wide: four macroblocks per row, the width at
+    which x264's AVX-512 MB-tree step reads past the row (and past its buffers)."""
+    rng = np.random.default_rng(0)
+    blocks = (rng.random((5, 64, 64, 3)) * 255).astype(np.uint8)[:, ::8, ::8]
+    return np.repeat(np.repeat(blocks, 8, 1), 8, 2)
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _set_malloc_perturb():
+    """glibc's ``mallopt(M_PERTURB, byte)``: new heap blocks come filled with ``~byte``, freed
+    ones with ``byte`` (0: off). None where the C library has no mallopt."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    return lambda byte: mallopt(-6, byte)
+
+
+def test_h264_encode_is_deterministic_within_a_process():
+    """Forty encodes of the same frames, the heap holding different leftovers before each
+    (whatever earlier work left, or a perturbation byte where glibc offers one): one result."""
+    frames = _blocky_frames()
+    perturb = _set_malloc_perturb()
+    digests = set()
+    try:
+        for i in range(40):
+            if perturb is not None:
+                perturb((37 * i) % 256)
+            digests.add(_md5(encode_mp4(frames, fps=7)))
+    finally:
+        if perturb is not None:
+            perturb(0)
+    assert len(digests) == 1
+
+
+def test_h264_encode_gives_the_same_bytes_in_other_processes(tmp_path):
+    """Fresh processes whose heap blocks come filled with 0xaa or 0x55 (glibc's MALLOC_PERTURB_)
+    write the bytes this process writes: no leftover memory reaches the bitstream."""
+    frames = _blocky_frames()
+    np.save(tmp_path / "f.npy", frames)
+    code = ("import sys, hashlib, numpy as np; from trackgo_data.video import encode_mp4; "
+            "print(hashlib.md5(encode_mp4(np.load(sys.argv[1]), fps=7)).hexdigest())")
+    root = str(Path(__file__).resolve().parents[2])
+    digests = set()
+    for byte in ("85", "170"):
+        env = {**os.environ, "MALLOC_PERTURB_": byte,
+               "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.npy")], env=env,
+                             capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert digests == {_md5(encode_mp4(frames, fps=7))}
+
+
+def _x264_capabilities(encode) -> list[str]:
+    """The SIMD levels x264 says it uses while ``encode()`` runs."""
+    import av.logging
+
+    old = av.logging.get_level()
+    av.logging.set_level(av.logging.INFO)
+    try:
+        with av.logging.Capture() as logs:
+            encode()
+    finally:
+        av.logging.set_level(old)
+    lines = [m for _, name, m in logs if name.startswith("libx264") and "cpu capabilities" in m]
+    assert lines, "x264 logged no capability line"
+    return lines[0].split(":", 1)[1].split()
+
+
+def test_h264_encode_drops_only_avx512_from_x264s_cpu_choice():
+    """The SIMD levels x264 picks by itself less AVX-512 (no fall back to slower code), for the
+    H.264 and the lossless RGB encoder."""
+    import av
+
+    frames = _blocky_frames()
+
+    def plain():  # x264's own choice
+        with av.open(io.BytesIO(), mode="w", format="mp4") as c:
+            s = c.add_stream("libx264", rate=7)
+            s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+            s.options = {"crf": "17", "preset": "veryfast", "threads": "1"}
+            for f in frames:
+                for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    c.mux(pkt)
+            for pkt in s.encode():
+                c.mux(pkt)
+
+    own = _x264_capabilities(plain)
+    expected = [c for c in own if c != "AVX512"]
+    assert "AVX2" in expected or "AVX512" not in own   # never a fall back to slower code
+    assert _x264_capabilities(lambda: encode_mp4(frames, fps=7)) == expected
+    assert _x264_capabilities(lambda: encode_lossless_rgb(frames, fps=7)) == expected
+
+
+def test_x264_library_not_found_keeps_encoding(monkeypatch, caplog):
+    from trackgo_data import video
+
+    monkeypatch.setattr(video, "_libx264_path", lambda: None)
+    video.x264_asm_without_avx512.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="trackgo_data.video"):
+            data = encode_mp4(_blocky_frames(), fps=7)
+        assert "cannot inspect libx264 (library not found)" in caplog.text
+        assert decode_mp4(data).shape == (5, 64, 64, 3)
+    finally:
+        video.x264_asm_without_avx512.cache_clear()
 
 
 def test_plan_windows():
