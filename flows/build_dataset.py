@@ -4,7 +4,8 @@ Thin orchestration over the batch-level API of :mod:`trackgo_data.build` (the li
 imports Prefect):
 
     plan-batches   discover sources, record the config in the output folder, group the sources
-                   into batches (batch_id = content hash of the files + config hash)
+                   into batches (batch_id = fingerprints of the files — size, mtime, sampled
+                   blocks: ≤ 32 KiB read per file — + config hash)
     build-batch    one task run per BATCH of videos (not per clip or stage); it gets a BatchSpec
                    (paths) and returns a BatchResult (paths + small records); the segmenter and
                    tracker are loaded once per worker process (``get_models`` cache)
@@ -13,8 +14,11 @@ imports Prefect):
 Resume: a batch is cached under its batch_id (Prefect ``cache_key_fn``, results stored inside
 the output folder, so deleting the folder also forgets the cache); on top of that the library
 writes a batch's completion record last, so a batch killed half-way is redone from scratch and
-never leaves a partial shard or a duplicated key. Transient errors are retried with exponential
-backoff; a bad video is a rejected manifest row, never a failed task.
+never leaves a partial shard or a duplicated key; a batch lock in the output folder keeps an
+orphaned task of a killed run and its rerun from writing the same batch at once. A bad video is
+a rejected manifest row, never a failed task; a machine problem (backend cannot load, CUDA
+error, out of memory, storage — ``trackgo_data.process.InfrastructureError``) fails the task
+with nothing recorded, and it is retried with exponential backoff.
 
 UI: a progress artifact updated as batches finish, a table artifact (counts by reject reason,
 clips/s, seconds per stage), a markdown artifact with histograms and one with trajectory
@@ -90,13 +94,13 @@ def plan_batches_task(source: str, output: str, cfg: B.BuildConfig, batch_size: 
     """Sources → batches; also creates the output folder and records the config in it."""
     B.prepare_output(output, cfg)
     specs = B.plan_batches(B.discover_sources(source), cfg, batch_size)
-    _logger().info("%d source file(s) in %d batch(es) of <= %d", sum(len(s.sources) for s in specs),
-                          len(specs), batch_size)
+    _logger().info("%d source file(s) in %d batch(es) of <= %d, %d already done",
+                   sum(len(s.sources) for s in specs), len(specs), batch_size, len(B.done_batches(output, specs)))
     return specs
 
 
 def batch_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache key of a batch: its batch_id (sources' content hashes + config hash) and its clip cap."""
+    """Cache key of a batch: its batch_id (sources' fingerprints + config hash) and its clip cap."""
     spec: B.BatchSpec = parameters["spec"]
     limit = parameters.get("limit")
     return f"build-batch-{spec.batch_id}-{'all' if limit is None else int(limit)}"
@@ -277,6 +281,16 @@ def _publish(out: Path, summary: dict[str, Any], wall: float, previews: int) -> 
         images = _common.preview_images(out, rows, limit=previews)
         create_markdown_artifact(markdown=_common.previews_markdown(images), key="build-dataset-previews",
                                  description="first frames with their tracks drawn")
+
+
+if __name__ not in ("flows.build_dataset", "__main__"):
+    # A Prefect runner or worker loads this file by its path (prefect.yaml's entrypoint), as a
+    # module named after the file ("build_dataset"). Tasks defined there pickle by reference to
+    # that name, which no Dask scheduler or worker can import ("Error during deserialization of
+    # the task graph"). Serve the package module's flow instead: its tasks pickle as
+    # flows.build_dataset.*, importable wherever the package is installed (the worker image
+    # installs /opt/trackgo).
+    from flows.build_dataset import build_dataset_flow  # noqa: E402,F811
 
 
 def main(argv: list[str] | None = None) -> int:

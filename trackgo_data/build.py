@@ -4,7 +4,9 @@ The batch-level API (what ``trackgo data build`` loops over and what an orchestr
 calls exchange paths and small records only):
 
     discover_sources(source) -> [Path]                     sorted
-    plan_batches(sources, cfg, batch_size) -> [BatchSpec]  ids from file contents + config hash
+    plan_batches(sources, cfg, batch_size) -> [BatchSpec]  ids from file fingerprints + config hash
+    plan_summary(source, out_dir, cfg, batch_size) -> dict what a build would do (reads no video
+                                                           but a small probed sample)
     get_models(cfg) -> (segmenter, tracker)                loaded once per process
     process_batch(spec, cfg, out_dir) -> BatchResult       idempotent (see below)
     finalize(out_dir) -> summary dict                      parts → manifest.parquet
@@ -25,19 +27,24 @@ shards, so an interrupted batch is simply redone (its stale shards are removed f
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .clips import ClipConfig
 from .config import ConfigError, atomic_write_json, config_from_dict, config_hash, config_to_dict
 from .filters import FilterConfig
-from .process import (PROCESSING_ERROR, STAGES, UNREADABLE, BatchResult, _Clock, clip_seed,  # noqa: F401
-                      iter_video, process_batch, process_video)
+from .process import (PROCESSING_ERROR, STAGES, UNREADABLE, BatchResult, InfrastructureError,  # noqa: F401
+                      _Clock, clip_seed, is_infrastructure_error, iter_video, process_batch, process_video)
 from .sample import sanitize_video_id
 from .shards import ShardSpec
 
@@ -105,8 +112,18 @@ def discover_sources(source: str | Path | list[str | Path]) -> list[Path]:
         return sorted(sample_video_paths().values())
     p = Path(text)
     if p.is_dir():
-        return sorted(f for f in p.rglob("*") if f.is_file()
-                      and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        found: list[str] = []
+        stack = [str(p)]
+        while stack:  # os.scandir: file types come with the listing, no stat per file
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    if e.name.startswith("."):
+                        continue
+                    if e.is_dir():
+                        stack.append(e.path)
+                    elif e.is_file():
+                        found.append(e.path)
+        return [Path(f) for f in sorted(found)]
     if p.is_file() and p.suffix in (".txt", ".lst"):
         lines = [ln.strip() for ln in p.read_text().splitlines()]
         return sorted((p.parent / ln).resolve() for ln in lines if ln and not ln.startswith("#"))
@@ -118,39 +135,61 @@ def discover_sources(source: str | Path | list[str | Path]) -> list[Path]:
     return found
 
 
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+#: bytes read from each source to fingerprint it: FINGERPRINT_BLOCKS blocks of FINGERPRINT_BLOCK
+#: at the start, the end and evenly in between (the container's header and index live at the ends)
+FINGERPRINT_BLOCK = 4096
+FINGERPRINT_BLOCKS = 8
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, streamed; cached per (path, size, mtime) within the process."""
-    path = Path(path)
-    st = path.stat()
-    ck = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if ck not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(chunk), b""):
-                h.update(block)
-        _HASH_CACHE[ck] = h.hexdigest()
-    return _HASH_CACHE[ck]
+def file_fingerprint(path: str | Path, block: int = FINGERPRINT_BLOCK, blocks: int = FINGERPRINT_BLOCKS) -> str:
+    """blake2b of a file's size, modification time (ns) and ``blocks`` sampled blocks of
+    ``block`` bytes (first, last, evenly spaced between; the whole file when it is smaller):
+    reads ≤ 32 KiB whatever the file's size. "missing" when the path is not a readable file.
+
+    A rewritten file changes its mtime; a same-size edit also changes a sampled block unless
+    it hits only unsampled bytes *and* keeps the mtime (tools that copy with ``-p``/``rsync -t``
+    preserve it: touch the file then, or use a fresh output folder).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return "missing"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "missing"
+        size = st.st_size
+        if hasattr(os, "posix_fadvise"):  # no read-ahead: 8 × 4 KiB, not 8 × 128 KiB, from the disk
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        h = hashlib.blake2b(f"{size}:{st.st_mtime_ns}".encode(), digest_size=20)
+        if size <= block * blocks:
+            h.update(os.pread(fd, size, 0))
+        else:
+            last = size - block
+            h.update(b"".join(os.pread(fd, block, (i * last + (blocks - 1) // 2) // (blocks - 1))
+                              for i in range(blocks)))
+    except OSError:
+        return "missing"
+    finally:
+        os.close(fd)
+    return h.hexdigest()
 
 
-#: threads reading source files at once while planning (hashlib releases the GIL, so hashing
-#: spreads over the cores, and reads from network storage overlap)
-HASH_THREADS = 8
+#: threads fingerprinting sources at once: the reads are small and, on network storage,
+#: latency-bound, so threads overlap them (os.pread and hashlib release the GIL)
+HASH_THREADS = 4
 
 
-def content_hashes(sources: list[Path], threads: int = HASH_THREADS) -> list[str]:
-    """sha256 of each source's bytes, in order ("missing" for a path that is not a file)."""
+def fingerprints(sources: list[Path], threads: int = HASH_THREADS, chunk: int = 512) -> list[str]:
+    """:func:`file_fingerprint` of each source, in order; ``threads`` threads, each taking
+    ``chunk`` sources at a time (one future per source would cost more than the reads)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(path: Path) -> str:
-        return file_sha256(path) if path.is_file() else "missing"
-
-    if threads <= 1 or len(sources) <= 1:
-        return [one(p) for p in sources]
-    with ThreadPoolExecutor(min(threads, len(sources)), thread_name_prefix="hash") as pool:
-        return list(pool.map(one, sources))
+    if threads <= 1 or len(sources) <= chunk:
+        return [file_fingerprint(p) for p in sources]
+    parts = [sources[i:i + chunk] for i in range(0, len(sources), chunk)]
+    with ThreadPoolExecutor(min(threads, len(parts)), thread_name_prefix="fingerprint") as pool:
+        return [fp for part in pool.map(lambda ps: [file_fingerprint(p) for p in ps], parts) for fp in part]
 
 
 @dataclass
@@ -162,32 +201,93 @@ class BatchSpec:
 
 def video_ids_for(sources: list[Path]) -> list[str]:
     """Sanitized file stems; a stem shared by several files gets a short hash of its path."""
-    stems = [sanitize_video_id(Path(s).stem) for s in sources]
-    dup = {s for s in stems if stems.count(s) > 1}
-    return [s if s not in dup else f"{s}_{hashlib.sha256(str(p).encode()).hexdigest()[:6]}"
+    from collections import Counter
+
+    stems = [sanitize_video_id((s if isinstance(s, Path) else Path(s)).stem) for s in sources]
+    counts = Counter(stems)
+    return [s if counts[s] == 1 else f"{s}_{hashlib.sha256(str(p).encode()).hexdigest()[:6]}"
             for s, p in zip(stems, sources)]
 
 
 def plan_batches(sources: list[Path], cfg: BuildConfig, batch_size: int = 4) -> list[BatchSpec]:
     """Group sources (in order) into batches of ``batch_size``.
 
-    batch_id = ``b`` + sha256(config hash, each source's video_id and content sha256)[:16], so
-    the same files under the same config map to the same batch wherever they live.
+    batch_id = ``b`` + sha256(config hash, each source's video_id and fingerprint)[:16]
+    (:func:`file_fingerprint`: size, mtime, sampled blocks), so planning reads ≤ 32 KiB per
+    source however large the videos are, and a changed file gets its batch redone.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    sources = [Path(s) for s in sources]
+    sources = [s if isinstance(s, Path) else Path(s) for s in sources]
     ids = video_ids_for(sources)
-    contents = content_hashes(sources)
+    prints = fingerprints(sources)
     chash = config_hash(cfg)
     out = []
     for i in range(0, len(sources), batch_size):
         srcs, vids = sources[i:i + batch_size], ids[i:i + batch_size]
         h = hashlib.sha256(chash.encode())
-        for v, content in zip(vids, contents[i:i + batch_size]):
-            h.update(f"|{v}:{content}".encode())
+        for v, fp in zip(vids, prints[i:i + batch_size]):
+            h.update(f"|{v}:{fp}".encode())
         out.append(BatchSpec("b" + h.hexdigest()[:16], [str(s) for s in srcs], vids))
     return out
+
+
+def done_batches(out_dir: str | Path, specs: list[BatchSpec]) -> list[str]:
+    """Ids of the batches in ``specs`` already recorded complete in ``out_dir`` (part file there)."""
+    parts = Path(out_dir) / "parts"
+    names = set(os.listdir(parts)) if parts.is_dir() else set()
+    return [s.batch_id for s in specs if f"{s.batch_id}.parquet" in names]
+
+
+def probe_indices(n: int, k: int) -> list[int]:
+    """Indices of the ≤ ``k`` sources (of ``n``, evenly spread) :func:`plan_summary` probes."""
+    return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n)).round()}) if n else []
+
+
+def plan_summary(source: str | Path | list, out_dir: str | Path, cfg: BuildConfig, batch_size: int = 4,
+                 probe_sources: int = 32) -> dict[str, Any]:
+    """What :func:`build_dataset` would do, without processing (nor writing) anything.
+
+    Returns ``sources``, ``source_bytes``, ``batches``, ``batches_done`` (already recorded in
+    ``out_dir``), ``batches_to_run``, ``estimated_clips`` (candidate clips of all sources:
+    ``probe_sources`` sources spread over the list are probed for their frame count, and their
+    mean number of windows is scaled to the whole list; None when nothing could be probed),
+    ``probed`` / ``probed_unusable`` (sources rejected at the source level among them),
+    ``config_hash`` and ``output`` (``new``, ``same config`` or ``other config: refused``).
+    """
+    from .clips import check_source, plan_windows
+    from .video import VideoError, probe
+
+    sources = discover_sources(source)
+    specs = plan_batches(sources, cfg, batch_size)
+    done = done_batches(out_dir, specs)
+    pick = probe_indices(len(sources), probe_sources)
+    windows, unusable = [], 0
+    for i in pick:
+        try:
+            info = probe(sources[i])
+            check_source(info, cfg.clip)
+            windows.append(len(plan_windows(info.num_frames, cfg.clip)))
+        except (VideoError, OSError):
+            unusable += 1
+            windows.append(0)
+    chash = config_hash(cfg)
+    cfg_file = Path(out_dir) / CONFIG_FILE
+    if not cfg_file.is_file():
+        state = "new"
+    else:
+        old = json.loads(cfg_file.read_text()).get("config_hash")
+        state = "same config" if old == chash else f"other config ({old}): refused"
+    sizes = 0
+    for p in sources:
+        with contextlib.suppress(OSError):
+            sizes += p.stat().st_size
+    return {
+        "sources": len(sources), "source_bytes": sizes, "batch_size": batch_size, "batches": len(specs),
+        "batches_done": len(done), "batches_to_run": len(specs) - len(done),
+        "estimated_clips": round(float(np.mean(windows)) * len(sources)) if windows else None,
+        "probed": len(pick), "probed_unusable": unusable, "config_hash": chash, "output": state,
+    }
 
 
 # ------------------------------------------------------------------------------------------- models

@@ -1,4 +1,9 @@
-"""``trackgo data build|inspect`` (registered into the ``trackgo`` console command)."""
+"""``trackgo data build|plan|inspect`` (registered into the ``trackgo`` console command).
+
+Exit codes of ``build``: 0 done; 1 no clip accepted; 2 bad arguments or config; 3 the machine
+cannot run the backends (missing weights or package, unreachable hub, CUDA error, out of
+memory, storage): nothing was recorded for the failing batch, fix it and rerun to resume.
+"""
 from __future__ import annotations
 
 import argparse
@@ -14,20 +19,25 @@ def register(subparsers) -> None:
     sub = data.add_subparsers(dest="data_command", required=True)
 
     b = sub.add_parser("build", help="videos → shards + manifest.parquet, in this process")
-    b.add_argument("--source", required=True,
-                   help="folder, glob, list-file (.txt), a video file, or 'samples' (bundled clips)")
-    b.add_argument("--out", required=True, help="output folder (shards/, parts/, manifest.parquet)")
-    b.add_argument("--profile", default="local", help="backends: local (flow + lk) | paper (deva + cotracker3)")
+    pl = sub.add_parser("plan", help="what a build would do (sources, batches, batches done, estimated "
+                                     "clips), without processing anything")
+    for q in (b, pl):
+        q.add_argument("--source", required=True,
+                       help="folder, glob, list-file (.txt), a video file, or 'samples' (bundled clips)")
+        q.add_argument("--out", required=True, help="output folder (shards/, parts/, manifest.parquet)")
+        q.add_argument("--profile", default="local", help="backends: local (flow + lk) | paper (deva + cotracker3)")
+        q.add_argument("--frames", type=int, default=None, help="frames per clip (default 25)")
+        q.add_argument("--width", type=int, default=None, help="clip width (default 1024)")
+        q.add_argument("--height", type=int, default=None, help="clip height (default 576)")
+        q.add_argument("--stride", type=int, default=None, help="frames between window starts")
+        q.add_argument("--batch-size", type=int, default=4, help="sources per batch (unit of resumption)")
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override, e.g. --set filters.min_median_motion=2 (repeatable)")
     b.add_argument("--max-clips", type=int, default=None, help="stop after this many accepted clips")
-    b.add_argument("--frames", type=int, default=None, help="frames per clip (default 25)")
-    b.add_argument("--width", type=int, default=None, help="clip width (default 1024)")
-    b.add_argument("--height", type=int, default=None, help="clip height (default 576)")
-    b.add_argument("--stride", type=int, default=None, help="frames between window starts")
-    b.add_argument("--batch-size", type=int, default=4, help="sources per batch (unit of resumption)")
-    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set filters.min_median_motion=2 (repeatable)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_cmd_build)
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=_cmd_plan)
 
     i = sub.add_parser("inspect", help="validate shards and print a summary; non-zero exit on problems")
     i.add_argument("shards", nargs="+", help="shard files, globs or build output folders")
@@ -51,6 +61,7 @@ def build_config_from_args(args: argparse.Namespace):
 def _cmd_build(args: argparse.Namespace) -> int:
     from .build import build_dataset
     from .config import ConfigError
+    from .process import InfrastructureError, is_infrastructure_error
 
     try:
         cfg = build_config_from_args(args)
@@ -63,10 +74,39 @@ def _cmd_build(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"trackgo data build: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - only the machine's problems get the one-line treatment
+        if not isinstance(exc, InfrastructureError) and not is_infrastructure_error(exc):
+            raise
+        print(f"trackgo data build: cannot run on this machine: {exc}. Nothing was recorded for the "
+              f"failing batch (finished batches in {args.out} are kept); fix this and rerun to resume.",
+              file=sys.stderr)
+        return 3
     print(json.dumps(summary, indent=2, sort_keys=True))
     if summary["accepted"] == 0:
         log.error("no clip was accepted (see %s/manifest.parquet for the reasons)", args.out)
         return 1
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .build import plan_summary
+    from .config import ConfigError
+
+    try:
+        plan = plan_summary(args.source, args.out, build_config_from_args(args), batch_size=args.batch_size)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"trackgo data plan: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(plan, indent=2, sort_keys=True))
+        return 0
+    est = plan["estimated_clips"]
+    print(f"sources          {plan['sources']} ({plan['source_bytes'] / 2**30:.2f} GiB)")
+    print(f"batches          {plan['batches']} of <= {plan['batch_size']} sources")
+    print(f"already done     {plan['batches_done']} (to run: {plan['batches_to_run']})")
+    print(f"estimated clips  {'unknown' if est is None else f'~{est}'} candidate clips (from "
+          f"{plan['probed']} probed sources, {plan['probed_unusable']} of them unusable)")
+    print(f"config hash      {plan['config_hash']}; output folder: {plan['output']}")
     return 0
 
 

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .render import render_trajectories
 from .sample import MASK_STRIDE, Sample, SampleError, decode_sample
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,10 @@ def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str] | str:
 
 def resize_sample(s: Sample, size: tuple[int, int]) -> Sample:
     """Resize to ``size=(W, H)``: image/video with area (down) or bilinear (up) interpolation,
-    trajectory and masks with nearest (colours and labels stay exact), tracks rescaled with the
-    pixel-centre convention x' = (x + 0.5)·W/W0 − 0.5."""
+    tracks rescaled with the pixel-centre convention x' = (x + 0.5)·W/W0 − 0.5, the trajectory
+    video P rendered again from the rescaled tracks by the one renderer
+    (:func:`trackgo_data.render.render_trajectories`, same square size as at inference — a
+    resized P would shrink or drop the squares), masks with nearest (labels stay exact)."""
     import cv2
 
     W, H = size
@@ -113,7 +116,7 @@ def resize_sample(s: Sample, size: tuple[int, int]) -> Sample:
         key=s.key,
         image=cv2.resize(s.image, (W, H), interpolation=smooth),
         video=each(s.video, smooth, (W, H)),
-        trajectory=each(s.trajectory, cv2.INTER_NEAREST, (W, H)),
+        trajectory=render_trajectories(tracks, s.visibility, s.components, H, W),
         tracks=tracks.astype(np.float32),
         visibility=s.visibility,
         components=s.components,
@@ -122,20 +125,40 @@ def resize_sample(s: Sample, size: tuple[int, int]) -> Sample:
     )
 
 
+def members_size(members: dict[str, Any]) -> tuple[int, int] | None:
+    """(W, H) a sample's meta.json records (None when it cannot be read)."""
+    import json
+
+    try:
+        meta = json.loads(bytes(members["meta.json"]).decode())
+        return int(meta["width"]), int(meta["height"])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 def to_sample(members: dict[str, Any], num_frames: int | None = None,
               size: tuple[int, int] | None = None) -> Sample:
-    """Raw shard members → validated :class:`Sample` (first ``num_frames`` frames, resized)."""
-    s = decode_sample(members)
+    """Raw shard members → validated :class:`Sample` (first ``num_frames`` frames, resized).
+
+    When resizing, trajectory.mp4 is not decoded: P is rendered from the (trimmed) tracks, at
+    the stored size for validation — by the format's contract that is what the member holds —
+    and again at ``size`` by :func:`resize_sample`."""
+    resize = size is not None and tuple(size) != members_size(members)
+    s = decode_sample(members, decode_trajectory=not resize)
     L = s.video.shape[0]
-    if s.trajectory.shape[0] != L or s.masks.shape[0] != L or s.tracks.shape[0] != L:
-        raise SampleError(f"sample {s.key}: frame counts differ (video {L}, trajectory "
-                          f"{s.trajectory.shape[0]}, masks {s.masks.shape[0]}, tracks {s.tracks.shape[0]})")
+    counts = {"trajectory": L if resize else s.trajectory.shape[0], "masks": s.masks.shape[0],
+              "tracks": s.tracks.shape[0]}
+    if any(n != L for n in counts.values()):
+        raise SampleError(f"sample {s.key}: frame counts differ (video {L}, "
+                          + ", ".join(f"{k} {n}" for k, n in counts.items()) + ")")
     if num_frames is not None:
         if L < num_frames:
             raise SampleError(f"sample {s.key}: {L} frames < num_frames {num_frames}")
         s.video, s.trajectory = s.video[:num_frames], s.trajectory[:num_frames]
         s.masks, s.tracks = s.masks[:num_frames], s.tracks[:num_frames]
         s.visibility = s.visibility[:num_frames]
+    if resize:
+        s.trajectory = render_trajectories(s.tracks, s.visibility, s.components, *s.image.shape[:2])
     s.validate()
     if size is not None:
         s = resize_sample(s, tuple(size))

@@ -32,8 +32,11 @@ def control_points(mask: np.ndarray, k: int, rng: np.random.Generator | int) -> 
     """mask (H,W) bool, k → centres (k',2) float32 as (x, y) pixels, k' = min(k, #pixels).
 
     Draws 3k distinct pixels of the mask uniformly (all pixels if the mask has fewer), then runs
-    sklearn KMeans(k', n_init=KMEANS_N_INIT) seeded from ``rng``. Centres are sorted by (y, x) so
-    the output order does not depend on cluster labelling. Deterministic for a given seed.
+    sklearn KMeans(k', n_init=KMEANS_N_INIT) seeded from ``rng``. A centre whose pixel (rounded
+    as the renderer rounds) is off the mask — the mean of a thin, curved or ring-shaped cluster
+    can fall outside it — is replaced by the member of its own cluster nearest to it, so every
+    point lies on the object and no two coincide. Centres are sorted by (y, x) so the output
+    order does not depend on cluster labelling. Deterministic for a given seed.
     """
     from sklearn.cluster import KMeans
 
@@ -55,9 +58,25 @@ def control_points(mask: np.ndarray, k: int, rng: np.random.Generator | int) -> 
         centres = pts
     else:
         km = KMeans(n_clusters=k, n_init=KMEANS_N_INIT, random_state=int(rng.integers(2**31 - 1)))
-        centres = km.fit(pts).cluster_centers_
+        km.fit(pts)
+        centres = snap_into_mask(km.cluster_centers_, km.labels_, pts, mask)
     order = np.lexsort((centres[:, 0], centres[:, 1]))
     return centres[order].astype(np.float32)
+
+
+def snap_into_mask(centres: np.ndarray, labels: np.ndarray, samples: np.ndarray, mask: np.ndarray
+                   ) -> np.ndarray:
+    """centres (k,2) x,y; labels (m,) cluster of each sample; samples (m,2) x,y mask pixels; mask
+    (H,W) bool → centres with every off-mask one moved onto its cluster's sample nearest to it."""
+    centres = np.array(centres, np.float64)
+    H, W = mask.shape
+    cx = np.clip(np.round(centres[:, 0]).astype(np.int64), 0, W - 1)
+    cy = np.clip(np.round(centres[:, 1]).astype(np.int64), 0, H - 1)
+    for j in np.nonzero(~mask[cy, cx])[0]:
+        members = samples[labels == j]
+        if len(members):
+            centres[j] = members[np.argmin(((members - centres[j]) ** 2).sum(1))]
+    return centres
 
 
 def sample_points(labels0: np.ndarray, seed: int = 0, max_components: int | None = None

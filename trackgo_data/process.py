@@ -4,14 +4,27 @@
     process_video(path, cfg, segmenter, tracker) -> (samples, rows)
     process_batch(spec, cfg, out_dir, limit) -> BatchResult                     idempotent
 
-Stages of a clip, each timed under its name in :data:`STAGES`: decode, segment, points (K-means
-control points), track, filter, render, encode (sample members) and write (into shards).
+Stages of a clip, each timed under its name in :data:`STAGES`: decode, filter (the frame checks
+— shot cut, low visual quality, camera motion — run before segmentation, so a clip they reject
+never reaches the expensive stages; the track checks after tracking), segment, points (K-means
+control points), track, render, encode (sample members) and write (into shards).
 :mod:`trackgo_data.build` re-exports these names.
+
+What becomes a reject row and what fails the batch: a problem of the clip's own data (a stage
+raises ValueError on odd content, a codec error) is a ``processing_error`` row and the build
+goes on. A problem of the machine or its setup — a backend that cannot load (missing weights or
+package, unreachable hub), CUDA errors, out of memory, storage or network errors — raises
+:class:`InfrastructureError`: nothing is recorded for the batch, so a rerun after the fix (or
+the orchestrator's retry) processes it again (:func:`is_infrastructure_error`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +42,54 @@ STAGES = ("decode", "segment", "points", "track", "render", "filter", "encode", 
 
 UNREADABLE = "unreadable"              # the source path cannot be opened (missing, permissions)
 PROCESSING_ERROR = "processing_error"  # a stage raised on this clip (message in stats_json)
+
+
+class InfrastructureError(RuntimeError):
+    """A batch cannot be processed on this machine as set up (not a property of its videos).
+    Raised instead of recording rejects; the batch is left unrecorded, to be redone."""
+
+
+#: exceptions backends raise when their package, code or weights cannot be obtained:
+#: (module, class name), looked up only when that module is already imported
+BACKEND_UNAVAILABLE = (("trackgo_data.segment.deva", "DevaUnavailable"),
+                       ("trackgo_data.track.cotracker", "CoTrackerUnavailable"))
+#: words of RuntimeError messages that come from the accelerator stack, not from the data
+_DEVICE_WORDS = ("CUDA", "cuDNN", "CUBLAS", "cuBLAS", "NCCL", "HIP error", "out of memory", "device-side assert")
+
+
+def _chain(exc: BaseException):
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a machine/setup problem.
+
+    Yes: :class:`InfrastructureError`; a backend's "unavailable" error (:data:`BACKEND_UNAVAILABLE`);
+    MemoryError, ImportError, ConnectionError, TimeoutError; any other OSError (storage, network)
+    except the codec's own errors; torch's OutOfMemoryError / AcceleratorError; a RuntimeError whose
+    message names the accelerator stack (CUDA, cuDNN, NCCL, out of memory). Everything else is
+    taken to be about the clip's data.
+    """
+    unavailable = tuple(getattr(sys.modules[m], c) for m, c in BACKEND_UNAVAILABLE
+                        if m in sys.modules and hasattr(sys.modules[m], c))
+    av_error = getattr(sys.modules.get("av.error"), "FFmpegError", ())
+    torch = sys.modules.get("torch")
+    device_errors = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                      getattr(torch, "AcceleratorError", None)) if isinstance(t, type))
+    for e in _chain(exc):
+        if isinstance(e, (InfrastructureError, MemoryError, ImportError) + unavailable + device_errors):
+            return True
+        if av_error and isinstance(e, av_error):
+            continue  # the codec's complaint about this clip's data
+        if isinstance(e, OSError):  # includes ConnectionError, TimeoutError, URLError
+            return True
+        if isinstance(e, RuntimeError) and any(w in str(e) for w in _DEVICE_WORDS):
+            return True
+    return False
 
 
 @dataclass
@@ -56,6 +117,11 @@ class _Clock:
         self._stage = stage
         return self
 
+    @property
+    def stage(self) -> str:
+        """The stage entered last (the one running when an exception escaped)."""
+        return self._stage
+
     def __enter__(self) -> "_Clock":
         self._t0 = time.perf_counter()
         return self
@@ -77,6 +143,8 @@ def iter_video(path: str | Path, cfg: BuildConfig, segmenter: Any, tracker: Any,
     source that yields no clip gets one row keyed ``<video_id>-000000``. Stops after ``limit``
     accepted clips (the generator's return value is False then, True when exhausted).
     """
+    import numpy as np
+
     from . import filters
     from .clips import iter_clips
     from .points import sample_points
@@ -123,22 +191,28 @@ def iter_video(path: str | Path, cfg: BuildConfig, segmenter: Any, tracker: Any,
         n_rows += 1
         stats: dict[str, Any] = {}
         try:
+            with clock("filter"):  # cheap frame checks first: cuts, quality, camera
+                stats = filters.frame_stats(frames, cfg.filters, source_size=(info.width, info.height))
+                reason = filters.check_frames(stats, cfg.filters)
+            if reason:
+                yield None, manifest_row(key, src, vid, start, "rejected", reason, stats, **base)
+                continue
             with clock("segment"):
                 labels = segmenter.segment(frames)
                 # by-products of this call that later stages reuse (the flow segmenter has them)
-                seg_grey = getattr(segmenter, "last_grey", None)
                 seg_coarse = getattr(segmenter, "last_labels", None)
             with clock("points"):
                 points, comps = sample_points(labels[0], seed=clip_seed(cfg.seed, key))
             if len(points) == 0:
-                yield None, manifest_row(key, src, vid, start, "rejected", filters.NO_COMPONENTS, None, **base)
+                stats.update(filters.track_stats(np.zeros((len(frames), 0, 2)), np.zeros((len(frames), 0), bool),
+                                                 labels=labels))
+                yield None, manifest_row(key, src, vid, start, "rejected", filters.NO_COMPONENTS, stats, **base)
                 continue
             with clock("track"):
                 tracks, vis = tracker.track(frames, points)
             with clock("filter"):
-                stats = dict(filters.clip_stats(tracks, vis, frames, labels=labels, components=comps,
-                                                cfg=cfg.filters, grey=seg_grey))
-                reason = filters.check_clip(stats, cfg.filters)
+                stats.update(filters.track_stats(tracks, vis, labels=labels, components=comps))
+                reason = filters.check_tracks(stats, cfg.filters)
             extra = {**base, "num_components": len(set(comps.tolist())), "num_points": len(points)}
             if reason:
                 yield None, manifest_row(key, src, vid, start, "rejected", reason, stats, **extra)
@@ -152,7 +226,11 @@ def iter_video(path: str | Path, cfg: BuildConfig, segmenter: Any, tracker: Any,
                                      backends=backends, stats=stats,
                                      masks=downsample_coarse_labels(seg_coarse, *labels.shape[1:]))
                 members = encode_sample(sample, crf=cfg.video_crf)
-        except Exception as exc:  # one bad clip must not stop the build: record it
+        except Exception as exc:
+            if is_infrastructure_error(exc):  # not this clip's fault: fail the batch, record nothing
+                raise InfrastructureError(f"{src}: clip {key}, stage {clock.stage!r}: "
+                                          f"{type(exc).__name__}: {exc}") from exc
+            # one bad clip must not stop the build: record it
             log.warning("%s: clip %s failed: %s", src, key, exc, exc_info=log.isEnabledFor(logging.DEBUG))
             yield None, manifest_row(key, src, vid, start, "rejected", PROCESSING_ERROR,
                              {**stats, "error": f"{type(exc).__name__}: {exc}"}, **base)
@@ -179,29 +257,96 @@ def _reusable(info: dict[str, Any], limit: int | None) -> bool:
     return bool(info.get("exhausted")) and (limit is None or info["counts"]["accepted"] <= limit)
 
 
+@contextlib.contextmanager
+def batch_lock(out: Path, batch_id: str):
+    """Hold ``parts/.<batch_id>.lock`` exclusively (``fcntl.flock``; blocks while another process
+    holds it). A task whose flow run died can still be running on a worker when a rerun hands
+    the same batch to another one; the lock makes the second wait and then find the batch
+    done, instead of both writing the same shard names. The kernel drops the lock of a killed
+    process. The file is removed on release (a waiter that then holds a removed file retries).
+    Works on local file systems and NFS (flock is emulated with POSIX locks there)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process exclusion
+        yield
+        return
+    path = out / "parts" / f".{batch_id}.lock"
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("batch %s is being processed by another process; waiting", batch_id)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file after we opened it: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _recorded(out: Path, part: Path, batch_id: str, limit: int | None) -> BatchResult | None:
+    """The batch as recorded by its part file, when that can be reused for ``limit``."""
+    from .shards import read_part
+
+    if not part.is_file():
+        return None
+    rows, info = read_part(part)
+    if _reusable(info, limit) and all((out / sh).is_file() for sh in info["shards"]):
+        return BatchResult(batch_id, info["shards"], rows, info["seconds"], info["counts"],
+                           info.get("limit"), info.get("exhausted", True), reused=True)
+    return None
+
+
 def process_batch(spec: BatchSpec, cfg: BuildConfig, out_dir: str | Path, limit: int | None = None
                   ) -> BatchResult:
     """Process one batch into ``shards/<batch_id>-%06d.tar`` + ``parts/<batch_id>.parquet``.
 
     Idempotent: a complete batch (its part file exists, written atomically after its shards) is
     returned as recorded without recomputing. Otherwise stale shards/temps of this batch are
-    removed and everything is rewritten. ``limit`` caps its accepted clips (see build_dataset).
+    removed and everything is rewritten, under :func:`batch_lock`. ``limit`` caps its accepted
+    clips (see build_dataset). Raises :class:`InfrastructureError` (recording nothing) when the
+    backends cannot load or run on this machine.
     """
     from .build import get_models, prepare_output
-    from .shards import read_part, write_part, write_shards
 
     out = prepare_output(out_dir, cfg)
     part = out / "parts" / f"{spec.batch_id}.parquet"
-    if part.is_file():
-        rows, info = read_part(part)
-        if _reusable(info, limit) and all((out / sh).is_file() for sh in info["shards"]):
-            return BatchResult(spec.batch_id, info["shards"], rows, info["seconds"], info["counts"],
-                               info.get("limit"), info.get("exhausted", True), reused=True)
+    done = _recorded(out, part, spec.batch_id, limit)
+    if done is not None:
+        return done
     import webdataset  # noqa: F401  (imports torch: seconds, kept out of the "write" stage)
 
-    segmenter, tracker = get_models(cfg)
+    try:
+        segmenter, tracker = get_models(cfg)
+    except Exception as exc:
+        if is_infrastructure_error(exc):
+            raise InfrastructureError(f"batch {spec.batch_id}: the backends cannot load: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+        raise
+    with batch_lock(out, spec.batch_id):
+        done = _recorded(out, part, spec.batch_id, limit)  # finished while we waited for the lock
+        if done is not None:
+            return done
+        return _run_batch(spec, cfg, out, part, limit, segmenter, tracker)
+
+
+def _run_batch(spec: BatchSpec, cfg: BuildConfig, out: Path, part: Path, limit: int | None,
+               segmenter: Any, tracker: Any) -> BatchResult:
+    """The batch's clips → shards (published by rename) → its part file (written last)."""
+    from .shards import write_part, write_shards
+
     clock = _Clock()
     rows: list[dict[str, Any]] = []
+    backends: list[dict] = []
     exhausted = True
     gen_seconds = 0.0
 
@@ -224,6 +369,9 @@ def process_batch(spec: BatchSpec, cfg: BuildConfig, out_dir: str | Path, limit:
                 gen_seconds += time.perf_counter() - t0
                 rows.append(row)
                 if members is not None:
+                    used = json.loads(members["meta.json"]).get("backends")
+                    if used not in backends:
+                        backends.append(used)
                     yield members
 
     t0 = time.perf_counter()
@@ -237,7 +385,10 @@ def process_batch(spec: BatchSpec, cfg: BuildConfig, out_dir: str | Path, limit:
     counts = {"accepted": sum(r["status"] == "accepted" for r in rows)}
     counts["rejected"] = len(rows) - counts["accepted"]
     shards = [f"shards/{p.name}" for p in paths]
+    if not backends:  # nothing accepted: the backends' own names and versions
+        backends = [{"segmenter": {"name": segmenter.name, "version": str(segmenter.version)},
+                     "tracker": {"name": tracker.name, "version": str(tracker.version)}}]
     info = {"batch_id": spec.batch_id, "shards": shards, "seconds": clock.seconds, "counts": counts,
-            "limit": limit, "exhausted": exhausted, "sources": spec.sources}
+            "limit": limit, "exhausted": exhausted, "sources": spec.sources, "backends": backends}
     write_part(part, rows, info)
     return BatchResult(spec.batch_id, shards, rows, clock.seconds, counts, limit, exhausted)

@@ -230,24 +230,26 @@ def encode_sample(sample: Sample, *, crf: int | None = None, videos: tuple[bytes
     }
 
 
-def decode_sample(members: dict[str, Any], *, decode_video: bool = True) -> Sample:
+def decode_sample(members: dict[str, Any], *, decode_video: bool = True,
+                  decode_trajectory: bool | None = None) -> Sample:
     """Webdataset members (raw bytes, as read from a shard) → :class:`Sample`.
 
     Raises :class:`SampleError` when a member is missing. With ``decode_video=False`` the two
     mp4 members are left undecoded (``video``/``trajectory`` are empty arrays) — for quick checks.
+    ``decode_trajectory`` (default: as ``decode_video``) decides for trajectory.mp4 alone.
     """
     missing = [m for m in MEMBERS if m not in members]
     key = members.get("__key__", "?")
     if missing:
         raise SampleError(f"sample {key}: missing member(s) {', '.join(missing)}")
     image = decode_png(members["image.png"])
-    if decode_video:
-        from . import video as vio
+    from . import video as vio
 
-        video = vio.decode_mp4(bytes(members["video.mp4"]))
-        trajectory = vio.decode_mp4(bytes(members["trajectory.mp4"]))
-    else:
-        video = trajectory = np.zeros((0,), np.uint8)
+    if decode_trajectory is None:
+        decode_trajectory = decode_video
+    empty = np.zeros((0,), np.uint8)
+    video = vio.decode_mp4(bytes(members["video.mp4"])) if decode_video else empty
+    trajectory = vio.decode_mp4(bytes(members["trajectory.mp4"])) if decode_trajectory else empty
     return Sample(
         key=str(key),
         image=image,

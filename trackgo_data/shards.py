@@ -254,8 +254,10 @@ def merge_parts(out_dir: str | Path, batch_ids: list[str] | None = None) -> dict
 
     Raises when a key appears twice. Returns the summary (also written as summary.json):
     accepted/rejected counts, rejects by reason, clips, seconds per stage, shard bytes per
-    accepted sample.
+    accepted sample, the backends recorded by the batches. Then writes the dataset card
+    (``README.md``, :mod:`trackgo_data.card`).
     """
+    from .card import write_card
     from .config import atomic_write_json
 
     out = Path(out_dir)
@@ -266,10 +268,12 @@ def merge_parts(out_dir: str | Path, batch_ids: list[str] | None = None) -> dict
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
     shards: list[str] = []
+    backends: list[dict[str, Any]] = []
     for p in parts:
         prow, info = read_part(p)
         rows.extend(prow)
         shards.extend(info.get("shards", []))
+        backends += [b for b in info.get("backends", []) if b not in backends]
         for k, v in info.get("seconds", {}).items():
             seconds[k] = seconds.get(k, 0.0) + float(v)
     seen: set[str] = set()
@@ -283,7 +287,8 @@ def merge_parts(out_dir: str | Path, batch_ids: list[str] | None = None) -> dict
     for r in rows:
         if r["status"] == "rejected":
             by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
-    shard_bytes = sum((out / s).stat().st_size for s in shards if (out / s).is_file())
+    sizes = {s: (out / s).stat().st_size for s in sorted(shards) if (out / s).is_file()}
+    shard_bytes = sum(sizes.values())
     summary = {
         "out_dir": str(out),
         "batches": len(parts),
@@ -296,6 +301,8 @@ def merge_parts(out_dir: str | Path, batch_ids: list[str] | None = None) -> dict
         "shard_bytes": shard_bytes,
         "shard_bytes_per_sample": shard_bytes / n_acc if n_acc else 0.0,
         "seconds": {k: round(v, 4) for k, v in sorted(seconds.items())},
+        "backends": backends,
     }
     atomic_write_json(out / "summary.json", summary)
+    write_card(out, {**summary, "shard_sizes": sizes}, rows)
     return summary

@@ -80,3 +80,54 @@ def test_sample_points_per_component():
     assert not np.array_equal(pts, p3)
     empty_p, empty_c = sample_points(np.zeros((8, 8), int), seed=0)
     assert empty_p.shape == (0, 2) and empty_c.shape == (0,)
+
+
+def _ring(h=80, w=80, r_in=24, r_out=27):
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = np.hypot(xx - 40, yy - 40)
+    return (d >= r_in) & (d <= r_out)
+
+
+def _thin_arc(h=60, w=90):
+    """A one-pixel-wide curved stroke (a parabola), 8-connected."""
+    mask = np.zeros((h, w), bool)
+    xs = np.arange(5, 85)
+    ys = np.round(10 + 0.012 * (xs - 45) ** 2).astype(int)
+    mask[ys, xs] = True
+    return mask
+
+
+@pytest.mark.parametrize("make,k", [(_ring, 3), (_ring, 1), (_thin_arc, 16)])
+def test_centres_of_thin_and_ring_masks_lie_on_the_mask(make, k):
+    """Plain K-means puts centres of curved clusters off the object (a ring's single centre is its
+    hole); every returned point must be a mask pixel, and no two may coincide."""
+    from sklearn.cluster import KMeans
+
+    mask = make()
+    pts = control_points(mask, k, 5)
+    xs, ys = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
+    assert mask[ys, xs].all()
+    assert len({(x, y) for x, y in zip(xs, ys)}) == len(pts) == k
+    # the same draw through plain K-means has centres off the mask: the snapping did the work
+    rng = np.random.default_rng(5)
+    yy, xx = np.nonzero(mask)
+    pick = rng.choice(len(xx), min(3 * k, len(xx)), replace=False)
+    km = KMeans(k, n_init=1, random_state=int(rng.integers(2**31 - 1))).fit(
+        np.stack([xx[pick], yy[pick]], 1).astype(float))
+    c = km.cluster_centers_
+    off = ~mask[np.round(c[:, 1]).astype(int), np.round(c[:, 0]).astype(int)]
+    assert off.any()
+    # centres already on the mask are kept as K-means placed them; the others moved onto the
+    # nearest sample of their own cluster
+    got = {tuple(p) for p in np.round(pts.astype(np.float64), 4).tolist()}
+    for j in range(k):
+        members = np.stack([xx[pick], yy[pick]], 1)[km.labels_ == j].astype(float)
+        want = c[j] if not off[j] else members[np.argmin(((members - c[j]) ** 2).sum(1))]
+        assert tuple(np.round(np.float32(want).astype(np.float64), 4)) in got
+
+
+def test_ring_with_one_point_gets_the_sample_nearest_the_hole_centre():
+    mask = _ring()
+    (p,) = control_points(mask, 1, 0)
+    assert mask[int(round(p[1])), int(round(p[0]))]
+    assert np.hypot(p[0] - 40, p[1] - 40) <= 27.5

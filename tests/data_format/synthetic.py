@@ -6,7 +6,7 @@ import numpy as np
 from trackgo_data.render import render_trajectories
 from trackgo_data.sample import make_sample
 
-L, H, W = 6, 48, 64
+L, H, W = 6, 96, 128  # libx264 is not deterministic on frames of 4×3 macroblocks (64×48)
 
 
 def synthetic_sample(video_id: str = "clip", start: int = 0, seed: int = 0, n: int = 7):

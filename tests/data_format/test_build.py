@@ -180,21 +180,87 @@ def test_plan_batches_ids_follow_content_and_config(tmp_path):
     assert B.plan_batches([a, b], small_config(min_median_motion=3.0), 1)[0].batch_id != p1[0].batch_id
     a.write_bytes(b"changed")
     assert B.plan_batches([a, b], cfg, batch_size=1)[0].batch_id != p1[0].batch_id
+    assert B.plan_batches([a, b], cfg, batch_size=1)[1].batch_id == p1[1].batch_id
     assert "." not in p1[0].batch_id
 
 
-def test_content_hashes_in_threads_equal_sha256_in_order(tmp_path):
+def _fingerprint_by_hand(path, block=4096, blocks=8):
+    """blake2b-160 of size, mtime_ns, then the bytes at ``blocks`` offsets spread evenly from 0 to
+    size − block."""
     import hashlib
+    import os
 
+    st = os.stat(path)
+    data = open(path, "rb").read()
+    h = hashlib.blake2b(f"{st.st_size}:{st.st_mtime_ns}".encode(), digest_size=20)
+    if st.st_size <= block * blocks:
+        h.update(data)
+    else:
+        for i in range(blocks):
+            off = int(i * (st.st_size - block) / (blocks - 1) + 0.5)          # nearest, halves up
+            h.update(data[off:off + block])
+    return h.hexdigest()
+
+
+def test_fingerprints_read_sampled_blocks_and_see_changes(tmp_path):
+    """Planning reads ≤ 32 KiB per file: size + mtime + 8 sampled blocks (a second, plain
+    implementation agrees, also from the thread pool); a rewrite, a touch, an edit inside a
+    sampled block invalidate; an edit between blocks that keeps size and mtime does not."""
+    import os
+
+    rng = np.random.default_rng(0)
     paths = []
-    for i in range(12):
+    for i, size in enumerate((10, 30_000, 32_768, 5_000_000)):
         p = tmp_path / f"v{i}.mp4"
-        p.write_bytes(bytes([i]) * (100_000 + 7919 * i))
+        p.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
         paths.append(p)
-    paths.insert(5, tmp_path / "gone.mp4")
-    want = [hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else "missing" for p in paths]
-    assert B.content_hashes(paths, threads=4) == want
-    assert B.content_hashes(paths, threads=1) == want
+    paths.insert(2, tmp_path / "gone.mp4")
+    want = [_fingerprint_by_hand(p) if p.exists() else "missing" for p in paths]
+    assert B.fingerprints(paths, threads=3, chunk=2) == want == B.fingerprints(paths, threads=1)
+
+    big = paths[-1]
+    st = os.stat(big)
+    before = B.file_fingerprint(big)
+    data = bytearray(big.read_bytes())
+    off = round(3 * (len(data) - 4096) / 7) + 100                        # inside the 4th sampled block
+    data[off] ^= 0xFF
+    big.write_bytes(bytes(data))
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))                   # same size, same mtime
+    assert B.file_fingerprint(big) != before
+    data[off] ^= 0xFF
+    data[off + 100_000] ^= 0xFF                                          # between sampled blocks
+    big.write_bytes(bytes(data))
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert B.file_fingerprint(big) == before                             # the documented blind spot
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns + 1))               # a touch (or any rewrite)
+    assert B.file_fingerprint(big) != before
+
+
+def test_plan_summary_and_cli_plan_write_nothing(built, bad_source_dir, tmp_path, capsys):
+    import argparse
+    import json
+
+    from trackgo_data import cli
+
+    out, summary = built
+    plan = B.plan_summary(bad_source_dir, out, small_config(), batch_size=4)
+    assert plan["sources"] == 6 and plan["batches"] == 2 and plan["batches_done"] == 2
+    assert plan["batches_to_run"] == 0 and plan["output"] == "same config"
+    # 6 probed sources: carphone gives 2 windows (max_clips_per_video 2), the 5 others are unusable
+    assert (plan["probed"], plan["probed_unusable"]) == (6, 5)
+    assert plan["estimated_clips"] == round(2 / 6 * 6) == 2
+    assert B.plan_summary(bad_source_dir, out, small_config(min_median_motion=2.0))["output"].startswith("other config")
+    fresh = tmp_path / "fresh"
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["data", "plan", "--source", str(bad_source_dir), "--out", str(fresh), "--json",
+                              "--frames", "8", "--width", "256", "--height", "144",
+                              "--set", "clip.max_clips_per_video=2", "--set", "filters.min_median_motion=1.0"])
+    assert args.func(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["batches_done"] == 0 and printed["output"] == "new" and printed["batches"] == 2
+    assert printed["config_hash"] == B.config_hash(small_config())
+    assert not fresh.exists()
 
 
 def test_clip_masks_equal_the_vote_on_full_resolution_labels(sample_videos):

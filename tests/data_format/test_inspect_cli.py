@@ -50,7 +50,7 @@ def test_stray_colour_track_outside_and_duplicate_key(tmp_path):
     s.trajectory[2, 0, 0] = (10, 200, 30)  # not a component colour
     bad_colour = encode_sample(s)
     t = synthetic_sample("w", 0)
-    t.tracks[1, 0, 0] = 500.0              # visible point far outside the 64-px frame
+    t.tracks[1, 0, 0] = 500.0              # visible point far outside the 128-px frame
     outside = encode_sample(t)
     dup = encode_sample(synthetic_sample("w", 0, seed=3))
     paths = write_shards([bad_colour, outside], tmp_path, "a") + write_shards([dup], tmp_path, "b")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trackgo_data.loader import make_dataset
-from trackgo_data.render import COLOURS
+from trackgo_data.render import COLOURS, render_trajectories
 from trackgo_data.sample import encode_sample
 from trackgo_data.shards import ShardSpec, write_shards
 
@@ -68,17 +68,34 @@ def test_loader_skips_and_counts_corrupt_samples(tmp_path):
     assert ds.stats.skipped == 2
 
 
-def test_loader_num_frames_and_nearest_resize(tmp_path):
+def test_loader_at_lower_resolution_renders_p_from_rescaled_tracks(tmp_path):
+    """A batch at another size carries the P that the one renderer draws from the rescaled
+    tracks (4-px squares, as at inference), not the stored P shrunk by nearest-neighbour."""
     s = synthetic_sample("a", 0)
     paths = write_shards([encode_sample(s)], tmp_path, "s")
-    (g,) = list(make_dataset(paths, batch_size=0, num_frames=4, size=(32, 24)))
-    assert g.video.shape == (4, 24, 32, 3) and g.trajectory.shape == (4, 24, 32, 3)
-    assert g.masks.shape == (4, 3, 4) and g.tracks.shape[0] == 4
-    palette = {(0, 0, 0)} | {tuple(c) for c in COLOURS[:2]}
-    assert {tuple(p) for p in g.trajectory.reshape(-1, 3)} <= palette
-    assert set(np.unique(g.masks)) <= set(np.unique(s.masks))
-    np.testing.assert_allclose(g.tracks[0, :, 0], (s.tracks[0, :, 0] + 0.5) * 0.5 - 0.5, rtol=1e-6)
-    # asking for more frames than a sample has skips it (counted), it does not crash
+    (batch,) = list(make_dataset(paths, batch_size=1, num_frames=4, size=(64, 48)))
+    assert tuple(batch.video.shape) == (1, 4, 3, 48, 64) and tuple(batch.masks.shape) == (1, 4, 6, 8)
+    # the rescaling, by hand: pixel centres map onto pixel centres, x' = (x + 0.5)·64/128 − 0.5
+    tracks = s.tracks[:4].copy()
+    tracks[..., 0] = (tracks[..., 0] + 0.5) * 0.5 - 0.5
+    tracks[..., 1] = (tracks[..., 1] + 0.5) * 0.5 - 0.5
+    np.testing.assert_allclose(batch.tracks[0].numpy(), tracks, rtol=0, atol=1e-6)
+    want = render_trajectories(tracks, s.visibility[:4], s.components, 48, 64)
+    got = batch.trajectory[0].permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(got, want)
+    # what the old nearest-neighbour shrink gives is a different picture (squares halved)
+    shrunk = s.trajectory[:4, ::2, ::2]
+    assert not np.array_equal(got, shrunk)
+    lit = (got.sum(-1) > 0).sum(axis=(1, 2))
+    assert (lit >= 16).all() and (lit > (shrunk.sum(-1) > 0).sum(axis=(1, 2))).all()
+    assert {tuple(p) for p in got.reshape(-1, 3)} <= {(0, 0, 0)} | {tuple(c) for c in COLOURS[:2]}
+    # the same size as stored: P is the decoded member, untouched
+    (same,) = list(make_dataset(paths, batch_size=0, size=(128, 96)))
+    np.testing.assert_array_equal(same.trajectory, s.trajectory)
+
+
+def test_loader_num_frames_too_many_is_skipped(tmp_path):
+    paths = write_shards([encode_sample(synthetic_sample("a", 0))], tmp_path, "s")
     ds = make_dataset(paths, batch_size=0, num_frames=L + 1)
     assert list(ds) == [] and ds.stats.skipped == 1
 

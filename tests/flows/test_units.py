@@ -55,6 +55,10 @@ def test_retry_only_transient_errors():
     assert _retry_transient(None, None, Failed(data=RuntimeError("cuda oom"))) is True
     assert _retry_transient(None, None, Failed(data=ConfigError("bad key"))) is False
     assert _retry_transient(None, None, Failed(data=ValueError("bad arg"))) is False
+    # a machine problem in a batch (backend cannot load, CUDA, out of memory) is retried
+    from trackgo_data.process import InfrastructureError
+
+    assert _retry_transient(None, None, Failed(data=InfrastructureError("the tracker cannot load"))) is True
 
 
 def test_task_runner_registry():
@@ -204,3 +208,34 @@ def test_prefect_yaml_deployments():
     text = (root / "scripts" / "server.sh").read_text()
     listed = set(_re.search(r'LOCAL_DEPLOYMENTS="([^"]+)"', text).group(1).split())
     assert listed == {d["entrypoint"] for d in doc["deployments"] if d["name"] == "local"}
+
+
+def test_flow_loaded_from_its_entrypoint_pickles_for_dask_workers(tmp_path):
+    """A Prefect runner/worker loads prefect.yaml's entrypoint by path; the batch task it then
+    sends to Dask must unpickle in a process that only has the repository on its path (the
+    file's own module name, "build_dataset", would not import there)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cloudpickle
+    from prefect.utilities.importtools import import_object
+
+    repo = Path(__file__).resolve().parents[2]
+    cwd = os.getcwd()
+    os.chdir(repo)
+    try:
+        flow = import_object("flows/build_dataset.py:build_dataset_flow")
+    finally:
+        os.chdir(cwd)
+    assert flow.fn.__module__ == "flows.build_dataset"
+    batch_task = sys.modules[flow.fn.__module__].build_batch_task
+    blob = tmp_path / "task.pkl"
+    blob.write_bytes(cloudpickle.dumps(batch_task))
+    code = "import pickle, sys; t = pickle.load(open(sys.argv[1], 'rb')); print(t.fn.__module__, t.name)"
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-c", code, str(blob)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["flows.build_dataset", "build-batch"]

@@ -32,7 +32,9 @@ def available_segmenters() -> list[str]:
 
 
 def get_segmenter(name: str, **cfg) -> Segmenter:
-    """Build the segmenter registered as ``name`` with backend options ``cfg``."""
+    """Build the segmenter registered as ``name`` with backend options ``cfg``, e.g.
+    ``get_segmenter("deva", deva_weights=…, sam_weights=…)`` or ``get_segmenter("deva", random_init=True)``
+    (tests and benchmarks only)."""
     return load_backend("segmenter", _BACKENDS, name)(**cfg)
 
 

@@ -35,7 +35,9 @@ def available_trackers() -> list[str]:
 
 
 def get_tracker(name: str, **cfg) -> Tracker:
-    """Build the tracker registered as ``name`` with backend options ``cfg``."""
+    """Build the tracker registered as ``name`` with backend options ``cfg``, e.g.
+    ``get_tracker("cotracker2", repo="/path/to/co-tracker", random_init=True)`` (Co-Tracker options:
+    ``repo``, ``checkpoint``, ``random_init``, ``device``, ``model_resolution``)."""
     klass = load_backend("tracker", _BACKENDS, name)
     if _BACKENDS[name][0].endswith("cotracker"):  # one class serves the three hub variants
         return klass(variant=name, **cfg)
