@@ -1,12 +1,17 @@
-"""One TrackGo training step (full SVD-xt UNet + adapters, random weights) and the loader's pace.
+"""One full TrackGo training step (SVD-xt UNet + adapters, random weights) and the loader's pace.
 
-On a CUDA machine: 1024×576, 25 and 14 frames, bf16 autocast with frozen weights in bf16 and
-gradient checkpointing (the svd-xt-paper recipe), batch 1 per GPU — step time and peak memory.
-Then the webdataset loader's samples/s at the same size (shards written here from synthetic
-clips) against what one step consumes. On a CPU-only machine the same code runs the tiny model
-at 64×64 so the script can be checked anywhere. Prints ONE JSON line.
+A step is exactly the training loop's: VAE + CLIP conditioning, UNet forward/backward with the
+attention loss, global-norm clipping and the optimizer step through accelerate —
+``--precision fp16`` with the loss scaler (the paper's setting) and/or ``bf16``, each on its own
+freshly built model. On a CUDA machine the default preset is ``svd-xt`` at 1024×576 with 25 and
+14 frames, gradient checkpointing and the ``svd-xt-paper`` config (paper attention), batch 1 per
+GPU: step time and peak memory. Then the webdataset loader's samples/s at the same size (shards
+written here from synthetic clips) against what one step consumes. ``--preset tiny`` (the default
+without CUDA) runs the tiny model at 64×64 so the script can be checked anywhere. Prints ONE JSON
+line; ``--out FILE`` also writes it to FILE.
 
-    python benchmarks/train_step.py [--steps 3] [--loader-samples 24] [--workers 0 4 8]
+    python benchmarks/train_step.py [--precision fp16 bf16] [--frames 25 14] [--steps 3] \
+        [--preset svd-xt|tiny] [--mode paper|gated] [--no-loader] [--workers 0 4 8] [--out r.json]
 """
 from __future__ import annotations
 
@@ -74,21 +79,27 @@ def synthetic_batch(frames: int, height: int, width: int, seed: int = 0):
                  tracks=[], visibility=[], components=[], meta=[{"fps": 7.0}]), vid, traj, masks
 
 
-def time_steps(comp, cfg, device, frames: int, height: int, width: int, steps: int) -> dict:
-    from trackgo_model.train import DTYPES, prepare_model
+def time_steps(comp, cfg, frames: int, height: int, width: int, steps: int) -> dict:
+    """``steps`` timed training steps (after one warm-up) as the loop runs them, then the same with
+    cached latents. fp16 goes through the loss scaler: skipped (overflowing) steps are counted."""
+    from trackgo_model.train.distributed import clip_gradients, make_accelerator, optimizer_step, prepare_model
     from trackgo_model.train.loss import batch_to_inputs, compute_loss
 
+    acc, _ = make_accelerator(cfg)
+    device = acc.device
     params = prepare_model(comp, cfg, device)
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
+    model, opt = acc.prepare(comp.model, opt)
     batch = synthetic_batch(frames, height, width)[0]
-    dtype = DTYPES[cfg.mixed_precision]
     gen = torch.Generator().manual_seed(0)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    out = {"trainable_params": sum(p.numel() for p in params)}
+    out = {"mixed_precision": cfg.mixed_precision, "trainable_params": sum(p.numel() for p in params),
+           "loss_scaler": acc.scaler is not None}
     cached = None
+    skipped = 0
     for label in ("", "_cached_latents"):  # second pass: x0 given, as with data.latent_cache
         times = []
         for i in range(steps + 1):  # the first step warms up (kernels, allocator)
@@ -96,19 +107,21 @@ def time_steps(comp, cfg, device, frames: int, height: int, width: int, steps: i
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
             inputs = batch_to_inputs(batch, device, cfg.data.fps)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                parts = compute_loss(comp.model, comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
+            with acc.autocast():
+                parts = compute_loss(model, comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
                                      inputs, cfg.objective, generator=gen, motion_bucket_id=127.0, x0=cached)
-            parts.loss.backward()
-            gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-            opt.step()
+            acc.backward(parts.loss)
+            gn = clip_gradients(acc, model, params, cfg.optim.max_grad_norm)
+            step = optimizer_step(acc, opt, loss_finite=bool(torch.isfinite(parts.loss.detach())), grad_norm=gn)
             opt.zero_grad(set_to_none=True)
+            skipped += not step.applied
             if cuda:
                 torch.cuda.synchronize(device)
             if i:
                 times.append(time.perf_counter() - t0)
-            log.info("frames %d%s step %d: %.3fs loss %.4f grad norm %.3f", frames, label, i,
-                     time.perf_counter() - t0, parts.loss.item(), float(gn))
+            log.info("%s frames %d%s step %d: %.3fs loss %.4f grad norm %.3f%s", cfg.mixed_precision, frames, label,
+                     i, time.perf_counter() - t0, parts.loss.item(), gn,
+                     "" if step.loss_scale is None else f" loss scale {step.loss_scale:g}")
         out[f"step_s{label}"] = float(np.median(times))
         out[f"step_s{label}_all"] = [round(t, 4) for t in times]
         if cuda and not label:
@@ -120,7 +133,11 @@ def time_steps(comp, cfg, device, frames: int, height: int, width: int, steps: i
                 vdt = next(comp.vae.parameters()).dtype
                 cached = encode_video_latents(comp.vae, inputs.video.to(vdt)).float()
     out["cache_speedup"] = out["step_s"] / out["step_s_cached_latents"]
-    del opt
+    out["skipped_steps"] = skipped
+    if acc.scaler is not None:
+        out["final_loss_scale"] = float(acc.scaler.get_scale())
+    acc.free_memory()  # accelerate's references to the model and optimizer
+    del opt, model
     return out
 
 
@@ -184,44 +201,56 @@ def loop_check(tmp: Path, mixed_precision: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--precision", nargs="+", choices=["fp16", "bf16", "no"], default=["fp16", "bf16"],
+                    help="one run per precision: fp16 uses the loss scaler")
+    ap.add_argument("--preset", choices=["svd-xt", "tiny"], default=None,
+                    help="svd-xt (default with CUDA) or tiny (default without)")
+    ap.add_argument("--mode", choices=["paper", "gated"], default="paper", help="TrackGo attention variant")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--frames", type=int, nargs="+", default=None)
+    ap.add_argument("--height", type=int, default=None)
+    ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--loader-samples", type=int, default=None)
     ap.add_argument("--workers", type=int, nargs="+", default=None)
+    ap.add_argument("--no-loader", action="store_true", help="skip the loader measurement")
     ap.add_argument("--loop-check", action="store_true",
                     help="also run the real train() loop on the tiny model (bf16 on CUDA) with a resume")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     from trackgo_model.train.config import load_train_config
 
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    if cuda:
-        name, (W, H), frames_list = "svd-xt-paper", (1024, 576), args.frames or [25, 14]
-        workers = args.workers or [0, 4, 8]
-        n_load = args.loader_samples or 24
-    else:
+    full = (args.preset or ("svd-xt" if cuda else "tiny")) == "svd-xt"
+    if not cuda:
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    if full:
+        name, (W, H), frames_list = "svd-xt-paper", (1024, 576), args.frames or [25, 14]
+        workers, n_load = args.workers or [0, 4, 8], args.loader_samples or 24
+    else:
         name, (W, H), frames_list = "tiny-cpu", (64, 64), args.frames or [6, 4]
-        workers = args.workers or [0, 2]
-        n_load = args.loader_samples or 16
-    result = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "config": name,
-              "width": W, "height": H, "torch": torch.__version__}
-    for frames in frames_list:
-        cfg = load_train_config(name, [f"data.num_frames={frames}", f"data.width={W}", f"data.height={H}"])
-        comp = build_components(cuda, cfg, device)
-        key = f"frames{frames}"
-        try:
-            result[key] = time_steps(comp, cfg, device, frames, H, W, args.steps)
-        except torch.OutOfMemoryError as exc:  # report, keep going with the next size
-            result[key] = {"error": f"out of memory: {exc}"[:300]}
-        del comp
-        if cuda:
-            torch.cuda.empty_cache()
-    with tempfile.TemporaryDirectory() as tmp:
+        workers, n_load = args.workers or [0, 2], args.loader_samples or 16
+    W, H = args.width or W, args.height or H
+    device = torch.device("cuda" if cuda else "cpu")
+    result = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "config": name, "mode": args.mode,
+              "preset": "svd-xt" if full else "tiny", "width": W, "height": H, "torch": torch.__version__}
+    for precision in args.precision:
         for frames in frames_list:
+            cfg = load_train_config(name, [f"data.num_frames={frames}", f"data.width={W}", f"data.height={H}",
+                                           f"mixed_precision={precision}", f"model.trackgo.mode={args.mode}"])
+            key = f"{precision}_frames{frames}"
+            try:
+                comp = build_components(full, cfg, device)
+                result[key] = time_steps(comp, cfg, frames, H, W, args.steps)
+            except torch.OutOfMemoryError as exc:  # report, keep going with the next size
+                result[key] = {"error": f"out of memory: {exc}"[:300]}
+            comp = None
+            if cuda:
+                torch.cuda.empty_cache()
+    with tempfile.TemporaryDirectory() as tmp:
+        for frames in ([] if args.no_loader else frames_list):
             rates = loader_rate(frames, H, W, n_load, workers, Path(tmp) / f"f{frames}")
-            step = result.get(f"frames{frames}", {})
+            step = result.get(f"{args.precision[0]}_frames{frames}", {})
             need = 1.0 / step["step_s"] if "step_s" in step else None  # samples/s one GPU consumes
             result[f"loader_frames{frames}"] = {
                 "samples_per_s_by_workers": {k: round(v, 3) for k, v in rates.items()},
@@ -234,7 +263,10 @@ def main() -> None:
             except Exception as exc:  # report it in the JSON line rather than lose the timings
                 log.exception("loop check failed")
                 result["loop_check"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-    print(json.dumps(result, sort_keys=True))
+    line = json.dumps(result, sort_keys=True)
+    if args.out is not None:
+        args.out.write_text(line + "\n")
+    print(line)
 
 
 if __name__ == "__main__":

@@ -1,35 +1,11 @@
-"""TrackAdapter (spec §4, §9): the attention kernel, the diffusers processor, its installation.
+"""TrackAdapter (spec §4): the per-forward context, the diffusers processor, its installation.
 
-``track_attention`` is a pure function on (batch, heads, F, d) tensors.
-
-Paper rule (Eq. 2–4):
-    A′ = softmax(Q′K′ᵀ/√d),   AM_ij = mask_value (−10⁴) where A′_ij ≥ α, τ elsewhere,
-    A  = softmax(QKᵀ/√d + AM),  O = (A + A′)·V                                  (mode="paper")
-
-Default (mode="gated"): O = A·V + g·(A′·V) with a per-head gate g (zero-initialised in the
-adapter). A fresh encoder emits one constant vector (see trackgo_model.encoder), so A′ is exactly
-uniform, its mask row constant, and with g = 0 a freshly wrapped UNet computes exactly what SVD
-computes.
-
-Two interpretations, both exact consequences of softmax's shift invariance (spec §9):
-
-* The mask is applied as AM − max_j AM_ij. This leaves A unchanged in exact arithmetic, but a
-  row whose mask is constant (every entry masked, or none) becomes an exact zero mask instead of
-  adding −10⁴ to every logit, which would wipe out the logits' precision in fp16/bf16 (a fully
-  masked row therefore equals the unmasked softmax, as the formula says). Only the gap between
-  mask_value and τ matters: τ = mask_value turns masking off, τ = 0 is the strongest masking.
-* Unspecified-region motion strength ``motion`` = m ≥ 0. A row i is *unspecified* when its mask
-  is constant (for F > 5 that is "no entry of A′ reaches α": the user gave no trajectory there
-  and the literal rule cannot act). In such rows the total attention A″ = A + g·A′ (gated) or
-  A + A′ (paper), whose row sum is s = 1 + g (resp. 2), is blended toward the uniform row of the
-  same mass: A″_i ← m·A″_i + (1 − m)·s/F. The output there becomes m·O_i + (1 − m)·s·mean_j V_j,
-  so at a position whose rows are all unspecified the temporal variance of the attention output
-  scales by exactly m²: m = 1 is unchanged, m = 0 freezes the unspecified region (every frame gets
-  the temporal mean), m > 1 amplifies its motion (extrapolation; weights can turn negative).
+The attention itself — the paper's rule, the gated default and the interpretations of spec §9 —
+is ``trackgo_model.attention.track_attention`` (re-exported here).
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -38,136 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("gated", "paper")
+from .attention import KERNELS, MODES, track_attention
 
-
-def _as_head_gate(gate: torch.Tensor | float, heads: int, like: torch.Tensor) -> torch.Tensor | float:
-    if not isinstance(gate, torch.Tensor):
-        return float(gate)
-    g = gate.to(dtype=like.dtype, device=like.device)
-    if g.ndim == 0:
-        return g
-    if g.numel() != heads:
-        raise ValueError(f"gate must be a scalar or have one value per head ({heads}), got shape {tuple(g.shape)}")
-    return g.reshape(1, heads, 1, 1)
-
-
-def track_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_prime: torch.Tensor,
-    k_prime: torch.Tensor,
-    *,
-    alpha: float = 0.2,
-    tau: float | None = None,
-    mode: str = "gated",
-    gate: torch.Tensor | float | None = None,
-    motion: float = 1.0,
-    mask_value: float = -1.0e4,
-    return_maps: bool = False,
-    sdpa: bool = True,
-    compiled: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """TrackAdapter temporal attention (see the module docstring for the exact rules).
-
-    Args:
-        q, k, v: (B, heads, F, d) original-branch query/key/value (from the layer input X).
-        q_prime, k_prime: (B, heads, F, d) adapter-branch query/key (from the encoder feature f).
-        alpha: A′ threshold of Eq. 3.
-        tau: mask value where A′ < α (None → 0).
-        mode: ``"gated"`` (O = A·V + g·A′·V; ``gate=None`` means g = 0 and skips the A′·V term)
-            or ``"paper"`` (O = (A + A′)·V; ``gate`` must be None).
-        gate: scalar or (heads,) tensor, gated mode only.
-        motion: unspecified-region motion strength m ≥ 0.
-        return_maps: also return (A, A′), each (B, heads, F, F); A is the masked original-branch
-            map of Eq. 4, before the motion blend.
-        sdpa: original branch through ``F.scaled_dot_product_attention`` with the additive mask
-            (plus a second matmul for A′·V); False (and always with ``return_maps``) forms A
-            explicitly and applies A + g·A′ in one matmul. Same result; speed differs by device.
-        compiled: run the explicit kernel through ``torch.compile`` (Inductor fuses the mask,
-            both softmaxes and the blend, forward and backward); ignores ``sdpa``. The first call
-            per shape compiles (seconds).
-
-    Returns:
-        out: (B, heads, F, d) in v's dtype, and with ``return_maps`` the tuple (A, A′).
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "paper" and gate is not None:
-        raise ValueError("mode='paper' has no gate (O = (A + A')·V); pass gate=None")
-    if motion < 0:
-        raise ValueError(f"motion must be >= 0, got {motion}")
-    if q.ndim != 4 or q.shape != k.shape or k.shape[:3] != v.shape[:3]:
-        raise ValueError(f"q, k, v must be (B, heads, F, d) of matching shapes; got {q.shape}, {k.shape}, {v.shape}")
-    if q_prime.shape != q.shape or k_prime.shape != q.shape:
-        raise ValueError(f"q_prime/k_prime must match q's shape {tuple(q.shape)}; got {q_prime.shape}, {k_prime.shape}")
-    heads, frames, d = q.shape[1], q.shape[2], q.shape[3]
-    scale = 1.0 / math.sqrt(d)
-
-    g = 1.0 if mode == "paper" else (None if gate is None else _as_head_gate(gate, heads, v))
-    mass = 1.0 if g is None else 1.0 + g
-    # AM − τ is a constant shift per row: only the gap mask_value − τ matters (module docstring)
-    gap = float(mask_value) - (0.0 if tau is None else float(tau))
-    if compiled or return_maps or not sdpa:
-        kernel = _compiled_kernel() if compiled else _explicit_kernel
-        out, a, a_prime, hit = kernel(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale,
-                                      return_maps, motion != 1.0)
-    else:
-        a_prime, hit, am = _adapter_branch(q_prime, k_prime, float(alpha), gap, scale)
-        a = None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=am.to(q.dtype))
-        if g is not None:
-            out = out + g * torch.matmul(a_prime.to(v.dtype), v)
-
-    if motion != 1.0:
-        # rows whose mask is constant: every entry on the same side of α
-        n_hit = hit.sum(dim=-1)
-        unspecified = ((n_hit == 0) | (n_hit == frames)).unsqueeze(-1)  # (B, heads, F, 1)
-        v_mean = v.mean(dim=-2, keepdim=True)
-        blended = motion * out + (1.0 - motion) * mass * v_mean
-        out = torch.where(unspecified, blended, out)
-
-    if return_maps:
-        return out, (a, a_prime)
-    return out
-
-
-def _adapter_branch(q_prime: torch.Tensor, k_prime: torch.Tensor, alpha: float, gap: float, scale: float
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(A′ in fp32, the hit map A′ ≥ α, the additive mask with each row's maximum subtracted).
-
-    The mask is built from python scalars only: no host→device copies (they would synchronise
-    the stream). Constant rows (every entry masked, or none) become exact zeros."""
-    a_prime = torch.softmax(torch.matmul(q_prime, k_prime.transpose(-1, -2)).float() * scale, dim=-1)
-    hit = a_prime >= alpha
-    am = hit.float() * gap
-    return a_prime, hit, am - am.amax(dim=-1, keepdim=True)
-
-
-def _explicit_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prime: torch.Tensor,
-                     k_prime: torch.Tensor, g: torch.Tensor | float | None, alpha: float, gap: float,
-                     scale: float, maps: bool = True, want_hit: bool = True
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Explicit path on (B, heads, F, d) inputs → (out (B, heads, F, d), A, A′, hit (B, heads, F, F)).
-
-    A and A′ in fp32; one matmul with A″ = A + g·A′ (just A when g is None). A and A′ are
-    returned only with ``maps``, hit only with ``want_hit`` (None otherwise), so a compiled kernel
-    need not write out maps nobody reads."""
-    a_prime, hit, am = _adapter_branch(q_prime, k_prime, alpha, gap, scale)
-    a = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * scale + am, dim=-1)
-    if g is None:
-        total = a
-    else:
-        total = a + (g.float() if isinstance(g, torch.Tensor) else g) * a_prime
-    out = torch.matmul(total.to(v.dtype), v)
-    return out, (a if maps else None), (a_prime if maps else None), (hit if want_hit else None)
-
-
-@functools.cache
-def _compiled_kernel():
-    """``torch.compile`` of :func:`_explicit_kernel`, built on first use."""
-    return torch.compile(_explicit_kernel, fullgraph=True)
+__all__ = ["KERNELS", "MODES", "CollectedMap", "TrackAdapterProcessor", "TrackContext", "install_track_adapters",
+           "remove_track_adapters", "restore_track_adapters", "temporal_attn1_paths", "track_attention"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,14 +57,16 @@ class TrackContext:
         self.encoder = None
         self.trunk: torch.Tensor | None = None
         self.collect = False
-        # Original branch: explicit A (one matmul with A + g·A′) by default. Measured on an H200
-        # (SVD-xt, 1024×576×14, bf16): the explicit kernel 0.82 ms vs 1.88 ms through
+        # Attention kernel (KERNELS). "explicit" (A formed, one matmul with A + g·A′) by default.
+        # Measured on an H200 (SVD-xt, 1024×576×14, bf16): explicit 0.82 ms vs 1.88 ms through
         # F.scaled_dot_product_attention with an additive float mask (no fused kernel takes one
-        # for F ≤ 25); UNet forward ÷ bare 1.041 explicit vs 1.077 SDPA. Set True to compare.
-        self.sdpa = False
-        # True: the explicit kernel through torch.compile (fused elementwise work; compiles on
-        # the first forward of each shape). Off by default until measured on a GPU.
-        self.compiled = False
+        # for F ≤ 25); UNet forward ÷ bare 1.041 explicit vs 1.077 "sdpa". "compiled"
+        # (torch.compile of the explicit kernel) and "triton" (one fused pass, forward and
+        # backward) stay opt-in until a GPU run shows they win (benchmarks/gpu_suite.py).
+        self.kernel = "explicit"
+        # True: one GEMM for [W_q | W_k | W_v] on X and one for [W′_q | W′_k] on f (weights
+        # concatenated per call, so the separate Linear layers keep their gradients).
+        self.fused_projections = False
         self.collected: dict[str, CollectedMap] = {}
         self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
 
@@ -243,6 +95,27 @@ class TrackContext:
     def end(self) -> None:
         self.encoder, self.trunk, self.collect = None, None, False
         self._cache = {}
+
+    def snapshot(self) -> dict:
+        """This forward's state, for re-running a checkpointed block during backward."""
+        state = dict(self.__dict__)
+        state["_cache"] = dict(self._cache)  # the features as they were when the block began
+        return state
+
+    @contextlib.contextmanager
+    def replaying(self, state: dict):
+        """Run a block again exactly as when ``state`` was taken (activation checkpointing).
+
+        The feature cache starts as it was then, so the re-run repeats the same operations;
+        collected maps go to a scratch dict (the loss already holds the first run's)."""
+        live = dict(self.__dict__)
+        self.__dict__.update(state)
+        self._cache, self.collected = dict(state["_cache"]), {}
+        try:
+            yield
+        finally:
+            self.__dict__.clear()
+            self.__dict__.update(live)
 
     def grid_for(self, sequences: int) -> tuple[int, int]:
         """The (h, w) of a layer whose temporal attention sees ``sequences`` = B·h·w rows."""
@@ -309,23 +182,29 @@ class TrackAdapterProcessor(nn.Module):
         def split(x: torch.Tensor) -> torch.Tensor:  # (N, F, heads·d) → (N, heads, F, d)
             return x.view(n, frames, heads, -1).transpose(1, 2)
 
-        q, k, v = split(attn.to_q(hidden_states)), split(attn.to_k(hidden_states)), split(attn.to_v(hidden_states))
+        fused = ctx.fused_projections
+        if fused:
+            q, k, v = map(split, _linear_cat(hidden_states, (attn.to_q, attn.to_k, attn.to_v), self.name))
+        else:
+            q, k, v = split(attn.to_q(hidden_states)), split(attn.to_k(hidden_states)), split(attn.to_v(hidden_states))
         grid = ctx.grid_for(n)
-        maps = None
+        diag = None
         if ctx.active:
             f = ctx.feature(self.width, grid).to(self.to_q_prime.weight.dtype)
-            qp, kp = split(self.to_q_prime(f)).to(q.dtype), split(self.to_k_prime(f)).to(q.dtype)
+            if fused:
+                qp, kp = (split(x).to(q.dtype) for x in _linear_cat(f, (self.to_q_prime, self.to_k_prime), self.name))
+            else:
+                qp, kp = split(self.to_q_prime(f)).to(q.dtype), split(self.to_k_prime(f)).to(q.dtype)
             res = track_attention(
                 q, k, v, qp, kp, alpha=ctx.alpha, tau=ctx.tau, mode=ctx.mode,
                 gate=self.gate if ctx.mode == "gated" else None, motion=ctx.motion,
-                mask_value=ctx.mask_value, return_maps=ctx.collect, sdpa=ctx.sdpa, compiled=ctx.compiled,
+                mask_value=ctx.mask_value, return_diag=ctx.collect, kernel=ctx.kernel,
             )
-            out, maps = res if ctx.collect else (res, None)
+            out, diag = res if ctx.collect else (res, None)
         else:  # collecting without trajectories: plain attention, explicit map
             a = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]), dim=-1)
-            out, maps = torch.matmul(a.to(v.dtype), v), (a, None)
-        if maps is not None:
-            diag = maps[0].diagonal(dim1=-2, dim2=-1)  # (N, heads, F)
+            out, diag = torch.matmul(a.to(v.dtype), v), a.diagonal(dim1=-2, dim2=-1)
+        if diag is not None:  # (N, heads, F)
             ctx.collected[self.name] = CollectedMap(
                 self.name, diag.reshape(ctx.batch, n // ctx.batch, heads, frames), grid
             )
@@ -334,6 +213,22 @@ class TrackAdapterProcessor(nn.Module):
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+
+def _linear_cat(x: torch.Tensor, layers: tuple[nn.Linear, ...], name: str) -> tuple[torch.Tensor, ...]:
+    """(x·W_1ᵀ + b_1, x·W_2ᵀ + b_2, …) from one GEMM with [W_1 | W_2 | …] (views of its output).
+
+    The weights are concatenated per call, so autograd hands each Linear its own gradient."""
+    if any(type(lin) is not nn.Linear for lin in layers):
+        raise TypeError(f"{name}: fused projections need plain torch.nn.Linear layers, got "
+                        f"{[type(lin).__name__ for lin in layers]}; switch fused_projections off")
+    weight = torch.cat([lin.weight for lin in layers])
+    if all(lin.bias is None for lin in layers):
+        bias = None
+    else:
+        bias = torch.cat([lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias
+                          for lin in layers])
+    return F.linear(x, weight, bias).split([lin.out_features for lin in layers], dim=-1)
 
 
 def _copy_linear(src: nn.Linear) -> nn.Linear:

@@ -38,14 +38,43 @@ def _module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def svd_resize(images: torch.Tensor, size: tuple[int, int] = (CLIP_SIZE, CLIP_SIZE)) -> torch.Tensor:
+    """Stable Video Diffusion's antialiased resize (what its pipeline applies before CLIP).
+
+    images: (B, C, H, W) float. A separable Gaussian blur with σ = max((H/h − 1)/2, 0.001) along y
+    and likewise along x (a scale factor of 1 or below gives σ = 0.001, i.e. no blur), kernel size
+    int(max(4σ, 3)) made odd, reflect padding, horizontal pass first — then bicubic interpolation
+    to ``size`` = (h, w) with ``align_corners=True``. Returns (B, C, h, w) in the input dtype.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+    b, c, height, width = images.shape
+    x = images.reshape(b * c, 1, height, width)
+    for horizontal, n, target in ((True, width, size[1]), (False, height, size[0])):
+        sigma = torch.tensor(max((n / target - 1.0) / 2.0, 0.001), dtype=x.dtype)
+        k = int(max(4.0 * float(sigma), 3))
+        k += 1 - k % 2
+        offsets = torch.arange(k, dtype=x.dtype) - k // 2
+        kernel = torch.exp(-offsets.pow(2) / (2 * sigma.pow(2)))
+        kernel = (kernel / kernel.sum()).to(x.device)
+        lo, hi = (k - 1) // 2, k - 1 - (k - 1) // 2
+        if horizontal:
+            x = F.conv2d(F.pad(x, (lo, hi, 0, 0), mode="reflect"), kernel.view(1, 1, 1, k))
+        else:
+            x = F.conv2d(F.pad(x, (0, 0, lo, hi), mode="reflect"), kernel.view(1, 1, k, 1))
+    x = x.reshape(b, c, height, width)
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=True)
+
+
 def clip_preprocess(images: torch.Tensor, feature_extractor: Any | None = None) -> torch.Tensor:
-    """Resize to the CLIP input size and normalise, in torch (no PIL round trip).
+    """The CLIP input of Stable Video Diffusion's pipeline, in torch: the one function training and
+    inference use.
 
-    images: (B, 3, H, W) float in [-1, 1]. Returns (B, 3, S, S) float32 normalised with the
-    processor's ``image_mean``/``image_std`` (OpenAI CLIP statistics when ``feature_extractor`` is
-    None), where S is the processor's crop/resize size (224 for SVD).
-
-    Resizing is bicubic with antialiasing, done in [-1, 1] before mapping to [0, 1], as SVD does.
+    images: (B, 3, H, W) float in [-1, 1] (the first frame at any size). As diffusers' SVD pipeline:
+    :func:`svd_resize` of the image in [-1, 1] to S×S, then (x + 1)/2 **without clamping** (the
+    bicubic overshoot is kept), then the processor's normalisation (``image_mean``/``image_std``;
+    OpenAI CLIP statistics when ``feature_extractor`` is None) with no further resize, crop or
+    rescale. S is the processor's crop size (224 for SVD). Returns (B, 3, S, S) float32.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
@@ -55,12 +84,12 @@ def clip_preprocess(images: torch.Tensor, feature_extractor: Any | None = None) 
         mean = tuple(feature_extractor.image_mean)
         std = tuple(feature_extractor.image_std)
         crop = getattr(feature_extractor, "crop_size", None)
-        if isinstance(crop, dict) and "height" in crop:
-            size = int(crop["height"])
-    x = images.float()
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-    x = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+        # a dict, or transformers' SizeDict (attributes; not a dict subclass in transformers 5)
+        height = crop.get("height") if isinstance(crop, dict) else getattr(crop, "height", None)
+        if height:
+            size = int(height)
+    x = svd_resize(images.float(), (size, size))
+    x = (x + 1.0) / 2.0
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s

@@ -15,7 +15,12 @@ from trackgo_data.config import ConfigError, config_from_dict, config_to_dict
 
 MODES = ("gated", "paper")
 TRAINABLE_GROUPS = ("encoder", "adapter", "temporal_qkv")
+#: every parameter group a run may train: TrackGo's, plus "unet" (the whole UNet without the
+#: adapters: training an image-to-video base model from scratch, as the toy reproduction does)
+PARAMETER_GROUPS = TRAINABLE_GROUPS + ("unet",)
 POOLING = ("avg", "nearest")
+#: implementations of the masked temporal attention (see trackgo_model.attention.KERNELS)
+ATTENTION_KERNELS = ("explicit", "sdpa", "compiled", "triton")
 ATTN_LOSS_NORMALISATIONS = ("mean", "sum")
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {
@@ -138,6 +143,26 @@ class AttnLossConfig:
 
 
 @dataclass
+class KernelConfig:
+    """How TrackGo's extra work runs — speed only, every choice computes the same function.
+
+    A run-time choice (``TrackGoUNet.set_kernels``, the training config's ``model.kernels``),
+    never saved with a checkpoint. attention: one of ``ATTENTION_KERNELS``; fused_projections:
+    one GEMM for [W_q | W_k | W_v] on X and one for [W′_q | W′_k] on f; encoder_channels_last:
+    the trajectory encoder's convolutions channels-last, in the compute dtype. All off by default
+    until a GPU run (benchmarks/gpu_suite.py) shows they win.
+    """
+
+    attention: str = "explicit"
+    fused_projections: bool = False
+    encoder_channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"kernels.attention must be one of {ATTENTION_KERNELS}, got {self.attention!r}")
+
+
+@dataclass
 class TrackGoConfig:
     """Everything that turns a SVD UNet into TrackGo.
 
@@ -172,9 +197,9 @@ class TrackGoConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.motion < 0:
             raise ValueError(f"motion must be >= 0, got {self.motion}")
-        unknown = sorted(set(self.trainable) - set(TRAINABLE_GROUPS))
+        unknown = sorted(set(self.trainable) - set(PARAMETER_GROUPS))
         if unknown:
-            raise ValueError(f"unknown trainable group(s) {unknown}; known: {TRAINABLE_GROUPS}")
+            raise ValueError(f"unknown trainable group(s) {unknown}; known: {PARAMETER_GROUPS}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "TrackGoConfig":

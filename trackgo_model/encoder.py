@@ -23,6 +23,12 @@ narrow trunk first and projects afterwards (same result, less work).
 
 Input P: (B, F, 3, H, W), float in [−1, 1] or uint8 in [0, 255] (mapped by x/127.5 − 1);
 H and W must be multiples of 8 (as for SVD's VAE).
+
+Speed switch ``channels_last`` (:meth:`TrajectoryEncoder.set_channels_last`, off by default): the
+convolutions run in channels-last layout, and P is converted once — to that layout and to the
+compute dtype (autocast's when active) in a single copy — so the full-resolution layers move half
+the bytes in bf16 and use the NHWC convolution kernels GPUs prefer. Same function; the trunk
+comes out channels-last, which the per-position heads read without a transpose.
 """
 from __future__ import annotations
 
@@ -74,6 +80,16 @@ class TrajectoryEncoder(nn.Module):
         for head in self.heads.values():
             nn.init.zeros_(head.weight)
             nn.init.normal_(head.bias, std=self.cfg.head_bias_std)
+        self.channels_last = False
+
+    def set_channels_last(self, enabled: bool = True) -> "TrajectoryEncoder":
+        """Run the convolutions channels-last (weights converted in place; same parameters)."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.weight.data = conv.weight.data.contiguous(memory_format=fmt)
+        self.channels_last = bool(enabled)
+        return self
 
     @property
     def trunk_channels(self) -> int:
@@ -88,7 +104,14 @@ class TrajectoryEncoder(nn.Module):
             raise ValueError(f"trajectories must be (B, F, {self.cfg.in_channels}, H, W); got {tuple(p.shape)}")
         if p.shape[-2] % 8 or p.shape[-1] % 8:
             raise ValueError(f"trajectory frames must have H and W divisible by 8; got {tuple(p.shape[-2:])}")
-        x = p.to(self.convs[0].weight.dtype)
+        dtype = self.convs[0].weight.dtype
+        if self.channels_last:
+            kind = p.device.type
+            if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+                dtype = torch.get_autocast_dtype(p.device.type)
+            x = p.to(dtype=dtype, memory_format=torch.channels_last)
+        else:
+            x = p.to(dtype)
         for i, conv in enumerate(self.convs):
             x = F.silu(conv(x))
             if i in (1, 3):

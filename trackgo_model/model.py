@@ -20,10 +20,10 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from trackgo_data.config import atomic_write_bytes, atomic_write_json
+from trackgo_data.config import atomic_write_bytes, atomic_write_json, config_from_dict
 
 from .adapter import TrackContext, install_track_adapters, remove_track_adapters, restore_track_adapters
-from .configs import MODES, TrackGoConfig, unet_config
+from .configs import MODES, KernelConfig, TrackGoConfig, unet_config
 from .encoder import TrajectoryEncoder
 from .losses import attention_loss
 
@@ -195,6 +195,19 @@ class TrackGoUNet(nn.Module):
     def enable_gradient_checkpointing(self) -> None:
         self.unet.enable_gradient_checkpointing()
 
+    def set_kernels(self, kernels: KernelConfig | dict | None = None) -> KernelConfig:
+        """Choose how the adapters and the encoder run (speed only; see :class:`KernelConfig`)."""
+        kernels = config_from_dict(KernelConfig, kernels, path="kernels")
+        self.context.kernel = kernels.attention
+        self.context.fused_projections = kernels.fused_projections
+        self.encoder.set_channels_last(kernels.encoder_channels_last)
+        return kernels
+
+    def kernels(self) -> KernelConfig:
+        """The current :class:`KernelConfig`."""
+        return KernelConfig(attention=self.context.kernel, fused_projections=self.context.fused_projections,
+                            encoder_channels_last=self.encoder.channels_last)
+
     @contextlib.contextmanager
     def without_adapters(self) -> Iterator[Any]:
         """Temporarily restore the stock processors (e.g. ``unet.save_pretrained``); yields the UNet."""
@@ -208,8 +221,12 @@ class TrackGoUNet(nn.Module):
     def named_group_parameters(self, groups: tuple[str, ...] | list[str] | None = None) -> dict[str, nn.Parameter]:
         """{checkpoint key: parameter} of the groups (default ``cfg.trainable``).
 
-        encoder → ``encoder.*``; adapter → ``adapters.<path>.{to_q_prime,to_k_prime,gate}``;
-        temporal_qkv → ``unet.<path>.to_{q,k,v}.*`` of every adapted attn1.
+        encoder → ``encoder.*``; adapter → ``adapters.<path>.{to_q_prime,to_k_prime}`` and, in
+        ``mode="gated"`` only, ``adapters.<path>.gate`` (the paper's O = (A + A′)·V has no gate: an
+        unused parameter would stall DDP and take optimizer state for nothing, so in ``mode="paper"``
+        the gates are neither trained nor saved); temporal_qkv → ``unet.<path>.to_{q,k,v}.*`` of
+        every adapted attn1; unet → ``unet.*``, every UNet parameter outside the adapters. The groups
+        follow ``cfg.mode``, not the inference-time mode switch.
         """
         groups = tuple(self.cfg.trainable if groups is None else groups)
         out: dict[str, nn.Parameter] = {}
@@ -218,16 +235,23 @@ class TrackGoUNet(nn.Module):
                 out.update({f"encoder.{n}": p for n, p in self.encoder.named_parameters()})
             elif g == "adapter":
                 for path, a in self.adapters.items():
-                    out.update({f"adapters.{path}.{n}": p for n, p in a.named_parameters()})
+                    out.update({f"adapters.{path}.{n}": p for n, p in a.named_parameters()
+                                if n != "gate" or self.cfg.mode == "gated"})
             elif g == "temporal_qkv":
                 for path in self.adapters:
                     attn = self.unet.get_submodule(path)
                     for lin in ("to_q", "to_k", "to_v"):
                         for n, p in getattr(attn, lin).named_parameters():
                             out[f"unet.{path}.{lin}.{n}"] = p
+            elif g == "unet":  # the whole UNet, adapters excluded (a base model trained from scratch)
+                out.update({f"unet.{n}": p for n, p in self.unet.named_parameters() if ".processor." not in n})
             else:
                 raise ValueError(f"unknown parameter group {g!r}")
         return out
+
+    def gates(self) -> dict[str, nn.Parameter]:
+        """{``adapters.<path>.gate``: per-head gate} of every adapter, whatever the mode."""
+        return {f"adapters.{path}.gate": a.gate for path, a in self.adapters.items()}
 
     def trainable_parameters(self, groups: tuple[str, ...] | list[str] | None = None) -> list[nn.Parameter]:
         return list(self.named_group_parameters(groups).values())
@@ -241,20 +265,34 @@ class TrackGoUNet(nn.Module):
         return params
 
     def added_parameters(self) -> int:
-        """Encoder + adapters (W′_q, W′_k, gates): the parameters TrackGo adds to SVD."""
+        """Encoder + adapters (W′_q, W′_k, and the gates in gated mode): what TrackGo adds to SVD."""
         return sum(p.numel() for p in self.named_group_parameters(("encoder", "adapter")).values())
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _checkpoint_groups(self) -> tuple[str, ...]:
         return ("encoder", "adapter") + (("temporal_qkv",) if "temporal_qkv" in self.cfg.trainable else ())
 
-    def save_trackgo(self, directory: str | Path) -> Path:
-        """Write ``trackgo.safetensors`` (TrackGo tensors only) and ``trackgo_config.json``, atomically."""
+    def checkpoint_parameters(self) -> dict[str, nn.Parameter]:
+        """{key: parameter} of what :meth:`save_trackgo` writes (encoder, adapters, trained q/k/v)."""
+        return self.named_group_parameters(self._checkpoint_groups())
+
+    def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write ``trackgo.safetensors`` (TrackGo tensors only) and ``trackgo_config.json``, atomically.
+
+        tensors: the values to write instead of this module's own (e.g. full tensors gathered from
+        a sharded training run); the keys must be those of :meth:`checkpoint_parameters`.
+        """
         from safetensors.torch import save
 
         directory = Path(directory)
-        tensors = {k: p.detach().to("cpu").contiguous() for k, p in self.named_group_parameters(
-            self._checkpoint_groups()).items()}
+        params = self.checkpoint_parameters()
+        if tensors is None:
+            tensors = params
+        elif sorted(tensors) != sorted(params):
+            raise ValueError(f"save_trackgo: tensors must have exactly the keys of checkpoint_parameters(); "
+                             f"missing {sorted(set(params) - set(tensors))[:3]} "
+                             f"unexpected {sorted(set(tensors) - set(params))[:3]}")
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
         atomic_write_json(directory / CONFIG_NAME, {
             "format": FORMAT,
@@ -274,7 +312,9 @@ class TrackGoUNet(nn.Module):
         if meta["num_adapters"] != len(self.adapters):
             raise ValueError(f"{directory}: checkpoint has {meta['num_adapters']} adapters, this UNet {len(self.adapters)}")
         state = load_file(str(Path(directory) / WEIGHTS_NAME))
-        params = self.named_group_parameters(self._checkpoint_groups())
+        params = self.checkpoint_parameters()
+        if self.cfg.mode == "paper":  # files written before gates left the paper-mode groups
+            params.update({k: g for k, g in self.gates().items() if k in state})
         missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         if missing or unexpected:
             raise ValueError(f"{directory}: checkpoint keys do not match this model; "

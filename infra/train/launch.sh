@@ -5,13 +5,14 @@
 #   infra/train/launch.sh 8gpu      --config svd-xt-paper … [--resume]
 #   NNODES=4 NODE_RANK=$i MASTER_ADDR=host0 infra/train/launch.sh multinode --config svd-xt-paper …
 #   LAUNCHER=torchrun infra/train/launch.sh 8gpu --config …     # torchrun instead of accelerate launch
+#   infra/train/launch.sh cpu2 --config tiny-cpu                  # 2 CPU processes (gloo), no GPU needed
 #
 # Every node runs the same command; global_batch_size stays fixed (accumulation adapts to the
 # number of processes). Checkpoints go to run_dir on shared storage; rerun with --resume after a
 # preemption (SIGTERM makes the run write a checkpoint before it exits).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-mode="${1:?usage: launch.sh 1gpu|8gpu|multinode [trackgo train arguments]}"
+mode="${1:?usage: launch.sh 1gpu|8gpu|multinode|cpu2 [trackgo train arguments]}"
 shift
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
@@ -23,7 +24,8 @@ case "$mode" in
   1gpu) cfg=infra/train/accelerate-1gpu.yaml; GPUS_PER_NODE=1; NNODES=1 ;;
   8gpu) cfg=infra/train/accelerate-8gpu.yaml; NNODES=1 ;;
   multinode) cfg=infra/train/accelerate-multinode.yaml ;;
-  *) echo "unknown mode $mode (1gpu, 8gpu, multinode)" >&2; exit 2 ;;
+  cpu2) cfg=infra/train/accelerate-cpu-2proc.yaml; GPUS_PER_NODE=2; NNODES=1; export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" ;;
+  *) echo "unknown mode $mode (1gpu, 8gpu, multinode, cpu2)" >&2; exit 2 ;;
 esac
 if [ "${LAUNCHER:-accelerate}" = torchrun ]; then
   exec "$PY" -m torch.distributed.run --nnodes "$NNODES" --nproc-per-node "$GPUS_PER_NODE" \

@@ -292,3 +292,42 @@ def test_compiled_kernel_matches_reference_values_and_gradients(case):
     for eager_g, compiled_g in zip(*grads):
         assert eager_g.abs().sum() > 0
         torch.testing.assert_close(compiled_g, eager_g, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("collect", [False, True])
+def test_fused_projections_equal_separate_ones_with_gradients_per_layer(collect):
+    """One GEMM with [W_q | W_k | W_v] and one with [W′_q | W′_k]: the same output, and each
+    separate Linear still gets its own gradient."""
+    torch.manual_seed(0)
+    unet = build_unet("tiny", device="cpu")
+    path = temporal_attn1_paths(unet)[0]
+    attn = unet.get_submodule(path)
+    ctx = TrackContext(mode="gated")
+    proc = TrackAdapterProcessor(attn, ctx, name=path)
+    with torch.no_grad():
+        proc.gate.fill_(0.5)
+    enc = TrajectoryEncoder([proc.width])
+    for head in enc.heads.values():
+        torch.nn.init.normal_(head.weight, std=0.5)
+    trunk = torch.randn(2 * 3, enc.trunk_channels, 2, 2)
+    x = torch.randn(2 * 4, 3, proc.width)
+    layers = [attn.to_q, attn.to_k, attn.to_v, proc.to_q_prime, proc.to_k_prime]
+    results = []
+    for fused in (False, True):
+        ctx.fused_projections = fused
+        ctx.begin(batch=2, frames=3, latent_hw=(2, 2), encoder=enc, trunk=trunk, collect=collect)
+        out = proc(attn, x)
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+        if collect:
+            loss = loss + ctx.collected[path].diag.square().sum()
+        results.append((out, torch.autograd.grad(loss, [lin.weight for lin in layers])))
+        ctx.end()
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
+    for a, b in zip(results[1][1], results[0][1]):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    attn.to_k = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(proc.width, proc.width, bias=False))
+    ctx.fused_projections = True
+    ctx.begin(batch=2, frames=3, latent_hw=(2, 2), encoder=enc, trunk=trunk)
+    with pytest.raises(TypeError, match="plain torch.nn.Linear"):
+        proc(attn, x)

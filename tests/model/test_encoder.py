@@ -97,3 +97,32 @@ def test_sequence_features_is_features_at_in_temporal_layout():
     assert seq.shape == (bsz * 12, frames, 32)
     for b, y, x in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
         torch.testing.assert_close(seq[b * 12 + y * 4 + x], ref[b, :, :, y, x])
+
+
+def test_channels_last_trunk_equals_reference_values_and_gradients():
+    """set_channels_last: the same trunk and weight gradients (fp32), within bf16 rounding under
+    autocast; the trunk comes out channels-last and switching back restores the layout."""
+    torch.manual_seed(0)
+    enc = TrajectoryEncoder([32])
+    fast = TrajectoryEncoder([32])
+    fast.load_state_dict(enc.state_dict())
+    fast.set_channels_last(True)
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in fast.convs)
+    p = torch.rand(1, 3, 3, 32, 48) * 2 - 1
+    ref, out = enc.trunk(p), fast.trunk(p)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous(
+        memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn(ref.shape)
+    g_ref = torch.autograd.grad((ref * w).sum(), list(enc.convs.parameters()))
+    g_out = torch.autograd.grad((out * w).sum(), list(fast.convs.parameters()))
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref16, out16 = enc.trunk(p), fast.trunk(p)
+    assert out16.dtype == ref16.dtype == torch.bfloat16
+    torch.testing.assert_close(out16.float(), ref16.float(), atol=0.05, rtol=0.05)
+    seq_ref, seq_out = (e.sequence_features(t, 32, (2, 3), 1) for e, t in ((enc, ref), (fast, out)))
+    torch.testing.assert_close(seq_out, seq_ref, atol=1e-5, rtol=1e-5)
+    fast.set_channels_last(False)
+    assert not fast.channels_last and fast.convs[1].weight.is_contiguous()

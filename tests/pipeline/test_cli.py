@@ -173,3 +173,15 @@ def test_preview_colours_objects_by_area_like_training(run_cli, scene, tmp_path,
     assert all(x >= 58 for x, _ in red)                        # every red square is on the big mask
     ys, xs = np.nonzero(mask_a)
     assert all(xs.min() - 2 <= x <= xs.max() + 1 and ys.min() - 2 <= y <= ys.max() + 1 for x, y in green)
+
+
+def test_registering_subcommands_imports_no_torch():
+    """`trackgo data …` must start without torch: every registrar (train's included) stays light."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from trackgo_model.cli import build_parser; build_parser(); "
+            "heavy = [m for m in ('torch', 'diffusers', 'gradio', 'prefect') if m in sys.modules]; "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "", f"building the trackgo parser imported {out}"

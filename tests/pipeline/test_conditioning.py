@@ -56,6 +56,58 @@ def test_clip_preprocess_matches_clip_image_processor():
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
+def _diffusers_svd_clip_input(img: np.ndarray, fe) -> torch.Tensor:
+    """What diffusers' SVD pipeline feeds CLIP for a PIL-like uint8 image (its own functions)."""
+    from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+        _resize_with_antialiasing,
+    )
+
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0  # as pil_to_numpy/numpy_to_pt
+    x = _resize_with_antialiasing(x * 2.0 - 1.0, (224, 224))
+    x = (x + 1.0) / 2.0
+    return fe(images=x, do_normalize=True, do_center_crop=False, do_resize=False, do_rescale=False,
+              return_tensors="pt").pixel_values
+
+
+@pytest.mark.parametrize("hw", [(90, 150), (576, 1024), (300, 233)])
+def test_clip_preprocess_is_the_svd_pipelines(hw):
+    from transformers import CLIPImageProcessor
+
+    fe = CLIPImageProcessor(**CLIP_PROCESSOR)
+    rng = np.random.default_rng(hw[0])
+    # sharp edges: bicubic overshoots [0, 1], which SVD keeps (no clamp)
+    img = (rng.integers(0, 2, (hw[0] // 3 + 1, hw[1] // 3 + 1, 3)) * 255).astype(np.uint8)
+    img = np.ascontiguousarray(img.repeat(3, 0).repeat(3, 1)[: hw[0], : hw[1]])
+    ref = _diffusers_svd_clip_input(img, fe)
+    ours = cond.clip_preprocess(cond.image_to_tensor(img), fe)
+    assert ours.shape == ref.shape == (1, 3, 224, 224)
+    torch.testing.assert_close(ours, ref, atol=2e-5, rtol=1e-5)
+    unit = ours * torch.tensor(cond.CLIP_STD).view(1, 3, 1, 1) + torch.tensor(cond.CLIP_MEAN).view(1, 3, 1, 1)
+    assert unit.min() < -1e-3 or unit.max() > 1 + 1e-3  # the overshoot is there, not clamped away
+
+
+def test_encode_image_clip_equals_svd_pipeline_encode_image(vae):
+    """The whole CLIP branch against diffusers' StableVideoDiffusionPipeline._encode_image."""
+    from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from trackgo_model.model import build_unet
+    from trackgo_model.tiny import SVD_SCHEDULER, TINY_CLIP
+
+    torch.manual_seed(0)
+    enc = CLIPVisionModelWithProjection(CLIPVisionConfig(projection_dim=32, **TINY_CLIP)).eval()
+    fe = CLIPImageProcessor(**CLIP_PROCESSOR)
+    pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=enc, unet=build_unet("tiny", device="cpu"),
+                                        scheduler=EulerDiscreteScheduler(**SVD_SCHEDULER), feature_extractor=fe)
+    img = np.random.default_rng(3).integers(0, 256, (72, 128, 3), dtype=np.uint8)
+    with torch.no_grad():
+        ref = pipe._encode_image(Image.fromarray(img), "cpu", 1, False)
+        ours = cond.encode_image_clip(enc, fe, cond.image_to_tensor(img))
+    assert ours.shape == ref.shape == (1, 1, 32)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_encode_image_clip_shape_and_values():
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 

@@ -2,9 +2,10 @@
 
 Layout of ``<run_dir>/checkpoints/checkpoint-<step:06d>/``::
 
-    trainable.safetensors   trainable parameters by name (float32)
+    trainable.safetensors   trainable parameters by name (float32; full tensors, also from a sharded run)
     ema.safetensors         EMA shadow of the same parameters (when EMA is on)
-    optimizer.pt            optimizer state_dict
+    optimizer.pt            optimizer state_dict (full tensors, the single-process layout, also from FSDP)
+    scaler.pt               fp16 loss-scaler state (mixed_precision=fp16 only)
     scheduler.pt            LR scheduler state_dict
     rng-rank<r>.pt          python / numpy / torch (CPU, CUDA) RNG states + the loss generator, per rank
     state.json              step, data position, counters, EMA bookkeeping, git revision, config hash
@@ -133,6 +134,7 @@ def write_payload(
     scheduler_state: dict,
     state: dict[str, Any],
     config: dict[str, Any],
+    scaler_state: dict | None = None,
 ) -> None:
     """Everything except the per-rank RNG files and the export (main process)."""
     from safetensors.torch import save_file
@@ -145,6 +147,8 @@ def write_payload(
         save_file(contiguous(ema), str(tmp / "ema.safetensors"))
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler_state, tmp / "scheduler.pt")
+    if scaler_state is not None:
+        torch.save(scaler_state, tmp / "scaler.pt")
     atomic_write_json(tmp / "config.json", config)
     # state.json last: its presence marks the payload complete.
     atomic_write_json(tmp / STATE_FILE, state)

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from trackgo_data.config import ConfigError, apply_overrides, config_from_dict, load_yaml
+from trackgo_model.configs import KernelConfig
+
+from .memory import CHECKPOINTING, OPTIMIZERS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SVD_PATH_ENV = "TRACKGO_SVD_PATH"
@@ -36,13 +39,28 @@ class ModelConfig:
     # Ablation "no attention mask": the adapter's AM term is switched off (A′ still added).
     attention_mask: bool = True
     # Which parameter groups train; the rest of the UNet stays frozen.
-    # Groups: "encoder", "adapter" (W′_q, W′_k, gates), "temporal_qkv" (temporal attn1 W_q/W_k/W_v).
+    # Groups: "encoder", "adapter" (W′_q, W′_k, gates), "temporal_qkv" (temporal attn1 W_q/W_k/W_v),
+    # "unet" (the whole UNet: a base model trained from scratch, with trajectories=false).
     trainable: tuple[str, ...] = ("encoder", "adapter", "temporal_qkv")
+    # False: the trajectory video P is not given to the model (a plain image-to-video objective,
+    # the adapters act as the stock attention): how the toy reproduction trains its base model.
+    trajectories: bool = True
     gradient_checkpointing: bool = False
+    # What gradient checkpointing re-runs in backward (trackgo_model.train.memory): "diffusers"
+    # (resnets + spatial transformer blocks), "temporal" (+ the temporal transformer blocks),
+    # "transformer" (+ each spatio-temporal transformer as one unit). Needs gradient_checkpointing.
+    checkpointing: str = "diffusers"
+    # Speed switches of the adapters and the encoder (trackgo_model.configs.KernelConfig: attention,
+    # fused_projections, encoder_channels_last); the same function whatever they are.
+    kernels: KernelConfig = field(default_factory=KernelConfig)
 
     def __post_init__(self) -> None:
         if not self.trainable:
             raise ValueError("model.trainable must name at least one parameter group")
+        if self.checkpointing not in CHECKPOINTING:
+            raise ValueError(f"model.checkpointing must be one of {CHECKPOINTING}, got {self.checkpointing!r}")
+        if self.checkpointing != "diffusers" and not self.gradient_checkpointing:
+            raise ValueError(f"model.checkpointing={self.checkpointing} needs model.gradient_checkpointing=true")
 
 
 @dataclass
@@ -105,10 +123,14 @@ class OptimConfig:
     scheduler: str = "constant_with_warmup"
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
+    # "adamw" (torch) or "adamw8bit" (bitsandbytes: 8-bit moments; trackgo_model.train.memory)
+    optimizer: str = "adamw"
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"optim.scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optim.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
 
 @dataclass
@@ -138,10 +160,13 @@ class TrainConfig:
     global_batch_size: int = 8  # = data.batch_size × processes × gradient accumulation
     mixed_precision: str = "bf16"
     distributed: str = "ddp"
+    fsdp_version: int = 1  # with distributed=fsdp: 1 (FullyShardedDataParallel) or 2 (fully_shard)
     checkpoint_every: int = 500
     keep_checkpoints: int = 3  # 0 keeps all
     log_every: int = 10
-    max_nonfinite_steps: int = 5  # stop after this many non-finite steps in a row
+    # Stop after this many non-finite steps in a row (non-finite loss; without the fp16 loss scaler
+    # also a non-finite gradient norm — with it, gradient overflows only lower the loss scale).
+    max_nonfinite_steps: int = 5
     progress: str = "tqdm"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -157,6 +182,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         if self.distributed not in DISTRIBUTED:
             raise ValueError(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
+        if self.fsdp_version not in (1, 2):
+            raise ValueError(f"fsdp_version must be 1 or 2, got {self.fsdp_version!r}")
         if self.progress not in PROGRESS:
             raise ValueError(f"progress must be one of {PROGRESS}, got {self.progress!r}")
         if self.max_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:

@@ -94,7 +94,7 @@ def load_components(cfg, run_dir: Path) -> Components:
         # trajectories influence the output from step 0 as they would in a trained model.
         from safetensors.torch import load_file
 
-        params = model.named_group_parameters(("encoder", "adapter", "temporal_qkv"))
+        params = {**model.named_group_parameters(("encoder", "adapter", "temporal_qkv")), **model.gates()}
         state = load_file(str(init))
         unknown = sorted(set(state) - set(params))
         if unknown:

@@ -1,0 +1,73 @@
+"""benchmarks/gpu_suite.py at its tiny size on the CPU: every section runs and writes finite figures;
+the Triton check runs in Triton's interpreter."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_suite.py"
+
+
+def numbers(tree, path=""):
+    """(dotted path, value) of every number in a JSON tree."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from numbers(v, f"{path}.{k}" if path else k)
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from numbers(v, f"{path}[{i}]")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, tree
+
+
+def test_tiny_suite_writes_every_section(tmp_path, monkeypatch):
+    pytest.importorskip("triton", reason="the suite's kernel check runs the Triton kernel")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the check section's kernel runs in the interpreter
+    spec = importlib.util.spec_from_file_location("gpu_suite_bench", SCRIPT)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    out = tmp_path / "suite.json"
+    assert suite.main(["--tiny", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+
+    assert {"meta", "checks", "training", "memory", "generation", "summary", "skipped"} <= set(r)
+    assert "errors" not in r, r.get("errors")
+    bad = [(p, v) for p, v in numbers(r) if not math.isfinite(v)]
+    assert not bad, bad
+
+    # the fused kernel agrees with the explicit one (fp32 tightly, bf16 within its rounding)
+    checks = {k: v for k, v in r["checks"].items() if k.startswith("triton")}
+    assert len(checks) == 4 and all("error" not in v for v in checks.values()), checks
+    for key, errs in checks.items():
+        limit = 1e-4 if "float32" in key else 5e-2
+        assert errs.pop("rows_off") == 0 and max(errs.values()) < limit, (key, errs)
+
+    tr = r["training"]
+    assert set(tr["fwd_bwd_ratio"]) == set(tr["fwd_bwd_ratio_attn_loss"]) == {
+        "reference", "fused_projections", "encoder_channels_last"}
+    assert not tr["errors"] and all(v > 0 for v in tr["fwd_bwd_ms"].values())
+    assert "training triton" not in r["skipped"]  # the tiny list has none; on a GPU it is timed
+
+    mem = r["memory"]
+    assert not mem["errors"] and {"diffusers", "temporal"} <= set(mem["options"])
+    # same batch, same draws: re-running blocks in backward changes no number of the first step
+    assert mem["options"]["diffusers"]["loss"] == mem["options"]["temporal"]["loss"]
+    assert all(v["step_s"] > 0 and v["trainable_params"] > 0 for v in mem["options"].values())
+
+    gen = r["generation"]
+    assert not gen["errors"] and set(gen["variants"]) == {"default", "channels_last", "decode_chunk"}
+    default = gen["variants"]["default"]
+    assert {"svd", "trackgo", "trackgo_no_trajectories", "ratio_total", "ratio_denoise"} <= set(default)
+    for kind in ("svd", "trackgo", "trackgo_no_trajectories"):
+        row = default[kind]
+        assert row["unet_calls"] == gen["steps"] == 2  # guidance: both halves in one call per step
+        assert row["total"] >= row["denoise"] >= row["unet"] > 0 and row["vae_decode"] > 0 and row["clip"] > 0
+        assert abs(row["total"] - sum(row[s] for s in ("clip", "vae_encode", "trajectory_encode", "denoise",
+                                                         "vae_decode", "other"))) < 1e-3
+    assert default["trackgo"]["trajectory_encode"] > 0 and default["svd"]["trajectory_encode"] == 0
+    assert r["summary"]["ratio_to_svd"]["default"] == default["ratio_total"]
+    assert r["meta"]["preset"] == "tiny" and r["skipped"]["compiled"] == "--no-compile"

@@ -1,0 +1,198 @@
+"""TrackGo's masked temporal attention (spec §4, §9): ``track_attention``, a pure function on
+(batch, heads, F, d) tensors, and its kernels (explicit, SDPA, compiled; the Triton one lives in
+``trackgo_model.fused_attention``). ``trackgo_model.adapter`` puts it into the UNet.
+
+Paper rule (Eq. 2–4):
+    A′ = softmax(Q′K′ᵀ/√d),   AM_ij = mask_value (−10⁴) where A′_ij ≥ α, τ elsewhere,
+    A  = softmax(QKᵀ/√d + AM),  O = (A + A′)·V                                  (mode="paper")
+
+Default (mode="gated"): O = A·V + g·(A′·V) with a per-head gate g (zero-initialised in the
+adapter). A fresh encoder emits one constant vector (see trackgo_model.encoder), so A′ is exactly
+uniform, its mask row constant, and with g = 0 a freshly wrapped UNet computes exactly what SVD
+computes.
+
+Two interpretations, both exact consequences of softmax's shift invariance (spec §9):
+
+* The mask is applied as AM − max_j AM_ij. This leaves A unchanged in exact arithmetic, but a
+  row whose mask is constant (every entry masked, or none) becomes an exact zero mask instead of
+  adding −10⁴ to every logit, which would wipe out the logits' precision in fp16/bf16 (a fully
+  masked row therefore equals the unmasked softmax, as the formula says). Only the gap between
+  mask_value and τ matters: τ = mask_value turns masking off, τ = 0 is the strongest masking.
+* Unspecified-region motion strength ``motion`` = m ≥ 0. A row i is *unspecified* when its mask
+  is constant (for F > 5 that is "no entry of A′ reaches α": the user gave no trajectory there
+  and the literal rule cannot act). In such rows the total attention A″ = A + g·A′ (gated) or
+  A + A′ (paper), whose row sum is s = 1 + g (resp. 2), is blended toward the uniform row of the
+  same mass: A″_i ← m·A″_i + (1 − m)·s/F. The output there becomes m·O_i + (1 − m)·s·mean_j V_j,
+  so at a position whose rows are all unspecified the temporal variance of the attention output
+  scales by exactly m²: m = 1 is unchanged, m = 0 freezes the unspecified region (every frame gets
+  the temporal mean), m > 1 amplifies its motion (extrapolation; weights can turn negative).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+MODES = ("gated", "paper")
+#: implementations of the masked temporal attention (same function; speed differs by device)
+KERNELS = ("explicit", "sdpa", "compiled", "triton")
+
+
+def _as_head_gate(gate: torch.Tensor | float, heads: int, like: torch.Tensor) -> torch.Tensor | float:
+    if not isinstance(gate, torch.Tensor):
+        return float(gate)
+    g = gate.to(dtype=like.dtype, device=like.device)
+    if g.ndim == 0:
+        return g
+    if g.numel() != heads:
+        raise ValueError(f"gate must be a scalar or have one value per head ({heads}), got shape {tuple(g.shape)}")
+    return g.reshape(1, heads, 1, 1)
+
+
+def track_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_prime: torch.Tensor,
+    k_prime: torch.Tensor,
+    *,
+    alpha: float = 0.2,
+    tau: float | None = None,
+    mode: str = "gated",
+    gate: torch.Tensor | float | None = None,
+    motion: float = 1.0,
+    mask_value: float = -1.0e4,
+    return_maps: bool = False,
+    sdpa: bool = True,
+    compiled: bool = False,
+    kernel: str | None = None,
+    return_diag: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
+    """TrackAdapter temporal attention (see the module docstring for the exact rules).
+
+    Args:
+        q, k, v: (B, heads, F, d) original-branch query/key/value (from the layer input X).
+        q_prime, k_prime: (B, heads, F, d) adapter-branch query/key (from the encoder feature f).
+        alpha: A′ threshold of Eq. 3.
+        tau: mask value where A′ < α (None → 0).
+        mode: ``"gated"`` (O = A·V + g·A′·V; ``gate=None`` means g = 0 and skips the A′·V term)
+            or ``"paper"`` (O = (A + A′)·V; ``gate`` must be None).
+        gate: scalar or (heads,) tensor, gated mode only.
+        motion: unspecified-region motion strength m ≥ 0.
+        return_maps: also return (A, A′), each (B, heads, F, F); A is the masked original-branch
+            map of Eq. 4, before the motion blend.
+        sdpa: original branch through ``F.scaled_dot_product_attention`` with the additive mask
+            (plus a second matmul for A′·V); False (and always with ``return_maps``) forms A
+            explicitly and applies A + g·A′ in one matmul. Same result; speed differs by device.
+        compiled: run the explicit kernel through ``torch.compile`` (Inductor fuses the mask,
+            both softmaxes and the blend, forward and backward); ignores ``sdpa``. The first call
+            per shape compiles (seconds).
+        kernel: one of :data:`KERNELS`, overriding ``sdpa``/``compiled``: ``explicit``, ``sdpa``,
+            ``compiled`` or ``triton`` (``trackgo_model.fused_attention``: one pass per sequence,
+            forward and backward, nothing F×F in memory; CUDA, or Triton's interpreter on CPU).
+        return_diag: also return diag(A) (B, heads, F) fp32, differentiable — all the attention
+            loss reads; every kernel provides it (full maps only come from explicit/compiled).
+
+    Returns:
+        out: (B, heads, F, d) in v's dtype, and with ``return_maps`` the tuple (A, A′), with
+        ``return_diag`` diag(A).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "paper" and gate is not None:
+        raise ValueError("mode='paper' has no gate (O = (A + A')·V); pass gate=None")
+    if motion < 0:
+        raise ValueError(f"motion must be >= 0, got {motion}")
+    if q.ndim != 4 or q.shape != k.shape or k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"q, k, v must be (B, heads, F, d) of matching shapes; got {q.shape}, {k.shape}, {v.shape}")
+    if q_prime.shape != q.shape or k_prime.shape != q.shape:
+        raise ValueError(f"q_prime/k_prime must match q's shape {tuple(q.shape)}; got {q_prime.shape}, {k_prime.shape}")
+    heads, frames, d = q.shape[1], q.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(d)
+
+    if kernel is None:
+        kernel = "compiled" if compiled else ("sdpa" if sdpa else "explicit")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if return_maps and (return_diag or kernel == "triton"):
+        raise ValueError("return_maps gives the full maps (explicit or compiled kernel only); "
+                         "for diag(A) ask return_diag instead")
+    g = 1.0 if mode == "paper" else (None if gate is None else _as_head_gate(gate, heads, v))
+    mass = 1.0 if g is None else 1.0 + g
+    # AM − τ is a constant shift per row: only the gap mask_value − τ matters (module docstring)
+    gap = float(mask_value) - (0.0 if tau is None else float(tau))
+    want_hit = motion != 1.0
+    diag = None
+    if kernel == "triton":
+        from .fused_attention import triton_track_attention
+
+        out, diag, n_hit = triton_track_attention(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale,
+                                                  want_diag=return_diag, want_nhit=want_hit)
+    elif kernel != "sdpa" or return_maps or return_diag:
+        run = _compiled_kernel() if kernel == "compiled" else _explicit_kernel
+        maps = "diag" if return_diag else return_maps
+        out, a, a_prime, n_hit = run(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale, maps, want_hit)
+        diag = a if return_diag else None
+    else:
+        a_prime, hit, am = _adapter_branch(q_prime, k_prime, float(alpha), gap, scale)
+        n_hit = hit.sum(dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=am.to(q.dtype))
+        if g is not None:
+            out = out + g * torch.matmul(a_prime.to(v.dtype), v)
+
+    if want_hit:
+        # rows whose mask is constant: every entry on the same side of α
+        unspecified = ((n_hit == 0) | (n_hit == frames)).unsqueeze(-1)  # (B, heads, F, 1)
+        v_mean = v.mean(dim=-2, keepdim=True)
+        blended = motion * out + (1.0 - motion) * mass * v_mean
+        out = torch.where(unspecified, blended, out)
+
+    if return_maps:
+        return out, (a, a_prime)
+    if return_diag:
+        return out, diag
+    return out
+
+
+def _adapter_branch(q_prime: torch.Tensor, k_prime: torch.Tensor, alpha: float, gap: float, scale: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(A′ in fp32, the hit map A′ ≥ α, the additive mask with each row's maximum subtracted).
+
+    The mask is built from python scalars only: no host→device copies (they would synchronise
+    the stream). Constant rows (every entry masked, or none) become exact zeros."""
+    a_prime = torch.softmax(torch.matmul(q_prime, k_prime.transpose(-1, -2)).float() * scale, dim=-1)
+    hit = a_prime >= alpha
+    am = hit.float() * gap
+    return a_prime, hit, am - am.amax(dim=-1, keepdim=True)
+
+
+def _explicit_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prime: torch.Tensor,
+                     k_prime: torch.Tensor, g: torch.Tensor | float | None, alpha: float, gap: float,
+                     scale: float, maps: bool | str = True, want_hit: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Explicit path on (B, heads, F, d) inputs → (out (B, heads, F, d), A, A′ (B, heads, F, F),
+    hits per row (B, heads, F)).
+
+    A and A′ in fp32; one matmul with A″ = A + g·A′ (just A when g is None). A and A′ are
+    returned only with ``maps`` (``maps="diag"``: diag(A) (B, heads, F) in A's place, A′ None),
+    the hit counts only with ``want_hit`` (None otherwise), so a compiled kernel need not write
+    out maps nobody reads."""
+    a_prime, hit, am = _adapter_branch(q_prime, k_prime, alpha, gap, scale)
+    a = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * scale + am, dim=-1)
+    if g is None:
+        total = a
+    else:
+        total = a + (g.float() if isinstance(g, torch.Tensor) else g) * a_prime
+    out = torch.matmul(total.to(v.dtype), v)
+    n_hit = hit.sum(dim=-1) if want_hit else None
+    if maps == "diag":
+        return out, a.diagonal(dim1=-2, dim2=-1), None, n_hit
+    return out, (a if maps else None), (a_prime if maps else None), n_hit
+
+
+@functools.cache
+def _compiled_kernel():
+    """``torch.compile`` of :func:`_explicit_kernel`, built on first use."""
+    return torch.compile(_explicit_kernel, fullgraph=True)
