@@ -1,0 +1,144 @@
+"""Pieces of the toy reproduction, against hand-computed values: stage records, metrics, VAE helpers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trackgo_data.config import ConfigError
+
+
+def _cfg(tmp_path, *over):
+    from trackgo_model.toy.config import load_toy_config
+
+    return load_toy_config("toy", [f"out={tmp_path}", *over])
+
+
+def test_config_validation(tmp_path):
+    cfg = _cfg(tmp_path)
+    assert set(cfg.variants) >= {"trackgo", "no_mask", "no_attn_loss", "gated"}
+    with pytest.raises(ConfigError, match="must differ"):
+        _cfg(tmp_path, "heldout_videos.seed=0")
+    with pytest.raises(ConfigError, match="variants must include"):
+        _cfg(tmp_path, "variants={trackgo: []}")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        _cfg(tmp_path, "evaluation.num_clips=3")
+
+
+def test_run_stage_skips_and_refuses_other_inputs(tmp_path):
+    from trackgo_model.toy.stages import StageMismatch, read_record, run_stage
+
+    cfg = _cfg(tmp_path)
+    calls = []
+    rec = run_stage(cfg, "videos", {"a": 1}, lambda: calls.append(1) or {"made": 1})
+    assert rec["product"] == {"made": 1} and rec["cpu_s"] >= 0 and rec["wall_s"] >= 0
+    again = run_stage(cfg, "videos", {"a": 1}, lambda: calls.append(2) or {})
+    assert calls == [1] and again["skipped"] and read_record(cfg, "videos")["hash"] == rec["hash"]
+    with pytest.raises(StageMismatch, match="other inputs"):
+        run_stage(cfg, "videos", {"a": 2}, lambda: {})
+
+    def boom():
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):  # an interrupted stage leaves no record, only its start
+        run_stage(cfg, "data", {"b": 1}, boom)
+    assert read_record(cfg, "data") is None
+    with pytest.raises(StageMismatch):  # … and cannot be resumed with other inputs
+        run_stage(cfg, "data", {"b": 2}, lambda: {})
+    assert run_stage(cfg, "data", {"b": 1}, lambda: {"ok": True})["product"] == {"ok": True}
+
+
+def test_psnr_by_hand():
+    from trackgo_model.toy.evaluate import psnr
+
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0, 0] = 10  # MSE = 100 / 96
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255 ** 2 / (100 / 96)))
+
+
+def test_ground_truth_tracks_scale_and_follow_the_path():
+    from trackgo_model.toy.evaluate import gt_object_tracks
+
+    labels = np.zeros((3, 16, 16), np.uint8)
+    labels[0, 2:7, 2:7] = 1      # 5×5 square: inscribed-circle centre at (4, 4)
+    labels[0, 10:15, 9:14] = 2   # centre (11, 12)
+    paths = np.array([[[4.0, 4.0], [11.0, 12.0]], [[6.0, 4.0], [11.0, 10.0]], [[8.0, 5.0], [11.0, 8.0]]])
+    gt = {"labels": labels, "paths": paths}
+    t = gt_object_tracks(gt, 0, 3, (16, 16))
+    assert t.shape == (3, 2, 2)
+    assert np.allclose(t[:, 0], [[4, 4], [6, 4], [8, 5]]) and np.allclose(t[:, 1], [[11, 12], [11, 10], [11, 8]])
+    half = gt_object_tracks(gt, 0, 3, (8, 8))  # pixel-centre convention x' = (x + 0.5)/2 − 0.5
+    assert np.allclose(half[2, 0], [(8 + 0.5) / 2 - 0.5, (5 + 0.5) / 2 - 0.5])
+
+
+def test_score_video_and_pooling():
+    """A perfect tracker (an identity 'video' whose tracks are read back) gives ObjMC 0; a shifted
+    one the shift; pooling weights entries, not clips."""
+    from types import SimpleNamespace
+
+    from trackgo_model.toy.evaluate import pool_scores, score_video
+
+    class Fixed:  # returns pre-set tracks, offset by the video's first pixel value
+        def track(self, frames, points):
+            off = float(frames[0, 0, 0, 0])
+            L = len(frames)
+            return np.repeat(np.asarray(points, np.float32)[None], L, 0) + off, np.ones((L, len(points)), bool)
+
+    L, tracks = 3, np.repeat(np.array([[[5.0, 5.0], [7.0, 2.0]]], np.float32), 3, 0)
+    vis = np.ones((L, 2), bool)
+    vis[1, 0] = False
+    video = np.zeros((L, 8, 8, 3), np.uint8)
+    s = SimpleNamespace(tracks=tracks, visibility=vis, video=video)
+    exact = score_video(Fixed(), video, s, tracks[:, :1])
+    assert exact["objmc_sum"] == 0 and exact["objmc_n"] == 5 and exact["path_n"] == 3
+    shifted = video.copy()
+    shifted[0, 0, 0, 0] = 3  # every point off by (3, 3)
+    r = score_video(Fixed(), shifted, s, tracks[:, :1])
+    assert r["objmc_sum"] == pytest.approx(5 * 3 * math.sqrt(2))
+    pooled = pool_scores([exact, r])
+    assert pooled["objmc"] == pytest.approx(3 * math.sqrt(2) / 2) and pooled["num_clips"] == 2
+
+
+def test_vae_windows_and_schedule():
+    from trackgo_model.train.vae import VAETrainConfig, _lr, random_windows
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.arange(2 * 6 * 3 * 16 * 24, dtype=torch.float32).reshape(2, 6, 3, 16, 24)
+    w = random_windows(v, 4, 8, g)
+    assert w.shape == (2, 4, 3, 8, 8)
+    for i in range(2):  # each window is a contiguous block of the clip on the ×8 grid
+        flat = v[i].flatten()
+        start = int((flat == w[i, 0, 0, 0, 0]).nonzero()[0])
+        t0, rest = divmod(start, 3 * 16 * 24)
+        y, x = divmod(rest, 24)
+        assert y % 8 == 0 and x % 8 == 0 and torch.equal(w[i], v[i, t0:t0 + 4, :, y:y + 8, x:x + 8])
+    cfg = VAETrainConfig(max_steps=110, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert _lr(cfg, 0) == pytest.approx(0.1) and _lr(cfg, 9) == pytest.approx(1.0)
+    assert _lr(cfg, 10) == pytest.approx(1.0) and _lr(cfg, 60) == pytest.approx(0.55)
+    assert _lr(cfg, 110) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        VAETrainConfig(crop=12)
+
+
+def test_vae_learns_a_constant_clip():
+    """A few steps on one clip lower the reconstruction loss (the objective has a usable gradient)."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    from trackgo_model.train.vae import VAEModelConfig, vae_loss
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLTemporalDecoder(**VAEModelConfig(block_out_channels=(32, 32, 32, 32)).diffusers_config(16))
+    clip = torch.tensor([0.6, -0.4, 0.1]).view(1, 1, 3, 1, 1).expand(1, 2, 3, 16, 16).contiguous()
+    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    first = None
+    for _ in range(10):
+        loss, parts = vae_loss(vae, clip, 1e-6, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else parts["l1"]
+    assert parts["l1"] < 0.7 * first

@@ -1,0 +1,118 @@
+"""Typed configuration of the toy reproduction (``trackgo toy …``, ``make toy``).
+
+``configs/toy.yaml`` names everything a run does: the synthetic worlds (training and held-out
+seeds), the dataset build's config values, the training configs of the three stages
+(``toy-vae``, ``toy-base``, ``toy-trackgo``) with extra overrides, the TrackGo variants compared
+(the paper's formula and Table 2's ablations, as overrides of ``toy-trackgo``), how many
+trainings run side by side, and the evaluation settings. ``key=value`` overrides are dotted paths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trackgo_data.config import apply_overrides, config_from_dict, load_yaml
+from trackgo_data.synthetic import SyntheticConfig
+
+#: rows of results.json besides the base model; each is a variant of the TrackGo stage
+REQUIRED_VARIANTS = ("trackgo", "no_mask", "no_attn_loss", "gated")
+
+
+@dataclass
+class ToyEvalConfig:
+    """Held-out evaluation: sampling settings and how much of it to run."""
+
+    num_clips: int = 32                # held-out clips scored (accepted by the pipeline, in key order)
+    num_inference_steps: int = 12
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 2.0
+    noise_aug_strength: float = 0.02
+    seed: int = 0
+    curve_clips: int = 12              # clips scored at every intermediate checkpoint (ObjMC vs steps)
+    side_by_side_clips: int = 4
+    side_by_side_scale: int = 3        # up-scaling of the side-by-side panels (nearest)
+
+    def __post_init__(self) -> None:
+        if self.num_clips < 1 or self.num_inference_steps < 1:
+            raise ValueError("eval.num_clips and eval.num_inference_steps must be >= 1")
+        if self.curve_clips < 0 or self.side_by_side_clips < 0 or self.side_by_side_scale < 1:
+            raise ValueError("eval.curve_clips/side_by_side_clips must be >= 0, side_by_side_scale >= 1")
+
+
+@dataclass
+class ToyConfig:
+    out: str = "runs/toy"
+    train_videos: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(num_videos=480, seed=0))
+    heldout_videos: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(num_videos=48, seed=1000))
+    # trackgo_data.build.make_config(profile, build) — clip size, segmenter/tracker options, filters
+    profile: str = "local"
+    build: dict = field(default_factory=dict)
+    build_processes: int = 2           # dataset batches processed side by side
+    # the from-scratch model: a diffusers UNetSpatioTemporalConditionModel config and a small CLIP
+    # vision config (frozen random features: no pretrained CLIP exists here, so this must be true)
+    unet: dict = field(default_factory=dict)
+    image_encoder: dict = field(default_factory=dict)
+    image_encoder_random_init: bool = False
+    model_seed: int = 0
+    # training configs (names in trackgo_model/configs or YAML paths) and extra dotted overrides
+    vae_config: str = "toy-vae"
+    vae_overrides: list = field(default_factory=list)
+    base_config: str = "toy-base"
+    base_overrides: list = field(default_factory=list)
+    trackgo_config: str = "toy-trackgo"
+    trackgo_overrides: list = field(default_factory=list)
+    # TrackGo variants: row name → overrides of the TrackGo config
+    variants: dict = field(default_factory=lambda: {
+        "trackgo": [], "no_mask": ["model.attention_mask=false"],
+        "no_attn_loss": ["objective.attn_loss_weight=0"], "gated": ["model.trackgo.mode=gated"]})
+    # trainings (and evaluation workers) run side by side, each with this many threads
+    processes: int = 2
+    # trainings run as child processes (`python -m trackgo_model.train`), else in this process
+    # (then one at a time: processes must be 1)
+    subprocesses: bool = True
+    threads_per_process: int = 1
+    # threads of the stages that run alone (VAE, base model, scoring)
+    threads: int = 2
+    eval: ToyEvalConfig = field(default_factory=ToyEvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.train_videos.seed == self.heldout_videos.seed:
+            raise ValueError("train_videos.seed and heldout_videos.seed must differ (held-out clips are unseen)")
+        if isinstance(self.variants, dict):
+            missing = [v for v in REQUIRED_VARIANTS if v not in self.variants]
+            if missing:
+                raise ValueError(f"variants must include {list(REQUIRED_VARIANTS)}; missing {missing}")
+            if "base" in self.variants:
+                raise ValueError("'base' is the base model's row, not a TrackGo variant")
+            for name, over in self.variants.items():
+                if not isinstance(over, list) or not all(isinstance(o, str) and "=" in o for o in over):
+                    raise ValueError(f"variants.{name} must be a list of dotted key=value strings")
+        for name in ("vae_overrides", "base_overrides", "trackgo_overrides"):
+            over = getattr(self, name)
+            if not isinstance(over, list) or not all(isinstance(o, str) and "=" in o for o in over):
+                raise ValueError(f"{name} must be a list of dotted key=value strings")
+        if not self.unet or "cross_attention_dim" not in self.unet:
+            raise ValueError("unet must be a diffusers UNetSpatioTemporalConditionModel config (with cross_attention_dim)")
+        if not self.subprocesses and self.processes != 1:
+            raise ValueError("trainings run side by side only as child processes: set processes=1 or subprocesses=true")
+        if min(self.processes, self.threads_per_process, self.threads, self.build_processes) < 1:
+            raise ValueError("processes, threads_per_process, threads and build_processes must be >= 1")
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out)
+
+
+def resolve(name_or_file: str) -> Path:
+    """A config name in trackgo_model/configs (``toy``) or a YAML path."""
+    from trackgo_model.train.config import resolve_config_path
+
+    return resolve_config_path(name_or_file)
+
+
+def load_toy_config(name_or_file: str = "toy", overrides: list[str] | None = None) -> ToyConfig:
+    """Read the toy config by name or path, apply ``dotted.key=value`` overrides, validate."""
+    data: dict[str, Any] = load_yaml(resolve(name_or_file))
+    apply_overrides(data, list(overrides or []))
+    return config_from_dict(ToyConfig, data)

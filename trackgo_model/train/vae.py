@@ -1,0 +1,312 @@
+"""Train a video VAE (diffusers ``AutoencoderKLTemporalDecoder``) from scratch on shards.
+
+Stable Video Diffusion's VAE encodes frames one by one (×8 down-sampling, 4 latent channels)
+and decodes a clip with temporal layers. A model trained from scratch needs its own, since a
+random VAE cannot reconstruct anything::
+
+    trackgo toy vae                          # as the first model stage of the toy reproduction
+    python -m trackgo_model.train.vae --config toy-vae data.shards=runs/toy/data/train/shards run_dir=runs/vae
+
+Objective: L1 reconstruction of random ``crop``×``crop`` windows of ``window`` consecutive frames
+(decoded together, so the temporal decoder trains) + ``kl_weight``·KL of the posterior to
+N(0, I) per latent element. At the end the diffusion scaling factor is set to 1/std of the
+latents (posterior mode) of ``scale_samples`` training clips, as SVD's 0.18215 was, and the model
+is saved in the diffusers layout under ``<run_dir>/vae``.
+
+Outputs: ``checkpoints/checkpoint-XXXXXX/`` (``vae.safetensors``, ``optimizer.pt``, ``state.json``;
+atomic, the newest ``keep_checkpoints`` kept), ``metrics.jsonl``, ``vae/`` and ``result.json``
+(reconstruction PSNR on held-out clips, latent statistics). A rerun with ``resume`` continues
+from the newest checkpoint (the data order after a resume is re-seeded from the step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trackgo_data.config import (ConfigError, apply_overrides, atomic_write_json, config_from_dict,
+                                 config_to_dict, load_yaml)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VAEModelConfig:
+    """``AutoencoderKLTemporalDecoder`` arguments. Widths must be multiples of 32 (GroupNorm);
+    four blocks give SVD's ×8 down-sampling."""
+
+    block_out_channels: tuple[int, ...] = (32, 32, 64, 64)
+    layers_per_block: int = 1
+    latent_channels: int = 4
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        if len(self.block_out_channels) != 4 or any(c % 32 for c in self.block_out_channels):
+            raise ValueError("model.block_out_channels must be four multiples of 32 (×8 down-sampling)")
+
+    def diffusers_config(self, sample_size: int) -> dict[str, Any]:
+        return {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
+                "block_out_channels": list(self.block_out_channels), "layers_per_block": self.layers_per_block,
+                "latent_channels": self.latent_channels, "sample_size": sample_size,
+                "scaling_factor": 1.0, "force_upcast": True}
+
+
+@dataclass
+class VAEDataConfig:
+    shards: str = ""        # training shards (folder, glob); the last val_holdout_shards are held out
+    width: int = 64
+    height: int = 64
+    num_frames: int = 8
+    shuffle_buffer: int = 64
+    val_holdout_shards: int = 1
+
+
+@dataclass
+class VAETrainConfig:
+    name: str = "vae"
+    run_dir: str = ""            # default runs/<name>
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 2          # clips per step
+    window: int = 4              # consecutive frames decoded together
+    crop: int = 32               # square crop in pixels (multiple of 8; 0 = whole frame)
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1    # cosine decay to this share of lr
+    kl_weight: float = 1e-3
+    l1_weight: float = 1.0
+    mse_weight: float = 0.0      # squared error pulls the large (colour) errors harder than L1
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    scale_samples: int = 16      # clips whose latents set the scaling factor
+    eval_samples: int = 8        # held-out clips for the reconstruction PSNR
+    model: VAEModelConfig = field(default_factory=VAEModelConfig)
+    data: VAEDataConfig = field(default_factory=VAEDataConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("max_steps, batch_size and checkpoint_every must be >= 1")
+        if not 1 <= self.window <= self.data.num_frames:
+            raise ValueError(f"window must be in 1..data.num_frames ({self.data.num_frames})")
+        if self.crop % 8 or self.crop < 0 or self.crop > min(self.data.width, self.data.height):
+            raise ValueError("crop must be a multiple of 8 no larger than the frame (0 = whole frame)")
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+
+def load_vae_config(name_or_file: str, overrides: list[str] | None = None) -> VAETrainConfig:
+    from trackgo_model.train.config import resolve_config_path
+
+    path = resolve_config_path(name_or_file)
+    data = load_yaml(path)
+    data.setdefault("name", path.stem)
+    apply_overrides(data, list(overrides or []))
+    return config_from_dict(VAETrainConfig, data)
+
+
+def _shards(cfg: VAETrainConfig) -> tuple[list[str], list[str]]:
+    from trackgo_model.train.data import MissingShardsError, _expand
+
+    urls = _expand(cfg.data.shards)
+    if not urls:
+        raise MissingShardsError(f"no shards at {cfg.data.shards!r}: build the dataset first (trackgo toy data)")
+    n = cfg.data.val_holdout_shards
+    return (urls[:-n], urls[-n:]) if 0 < n < len(urls) else (urls, urls)
+
+
+def _stream(cfg: VAETrainConfig, urls: list[str], seed: int, batch: int, shuffle: bool = True):
+    from trackgo_data.loader import make_dataset
+
+    d = cfg.data
+    return make_dataset(urls, batch_size=batch, num_frames=d.num_frames, size=(d.width, d.height),
+                        shuffle=d.shuffle_buffer if shuffle else 0, resampled=shuffle, seed=seed,
+                        partial_batches=not shuffle, split_by_node=False, split_by_worker=False)
+
+
+def _unit(video: torch.Tensor) -> torch.Tensor:
+    return video.float() / 127.5 - 1.0
+
+
+def _lr(cfg: VAETrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio``·lr at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Generator,
+             sample: bool = True, l1_weight: float = 1.0, mse_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """clips: (B, T, 3, h, w) in [−1, 1] → (l1_weight·L1 + mse_weight·MSE + kl_weight·KL per
+    latent element, parts). ``sample``: decode a posterior sample (else its mean)."""
+    b, t = clips.shape[:2]
+    x = clips.flatten(0, 1)
+    post = vae.encode(x).latent_dist
+    z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator) if sample else post.mean
+    rec = vae.decode(z, num_frames=t).sample
+    l1 = (rec - x).abs().mean()
+    mse = (rec - x).pow(2).mean()
+    kl = post.kl().mean() / post.mean[0].numel()
+    loss = l1_weight * l1 + mse_weight * mse + kl_weight * kl
+    return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach())}
+
+
+def identity_time_conv(vae) -> None:
+    """Start the decoder's last layer, a 3-frame temporal convolution on the RGB output, as the
+    identity (centre tap = I, rest 0). Its default random init mixes the colour channels of
+    neighbouring frames: measured from scratch, the decoder then spent its first 1,200 steps
+    rendering every hue as green (held-out PSNR 19.8 dB)."""
+    conv = vae.decoder.time_conv_out
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:, :, conv.weight.shape[2] // 2, 0, 0] = torch.eye(conv.weight.shape[0])
+        conv.bias.zero_()
+
+
+def random_windows(video: torch.Tensor, window: int, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, L, 3, H, W) → (B, window, 3, crop, crop): a random time window and a random crop
+    (offsets on the ×8 grid) per clip; ``crop`` 0 keeps the whole frame."""
+    b, L, _, H, W = video.shape
+    out = []
+    for i in range(b):
+        t0 = int(torch.randint(0, L - window + 1, (1,), generator=generator))
+        v = video[i, t0:t0 + window]
+        if crop:
+            y = 8 * int(torch.randint(0, (H - crop) // 8 + 1, (1,), generator=generator))
+            x = 8 * int(torch.randint(0, (W - crop) // 8 + 1, (1,), generator=generator))
+            v = v[..., y:y + crop, x:x + crop]
+        out.append(v)
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def latent_std(vae, urls: list[str], cfg: VAETrainConfig, samples: int) -> float:
+    """Standard deviation of the posterior-mode latents of the first ``samples`` clips."""
+    zs, n = [], 0
+    for batch in _stream(cfg, urls, 0, 1, shuffle=False):
+        zs.append(vae.encode(_unit(batch.video[0])).latent_dist.mode())
+        n += 1
+        if n >= samples:
+            break
+    return float(torch.cat(zs).std())
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae, urls: list[str], cfg: VAETrainConfig, samples: int) -> float:
+    """Mean per-clip PSNR (dB, [0, 255] scale) of decode(encode(clip)) over whole clips."""
+    vals, n = [], 0
+    for batch in _stream(cfg, urls, 0, 1, shuffle=False):
+        x = _unit(batch.video[0])
+        rec = vae.decode(vae.encode(x).latent_dist.mode(), num_frames=x.shape[0]).sample.clamp(-1, 1)
+        mse = float(((rec - x) / 2).pow(2).mean())
+        vals.append(10 * math.log10(1.0 / max(mse, 1e-12)))
+        n += 1
+        if n >= samples:
+            break
+    return sum(vals) / len(vals)
+
+
+def _save_checkpoint(run: Path, step: int, vae, opt, keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    from . import checkpoint as ckpt
+
+    tmp = ckpt.begin_checkpoint(run, step)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp / "vae.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    atomic_write_json(tmp / ckpt.STATE_FILE, {"step": step})
+    return ckpt.finish_checkpoint(tmp, step, keep=keep)
+
+
+def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
+    """Train (or continue) the VAE; writes ``<run_dir>/vae`` and ``result.json``; returns the result."""
+    from diffusers import AutoencoderKLTemporalDecoder
+    from safetensors.torch import load_file
+
+    from . import checkpoint as ckpt
+
+    run = cfg.run_path
+    train_urls, val_urls = _shards(cfg)
+    latest = ckpt.latest_checkpoint(run)
+    if latest is not None and not resume:
+        raise ConfigError(f"{run} already holds VAE checkpoints: resume, or choose another run_dir")
+    torch.manual_seed(cfg.seed)
+    vae = AutoencoderKLTemporalDecoder(**cfg.model.diffusers_config(max(cfg.data.width, cfg.data.height)))
+    identity_time_conv(vae)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step = 0
+    if latest is not None:
+        vae.load_state_dict(load_file(str(latest / "vae.safetensors")))
+        opt.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=False))
+        step = int(ckpt.load_state(latest)["step"])
+        log.info("VAE: resumed from %s at step %d", latest, step)
+    atomic_write_json(run / "config.json", config_to_dict(cfg))
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    stream = iter(_stream(cfg, train_urls, cfg.seed + step, cfg.batch_size))
+    vae.train()
+    t0, first = time.perf_counter(), step
+    with open(run / "metrics.jsonl", "a") as metrics:
+        while step < cfg.max_steps:
+            clips = random_windows(_unit(next(stream).video), cfg.window, cfg.crop, gen)
+            for group in opt.param_groups:
+                group["lr"] = _lr(cfg, step)
+            loss, parts = vae_loss(vae, clips, cfg.kl_weight, gen, l1_weight=cfg.l1_weight,
+                                   mse_weight=cfg.mse_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.max_grad_norm)
+            opt.step()
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                rate = (step - first) / max(time.perf_counter() - t0, 1e-9)
+                metrics.write(json.dumps({"step": step, "loss": float(loss.detach()), **parts,
+                                          "lr": _lr(cfg, step - 1), "steps_per_s": rate}) + "\n")
+                metrics.flush()
+                log.info("VAE step %d/%d loss %.4f (l1 %.4f kl %.3f)", step, cfg.max_steps, float(loss.detach()),
+                         parts["l1"], parts["kl"])
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                _save_checkpoint(run, step, vae, opt, cfg.keep_checkpoints)
+    vae.eval()
+    std = latent_std(vae, train_urls, cfg, cfg.scale_samples)
+    vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
+    from trackgo_model.pipeline import replace_dir
+
+    tmp = run / ".vae-tmp"
+    vae.save_pretrained(tmp)
+    replace_dir(tmp, run / "vae")
+    result = {"step": step, "latent_std": std, "scaling_factor": vae.config.scaling_factor,
+              "psnr_heldout": reconstruction_psnr(vae, val_urls, cfg, cfg.eval_samples),
+              "params": sum(p.numel() for p in vae.parameters())}
+    atomic_write_json(run / "result.json", result)
+    log.info("VAE: %s", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trackgo_model.train.vae", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="toy-vae", help="config name or YAML path")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = train_vae(load_vae_config(args.config, args.overrides))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
