@@ -315,11 +315,18 @@ def measure(args, model=None, inputs=None) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def start(args) -> bool:
+    """Log to stderr; False (after one error line) when ``--device cuda`` is asked for without CUDA."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         log.error("--device cuda requested but CUDA is not available")
+        return False
+    return True
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not start(args):
         return 2
     if args.height % 8 or args.width % 8:
         log.error("--height and --width must be multiples of 8")

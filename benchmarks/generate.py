@@ -296,9 +296,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        log.error("--device cuda requested but CUDA is not available")
+    from adapter_overhead import start
+
+    if not start(args):
         return 2
     if args.preset == "tiny" and args.device == "cpu":
         torch.set_num_threads(1)  # tiny ops: a second thread only contends with whatever else runs

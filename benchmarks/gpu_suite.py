@@ -505,9 +505,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        log.error("--device cuda requested but CUDA is not available")
+    if not adapter_overhead.start(args):
         return 2
     if not args.tiny and not args.device.startswith("cuda"):
         log.error("the full-size suite needs a GPU; use --tiny on a CPU")

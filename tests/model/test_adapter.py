@@ -201,8 +201,9 @@ def test_grid_inference_with_odd_latents():
         ctx.grid_for(2 * 7)
 
 
-def test_processor_layout_matches_per_position_kernel():
-    """Row b·h·w + y·w + x of the processor output uses the feature of (b, y, x) over frames."""
+def _open_adapter():
+    """The first temporal attn1 of a tiny UNet with a gated adapter (gate 0.5) and an encoder whose
+    heads are not zero, so that the adapter branch acts: (attn, ctx, proc, enc)."""
     torch.manual_seed(0)
     unet = build_unet("tiny", device="cpu")
     path = temporal_attn1_paths(unet)[0]
@@ -214,6 +215,12 @@ def test_processor_layout_matches_per_position_kernel():
     enc = TrajectoryEncoder([proc.width])
     for head in enc.heads.values():
         torch.nn.init.normal_(head.weight, std=0.5)
+    return attn, ctx, proc, enc
+
+
+def test_processor_layout_matches_per_position_kernel():
+    """Row b·h·w + y·w + x of the processor output uses the feature of (b, y, x) over frames."""
+    attn, ctx, proc, enc = _open_adapter()
     bsz, frames, h, w = 2, 6, 3, 4
     trunk = torch.randn(bsz * frames, enc.trunk_channels, h, w)
     ctx.begin(batch=bsz, frames=frames, latent_hw=(h, w), encoder=enc, trunk=trunk)
@@ -298,17 +305,7 @@ def test_compiled_kernel_matches_reference_values_and_gradients(case):
 def test_fused_projections_equal_separate_ones_with_gradients_per_layer(collect):
     """One GEMM with [W_q | W_k | W_v] and one with [W′_q | W′_k]: the same output, and each
     separate Linear still gets its own gradient."""
-    torch.manual_seed(0)
-    unet = build_unet("tiny", device="cpu")
-    path = temporal_attn1_paths(unet)[0]
-    attn = unet.get_submodule(path)
-    ctx = TrackContext(mode="gated")
-    proc = TrackAdapterProcessor(attn, ctx, name=path)
-    with torch.no_grad():
-        proc.gate.fill_(0.5)
-    enc = TrajectoryEncoder([proc.width])
-    for head in enc.heads.values():
-        torch.nn.init.normal_(head.weight, std=0.5)
+    attn, ctx, proc, enc = _open_adapter()
     trunk = torch.randn(2 * 3, enc.trunk_channels, 2, 2)
     x = torch.randn(2 * 4, 3, proc.width)
     layers = [attn.to_q, attn.to_k, attn.to_v, proc.to_q_prime, proc.to_k_prime]
@@ -319,7 +316,7 @@ def test_fused_projections_equal_separate_ones_with_gradients_per_layer(collect)
         out = proc(attn, x)
         loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
         if collect:
-            loss = loss + ctx.collected[path].diag.square().sum()
+            loss = loss + ctx.collected[proc.name].diag.square().sum()
         results.append((out, torch.autograd.grad(loss, [lin.weight for lin in layers])))
         ctx.end()
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
