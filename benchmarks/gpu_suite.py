@@ -238,8 +238,7 @@ def memory_step(full: bool, overrides: list[str], frames: int, height: int, widt
     untimed ones: median seconds, peak memory (CUDA, over all of them), optimizer state."""
     import train_step
     from trackgo_model.train.config import load_train_config
-    from trackgo_model.train.distributed import clip_gradients, make_accelerator, optimizer_step, prepare_model
-    from trackgo_model.train.loss import batch_to_inputs, compute_loss
+    from trackgo_model.train.distributed import make_accelerator, prepare_model
     from trackgo_model.train.memory import make_optimizer, optimizer_state_bytes
 
     cfg = load_train_config("svd-xt-gated" if full else "tiny-cpu", [
@@ -262,14 +261,7 @@ def memory_step(full: bool, overrides: list[str], frames: int, height: int, widt
         if cuda:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        inputs = batch_to_inputs(batch, device, cfg.data.fps)
-        with acc.autocast():
-            parts = compute_loss(model, comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
-                                 inputs, cfg.objective, generator=gen, motion_bucket_id=127.0)
-        acc.backward(parts.loss)
-        gn = clip_gradients(acc, model, params, cfg.optim.max_grad_norm)
-        optimizer_step(acc, opt, loss_finite=bool(torch.isfinite(parts.loss.detach())), grad_norm=gn)
-        opt.zero_grad(set_to_none=True)
+        _, parts, _, _ = train_step.one_step(acc, model, comp, params, opt, batch, cfg, gen)
         if cuda:
             torch.cuda.synchronize(device)
         if i >= warmup:

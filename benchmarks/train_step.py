@@ -79,11 +79,28 @@ def synthetic_batch(frames: int, height: int, width: int, seed: int = 0):
                  tracks=[], visibility=[], components=[], meta=[{"fps": 7.0}]), vid, traj, masks
 
 
+def one_step(acc, model, comp, params, opt, batch, cfg, gen, x0=None):
+    """One optimizer step as the training loop takes it (one micro-batch, no accumulation):
+    loss, backward, global-norm clipping, the step (skipped on inf/NaN, through the fp16 scaler).
+    Returns (inputs, loss parts, grad norm, step outcome)."""
+    from trackgo_model.train.distributed import clip_gradients, optimizer_step
+    from trackgo_model.train.loss import batch_to_inputs, compute_loss
+
+    inputs = batch_to_inputs(batch, acc.device, cfg.data.fps)
+    with acc.autocast():
+        parts = compute_loss(model, comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
+                             inputs, cfg.objective, generator=gen, motion_bucket_id=127.0, x0=x0)
+    acc.backward(parts.loss)
+    gn = clip_gradients(acc, model, params, cfg.optim.max_grad_norm)
+    outcome = optimizer_step(acc, opt, loss_finite=bool(torch.isfinite(parts.loss.detach())), grad_norm=gn)
+    opt.zero_grad(set_to_none=True)
+    return inputs, parts, gn, outcome
+
+
 def time_steps(comp, cfg, frames: int, height: int, width: int, steps: int) -> dict:
     """``steps`` timed training steps (after one warm-up) as the loop runs them, then the same with
     cached latents. fp16 goes through the loss scaler: skipped (overflowing) steps are counted."""
-    from trackgo_model.train.distributed import clip_gradients, make_accelerator, optimizer_step, prepare_model
-    from trackgo_model.train.loss import batch_to_inputs, compute_loss
+    from trackgo_model.train.distributed import make_accelerator, prepare_model
 
     acc, _ = make_accelerator(cfg)
     device = acc.device
@@ -106,14 +123,7 @@ def time_steps(comp, cfg, frames: int, height: int, width: int, steps: int) -> d
             if cuda:
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            inputs = batch_to_inputs(batch, device, cfg.data.fps)
-            with acc.autocast():
-                parts = compute_loss(model, comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
-                                     inputs, cfg.objective, generator=gen, motion_bucket_id=127.0, x0=cached)
-            acc.backward(parts.loss)
-            gn = clip_gradients(acc, model, params, cfg.optim.max_grad_norm)
-            step = optimizer_step(acc, opt, loss_finite=bool(torch.isfinite(parts.loss.detach())), grad_norm=gn)
-            opt.zero_grad(set_to_none=True)
+            inputs, parts, gn, step = one_step(acc, model, comp, params, opt, batch, cfg, gen, x0=cached)
             skipped += not step.applied
             if cuda:
                 torch.cuda.synchronize(device)
