@@ -1,4 +1,4 @@
-"""``trackgo toy all|videos|data|vae|base|trackgo|eval|status`` (registered into ``trackgo``).
+"""``trackgo toy all|videos|data|vae|base|calibrate|trackgo|eval|status`` (registered into ``trackgo``).
 
     trackgo toy all                         # every stage; a rerun skips finished stages
     trackgo toy base --set base_overrides=[max_steps=100]
@@ -15,14 +15,15 @@ import logging
 
 log = logging.getLogger(__name__)
 
-ORDER = ("videos", "data", "vae", "base", "trackgo", "eval")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("toy", help="the toy reproduction: synthetic videos → shards → VAE → base → "
+    from .stages import STAGES
+
+    p = subparsers.add_parser("toy", help="the toy reproduction: synthetic videos → shards → VAE → base → λ → "
                                           "TrackGo + ablations → evaluation (resumable)",
                               description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=("all", *ORDER, "status"), help="stage to run (all: every stage in order)")
+    p.add_argument("stage", choices=("all", *STAGES, "status"), help="stage to run (all: every stage in order)")
     p.add_argument("--config", default="toy", help="toy config name (trackgo_model/configs) or YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set out=runs/toy2 (repeatable)")
@@ -31,34 +32,21 @@ def register(subparsers) -> None:
 
 def run(cfg, stages: tuple[str, ...]) -> dict:
     """Run ``stages`` (in pipeline order) of the toy; returns {stage: record}."""
-    from . import stages as st
+    from . import stages as toy_stages
 
-    out = {}
-    for name in ORDER:
-        if name not in stages:
-            continue
-        if name == "videos":
-            out[name] = st.videos(cfg)
-        elif name == "data":
-            out[name] = st.data(cfg)
-        elif name == "vae":
-            out[name] = st.vae(cfg)
-        elif name == "base":
-            out[name] = st.base(cfg, cfg.unet, cfg.image_encoder, cfg.model_seed, cfg.image_encoder_random_init)
-        elif name == "trackgo":
-            out[name] = st.trackgo(cfg)
-        elif name == "eval":
-            out[name] = st.evaluation(cfg)
-    return out
+    steps = {"videos": toy_stages.videos, "data": toy_stages.data, "vae": toy_stages.vae, "base": toy_stages.base,
+             "calibrate": toy_stages.calibrate, "trackgo": toy_stages.trackgo, "eval": toy_stages.evaluation}
+    return {name: steps[name](cfg) for name in toy_stages.STAGES if name in stages}
 
 
 def status(cfg) -> dict:
-    from .stages import read_record
+    from .stages import STAGES, read_record
 
     rows = {}
-    for name in (*ORDER[:4], *(f"trackgo-{v}" for v in cfg.variants), "trackgo", "eval"):
-        rec = read_record(cfg, name)
-        rows[name] = {"done": rec is not None, **({"wall_s": rec["wall_s"], "cpu_s": rec["cpu_s"]} if rec else {})}
+    for name in (*STAGES[:5], *(f"trackgo-{v}" for v in cfg.variants), *STAGES[5:]):
+        record = read_record(cfg, name)
+        rows[name] = {"done": record is not None,
+                      **({"wall_s": record["wall_s"], "cpu_s": record["cpu_s"]} if record else {})}
     return rows
 
 
@@ -72,7 +60,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.stage == "status":
             print(json.dumps(status(cfg), indent=1))
             return 0
-        recs = run(cfg, ORDER if args.stage == "all" else (args.stage,))
+        from .stages import STAGES
+
+        recs = run(cfg, STAGES if args.stage == "all" else (args.stage,))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

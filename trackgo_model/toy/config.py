@@ -15,27 +15,31 @@ from typing import Any
 from trackgo_data.config import apply_overrides, config_from_dict, load_yaml
 from trackgo_data.synthetic import SyntheticConfig
 
-#: rows of results.json besides the base model; each is a variant of the TrackGo stage
-REQUIRED_VARIANTS = ("trackgo", "no_mask", "no_attn_loss", "gated")
+#: rows of results.json besides the base model; each is a variant of the TrackGo stage: the paper's
+#: recipe, the two ablations of its Table 2 and the gated formula
+REQUIRED_VARIANTS = ("trackgo", "no_attn_loss", "no_mask_no_loss", "gated")
 
 
 @dataclass
 class ToyEvalConfig:
     """Held-out evaluation: sampling settings and how much of it to run."""
 
-    num_clips: int = 32                # held-out clips scored (accepted by the pipeline, in key order)
+    num_clips: int = 0                 # held-out clips scored, in key order (0: every accepted clip)
     num_inference_steps: int = 12
     min_guidance_scale: float = 1.0
     max_guidance_scale: float = 2.0
     noise_aug_strength: float = 0.02
-    seed: int = 0
+    seed: int = 0                      # clip i is sampled with seed + i, the same for every row
     curve_clips: int = 12              # clips scored at every intermediate checkpoint (ObjMC vs steps)
     side_by_side_clips: int = 4
     side_by_side_scale: int = 3        # up-scaling of the side-by-side panels (nearest)
+    bootstrap_replicates: int = 2000   # resamples of the clips for the 95 % intervals
+    bootstrap_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_clips < 1 or self.num_inference_steps < 1:
-            raise ValueError("eval.num_clips and eval.num_inference_steps must be >= 1")
+        if self.num_clips < 0 or self.num_inference_steps < 1 or self.bootstrap_replicates < 100:
+            raise ValueError("eval.num_clips must be >= 0, eval.num_inference_steps >= 1, "
+                             "eval.bootstrap_replicates >= 100")
         if self.curve_clips < 0 or self.side_by_side_clips < 0 or self.side_by_side_scale < 1:
             raise ValueError("eval.curve_clips/side_by_side_clips must be >= 0, side_by_side_scale >= 1")
 
@@ -62,10 +66,17 @@ class ToyConfig:
     base_overrides: list = field(default_factory=list)
     trackgo_config: str = "toy-trackgo"
     trackgo_overrides: list = field(default_factory=list)
-    # TrackGo variants: row name → overrides of the TrackGo config
+    # EulerDiscreteScheduler settings of the toy model (over SVD's; e.g. sigma_max)
+    scheduler: dict = field(default_factory=dict)
+    # λ of the attention loss, measured at the base model before fine-tuning (stage "calibrate",
+    # trackgo_model.train.calibrate): the gradient-norm ratio on the temporal W_q/W_k
+    calibrate_batches: int = 8
+    calibrate_ratio: float = 1.0
+    # TrackGo variants: row name → overrides of the TrackGo config (after the calibrated λ)
     variants: dict = field(default_factory=lambda: {
-        "trackgo": [], "no_mask": ["model.attention_mask=false"],
-        "no_attn_loss": ["objective.attn_loss_weight=0"], "gated": ["model.trackgo.mode=gated"]})
+        "trackgo": [], "no_attn_loss": ["objective.attn_loss_weight=0"],
+        "no_mask_no_loss": ["model.attention_mask=false", "objective.attn_loss_weight=0"],
+        "gated": ["model.trackgo.mode=gated"]})
     # trainings (and evaluation workers) run side by side, each with this many threads
     processes: int = 2
     # trainings run as child processes (`python -m trackgo_model.train`), else in this process
@@ -116,3 +127,12 @@ def load_toy_config(name_or_file: str = "toy", overrides: list[str] | None = Non
     data: dict[str, Any] = load_yaml(resolve(name_or_file))
     apply_overrides(data, list(overrides or []))
     return config_from_dict(ToyConfig, data)
+
+
+def build_config(cfg: ToyConfig):
+    """The dataset build's config (``trackgo_data.build.make_config``) of the toy's profile and values."""
+    import json
+
+    from trackgo_data.build import make_config
+
+    return make_config(cfg.profile, json.loads(json.dumps(cfg.build)))

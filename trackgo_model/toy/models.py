@@ -54,8 +54,10 @@ def _save_folder(out: Path, parts: dict[str, Any], info: dict[str, Any]) -> Path
 
 
 def write_init_model(out: str | Path, vae_dir: str | Path, unet_config: dict[str, Any],
-                     image_encoder: dict[str, Any], seed: int, random_init: bool) -> Path:
-    """Random UNet (``unet_config``, seeded) + trained VAE + random CLIP → SVD-layout folder."""
+                     image_encoder: dict[str, Any], seed: int, random_init: bool,
+                     scheduler: dict[str, Any] | None = None) -> Path:
+    """Random UNet (``unet_config``, seeded) + trained VAE + random CLIP + SVD's Euler scheduler
+    (with ``scheduler`` overrides, e.g. ``sigma_max``) → SVD-layout folder."""
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -80,7 +82,7 @@ def write_init_model(out: str | Path, vae_dir: str | Path, unet_config: dict[str
     log.warning("toy model: the CLIP image encoder is random and stays frozen (image_encoder_random_init=true)")
     parts = {"unet": unet, "vae": AutoencoderKLTemporalDecoder.from_pretrained(vae_dir, local_files_only=True),
              "image_encoder": clip, "feature_extractor": clip_processor(size),
-             "scheduler": EulerDiscreteScheduler(**SVD_SCHEDULER)}
+             "scheduler": EulerDiscreteScheduler(**{**SVD_SCHEDULER, **(scheduler or {})})}
     info = {"unet": "random (seed %d)" % seed, "vae": str(vae_dir), "image_encoder": "random, frozen (seed %d)" % seed,
             "image_encoder_random_init": True, "unet_params": sum(p.numel() for p in unet.parameters())}
     return _save_folder(Path(out), parts, info)

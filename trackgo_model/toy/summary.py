@@ -1,0 +1,120 @@
+"""From per-clip scores to the toy's results: point estimates, 95 % intervals, paired differences
+and the verdict on each of Table 2's claims.
+
+Per clip and row the evaluation records sums and counts (``objmc_sum``/``objmc_n`` over the
+(frame, point) entries the real clip sees, ``lost_n`` of them lost by the re-tracker,
+``path_sum``/``path_n`` over ground-truth object paths) and the clip's ``psnr``. A row's ObjMC
+is the flat mean Σ objmc_sum / Σ objmc_n, its PSNR the mean over clips. The gap closed is
+
+    G = (ObjMC_static − ObjMC_row) / (ObjMC_static − ObjMC_floor)
+
+with ``static`` the first frame repeated (no motion: G = 0) and the floor ``vae_roundtrip`` (the
+real clip through the VAE and back, re-tracked: G = 1, the best a generated clip can score).
+Intervals: percentile bootstrap over clips (``trackgo_model.eval.bootstrap``), one set of
+resampled clips for every row, so differences between rows are paired.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from trackgo_model.eval.bootstrap import gap_closed, interval, pooled, resample_indices, verdict
+
+STATIC, FLOOR, REAL = "static", "vae_roundtrip", "real"
+REFERENCES = (STATIC, FLOOR, REAL)
+
+#: Table 2 of the paper (FVD on its internal set; lower is better) as claims "better beats than"
+TABLE2_CLAIMS = (
+    {"claim": "mask and attention loss together help (full vs w/o mask and loss)",
+     "better": "trackgo", "than": "no_mask_no_loss"},
+    {"claim": "the attention loss helps (full vs w/o attention loss)",
+     "better": "trackgo", "than": "no_attn_loss"},
+    {"claim": "the mask alone helps (w/o attention loss vs w/o mask and loss)",
+     "better": "no_attn_loss", "than": "no_mask_no_loss"},
+)
+#: Table 2 reports FVD at 14k / 16k / 18k steps
+PAPER_TABLE2 = {"no_mask_no_loss": (219.15, 208.31, 218.50), "no_attn_loss": (216.54, 191.54, 165.12),
+                "trackgo": (204.02, 184.03, 136.11)}
+
+
+def _columns(clips: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    keys = ("objmc_sum", "objmc_n", "lost_n", "psnr", "path_sum", "path_n")
+    return {k: np.array([float(c.get(k, 0.0)) for c in clips]) for k in keys}
+
+
+def _replicates(col: dict[str, np.ndarray], idx: np.ndarray | None) -> dict[str, Any]:
+    """Every statistic of one row on all clips (idx None) or on each replicate (idx (R, C))."""
+    ones = np.ones_like(col["psnr"])
+    return {"objmc": pooled(col["objmc_sum"], col["objmc_n"], idx),
+            "lost_points": pooled(col["lost_n"], col["objmc_n"], idx),
+            "psnr": pooled(col["psnr"], ones, idx),
+            "path_error": pooled(col["path_sum"], col["path_n"], idx)}
+
+
+def summarise(per_clip: dict[str, list[dict[str, Any]]], model_rows: list[str], *, replicates: int = 2000,
+              seed: int = 0) -> dict[str, Any]:
+    """{"rows", "references", "differences", "claims"} of results.json (module docstring).
+
+    per_clip: {row: [clip record, …]} for every model row and every reference, the clips in one
+    order (checked by ``key``)."""
+    keys = [c["key"] for c in per_clip[STATIC]]
+    for row, clips in per_clip.items():
+        if [c["key"] for c in clips] != keys:
+            raise ValueError(f"row {row!r} was scored on other clips than {STATIC!r}")
+    idx = resample_indices(len(keys), replicates, seed)
+    cols = {row: _columns(clips) for row, clips in per_clip.items()}
+    point = {row: _replicates(c, None) for row, c in cols.items()}
+    reps = {row: _replicates(c, idx) for row, c in cols.items()}
+    for stats in (point, reps):
+        for row in stats:
+            stats[row]["gap_closed"] = gap_closed(stats[STATIC]["objmc"], stats[row]["objmc"], stats[FLOOR]["objmc"])
+
+    def describe(row: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"num_clips": len(keys)}
+        for name in ("objmc", "gap_closed", "psnr", "lost_points", "path_error"):
+            out[name] = float(point[row][name])
+            out[f"{name}_ci95"] = interval(reps[row][name])
+        return out
+
+    differences = {}
+    for a, b in comparison_pairs(model_rows):
+        d: dict[str, Any] = {}
+        for name in ("objmc", "gap_closed", "psnr"):
+            d[name] = float(point[a][name] - point[b][name])
+            d[f"{name}_ci95"] = interval(reps[a][name] - reps[b][name])
+        differences[f"{a}-{b}"] = d
+    return {"rows": {r: describe(r) for r in model_rows}, "references": {r: describe(r) for r in REFERENCES},
+            "differences": differences, "claims": table2_verdicts(differences),
+            "replicates": replicates, "num_clips": len(keys)}
+
+
+def comparison_pairs(rows: list[str]) -> list[tuple[str, str]]:
+    """The paired differences reported: every variant against the base, then every pair of
+    TrackGo variants (in row order)."""
+    variants = [r for r in rows if r != "base"]
+    pairs = [(v, "base") for v in variants if "base" in rows]
+    pairs += [(a, b) for i, a in enumerate(variants) for b in variants[i + 1:]]
+    return pairs
+
+
+def table2_verdicts(differences: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each of Table 2's claims judged on control (G: higher is better) and on fidelity (PSNR):
+    ``confirms`` when the whole 95 % interval of the paired difference favours the claimed-better
+    row, ``refutes`` when it wholly favours the other, else ``cannot tell``."""
+    out = []
+    words = {"better": "confirms", "worse": "refutes", "cannot tell": "cannot tell"}
+    for claim in TABLE2_CLAIMS:
+        a, b = claim["better"], claim["than"]
+        sign, d = 1.0, differences.get(f"{a}-{b}")
+        if d is None:
+            d, sign = differences.get(f"{b}-{a}"), -1.0
+        if d is None:
+            continue
+        entry = dict(claim)
+        for name in ("gap_closed", "psnr"):
+            lo, hi = (sign * x for x in d[f"{name}_ci95"])
+            ci = [min(lo, hi), max(lo, hi)]
+            entry[name] = {"difference": sign * d[name], "ci95": ci, "verdict": words[verdict(ci)]}
+        out.append(entry)
+    return out
