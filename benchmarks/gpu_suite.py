@@ -45,7 +45,6 @@ import argparse
 import gc
 import json
 import logging
-import os
 import statistics
 import sys
 import time
@@ -107,6 +106,17 @@ def triton_usable(device: torch.device) -> str | None:
     return available()
 
 
+def triton_checkable(device: torch.device) -> str | None:
+    """None when the Triton kernel can be checked on ``device`` here: CUDA, or CPU tensors when
+    Triton interprets this process's kernels (TRITON_INTERPRET=1 before Python starts)."""
+    from trackgo_model.fused_attention import available, interpreted
+
+    why = available()
+    if why or device.type == "cuda" or interpreted():
+        return why
+    return "needs CUDA (or Triton's interpreter: TRITON_INTERPRET=1 before Python starts)"
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().float(), b.detach().float()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
@@ -118,7 +128,7 @@ def kernel_checks(device, shapes, kernels, dtypes=(torch.float32, torch.bfloat16
     ``rows_off``: output rows off by more than 1e-4 (fp32) / 2e-2 (bf16) of max |ref| — a handful
     means an A′ entry within rounding of α fell on the other side (the mask is discontinuous), many
     a wrong kernel."""
-    from trackgo_model.adapter import track_attention
+    from trackgo_model.attention import track_attention
 
     out = {}
     for shape in shapes:
@@ -137,7 +147,7 @@ def kernel_checks(device, shapes, kernels, dtypes=(torch.float32, torch.bfloat16
                     if mode == "gated":
                         kw["gate"] = gate.clone().requires_grad_(True)
                         leaves.append(kw["gate"])
-                    o, d = track_attention(*leaves[:5], kernel=kernel, return_diag=True, **kw)
+                    o, d, _ = track_attention(*leaves[:5], kernel=kernel, with_diag=True, **kw)
                     grads = torch.autograd.grad((o.float() * w_out).sum() + (d * w_diag).sum(), leaves)
                     return o, d, grads
 
@@ -159,7 +169,7 @@ def kernel_timings(device, shape, dtype=torch.bfloat16, repeats: int = 10) -> di
     """The attention kernel alone at ``shape`` (gated, diag(A) as in training): forward and
     forward+backward ms of the explicit kernel and of the Triton one per launch configuration."""
     from trackgo_model import fused_attention
-    from trackgo_model.adapter import track_attention
+    from trackgo_model.attention import track_attention
 
     g = torch.Generator().manual_seed(0)
     xs = [(torch.randn(shape, generator=g) * s).to(device, dtype).requires_grad_(True) for s in (1, 1, 1, 1.2, 1.2)]
@@ -167,10 +177,10 @@ def kernel_timings(device, shape, dtype=torch.bfloat16, repeats: int = 10) -> di
 
     def fwd(kernel):
         with torch.no_grad():
-            track_attention(*xs, gate=gate, kernel=kernel, return_diag=True)
+            track_attention(*xs, gate=gate, kernel=kernel, with_diag=True)
 
     def fwd_bwd(kernel):
-        o, d = track_attention(*xs, gate=gate, kernel=kernel, return_diag=True)
+        o, d, _ = track_attention(*xs, gate=gate, kernel=kernel, with_diag=True)
         torch.autograd.grad(o.float().sum() + d.sum(), [*xs, gate])
 
     def ms(fn, kernel):
@@ -330,16 +340,10 @@ class Suite:
 
     # -- sections -------------------------------------------------------------------------------
     def checks(self) -> None:
-        kernels = []
-        if self.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
-            from trackgo_model.fused_attention import available
-
-            why = available()
-            kernels += [] if why else ["triton"]
-            if why:
-                self.skip("checks triton", why)
-        else:
-            self.skip("checks triton", "needs CUDA (or TRITON_INTERPRET=1 for the interpreter)")
+        why = triton_checkable(self.device)
+        if why:
+            self.skip("checks triton", why)
+        kernels = [] if why else ["triton"]
         self.result["checks"] = kernel_checks(self.device, self.s.kernel_shapes, kernels)
         if "triton" in kernels and self.device.type == "cuda":
             self.save()
