@@ -160,7 +160,7 @@ def run_eval(cfg: ToyConfig, train_size: tuple[int, int], num_frames: int) -> di
     from trackgo_data.track import get_tracker
 
     from . import report
-    from .stages import _pool, build_config
+    from .common import build_config, process_pool
 
     e, out = cfg.eval, cfg.out_path
     samples = heldout_samples(cfg, e.num_clips, train_size, num_frames)
@@ -176,7 +176,7 @@ def run_eval(cfg: ToyConfig, train_size: tuple[int, int], num_frames: int) -> di
                              keys[: e.curve_clips]))
     jobs.sort(key=lambda j: -len(j[3]))
     if cfg.processes > 1 and len(jobs) > 1:
-        with _pool(cfg.processes) as pool:
+        with process_pool(cfg.processes) as pool:
             futs = [pool.submit(generate_row, cfg, *j, train_size, num_frames) for j in jobs]
             made = sum(f.result() for f in futs)
     else:

@@ -25,12 +25,13 @@ import resource
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 from trackgo_data.config import ConfigError, atomic_write_json, config_hash, config_to_dict
 
+from .common import build_config, process_pool
 from .config import ToyConfig
 
 log = logging.getLogger(__name__)
@@ -95,21 +96,6 @@ def run_stage(cfg: ToyConfig, stage: str, inputs: Any, fn: Callable[[], dict[str
     return rec
 
 
-def _init_worker(threads: int) -> None:
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import cv2
-    import torch
-
-    cv2.setNumThreads(threads)
-    torch.set_num_threads(threads)
-
-
-def _pool(n: int) -> ProcessPoolExecutor:
-    import multiprocessing as mp
-
-    return ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(1,))
-
-
 # ------------------------------------------------------------------------------------- videos
 def videos(cfg: ToyConfig) -> dict[str, Any]:
     from trackgo_data.synthetic import generate_videos, video_paths
@@ -121,7 +107,7 @@ def videos(cfg: ToyConfig) -> dict[str, Any]:
             generate_videos(folder, world, indices=[])  # records / checks the world's config
             chunks = [list(range(i, world.num_videos, cfg.build_processes)) for i in range(cfg.build_processes)]
             if cfg.build_processes > 1 and world.num_videos > 1:
-                with _pool(cfg.build_processes) as pool:
+                with process_pool(cfg.build_processes) as pool:
                     list(pool.map(generate_videos, [folder] * len(chunks), [world] * len(chunks), chunks))
             else:
                 generate_videos(folder, world)
@@ -132,12 +118,6 @@ def videos(cfg: ToyConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------- data
-def build_config(cfg: ToyConfig):
-    from trackgo_data.build import make_config
-
-    return make_config(cfg.profile, json.loads(json.dumps(cfg.build)))
-
-
 def data(cfg: ToyConfig) -> dict[str, Any]:
     from trackgo_data.build import discover_sources, finalize, plan_batches, prepare_output, process_batch
 
@@ -150,7 +130,7 @@ def data(cfg: ToyConfig) -> dict[str, Any]:
             prepare_output(folder, bcfg)
             specs = plan_batches(discover_sources(str(cfg.out_path / "videos" / split / "*.mp4")), bcfg)
             if cfg.build_processes > 1 and len(specs) > 1:
-                with _pool(cfg.build_processes) as pool:
+                with process_pool(cfg.build_processes) as pool:
                     list(pool.map(process_batch, specs, [bcfg] * len(specs), [folder] * len(specs)))
             else:
                 for spec in specs:

@@ -107,7 +107,9 @@ def load_components(cfg, run_dir: Path) -> Components:
     return Components(model, vae, image_encoder, feature_extractor, scheduler, folder)
 
 
-def _expand(spec: str) -> list[str]:
+def expand_shards(spec: str) -> list[str]:
+    """``data.shards`` → shard paths/URLs: a folder's ``*.tar`` (sorted), a glob (sorted), a
+    brace-expanded webdataset URL, or one file; [] when nothing matches."""
     p = Path(spec)
     if p.is_dir():
         return sorted(str(x) for x in p.glob("*.tar"))
@@ -126,7 +128,7 @@ def shard_urls(cfg) -> tuple[list[str], list[str]]:
     The last ``val_holdout_shards`` shards are held out when more than that many exist; with fewer,
     validation reuses the first training samples (logged).
     """
-    urls = _expand(cfg.data.shards)
+    urls = expand_shards(cfg.data.shards)
     if not urls:
         raise MissingShardsError(
             f"no training shards at {cfg.data.shards!r}: build them first with `make dataset` "
@@ -238,8 +240,6 @@ def validation_batches(cfg, urls: list[str]) -> list[Any]:
     """The first ``validation.num_samples`` samples of the held-out shards, batch size 1, in order."""
     if cfg.validation.every <= 0 or cfg.validation.num_samples <= 0:
         return []
-    from dataclasses import replace
-
     from trackgo_data.loader import make_dataset
 
     d = cfg.data

@@ -116,9 +116,9 @@ def load_vae_config(name_or_file: str, overrides: list[str] | None = None) -> VA
 
 
 def _shards(cfg: VAETrainConfig) -> tuple[list[str], list[str]]:
-    from trackgo_model.train.data import MissingShardsError, _expand
+    from trackgo_model.train.data import MissingShardsError, expand_shards
 
-    urls = _expand(cfg.data.shards)
+    urls = expand_shards(cfg.data.shards)
     if not urls:
         raise MissingShardsError(f"no shards at {cfg.data.shards!r}: build the dataset first (trackgo toy data)")
     n = cfg.data.val_holdout_shards
