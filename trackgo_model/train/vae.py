@@ -31,8 +31,7 @@ from typing import Any
 
 import torch
 
-from trackgo_data.config import (ConfigError, apply_overrides, atomic_write_json, config_from_dict,
-                                 config_to_dict, load_yaml)
+from trackgo_data.config import ConfigError, apply_overrides, atomic_write_json, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +105,10 @@ class VAETrainConfig:
 
 
 def load_vae_config(name_or_file: str, overrides: list[str] | None = None) -> VAETrainConfig:
-    from trackgo_model.train.config import resolve_config_path
+    """A VAE config by name or path (``base`` chains resolved as for training configs)."""
+    from trackgo_model.train.config import read_config, resolve_config_path
 
-    path = resolve_config_path(name_or_file)
-    data = load_yaml(path)
-    data.setdefault("name", path.stem)
+    data = read_config(resolve_config_path(name_or_file))
     apply_overrides(data, list(overrides or []))
     return config_from_dict(VAETrainConfig, data)
 
