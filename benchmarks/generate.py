@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger("generate")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VARIANTS: dict[str, dict] = {
@@ -56,14 +56,14 @@ def build(preset: str, device: torch.device, dtype: torch.dtype, seed: int = 0) 
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from adapter_overhead import make_model
+    from benchmarks.adapter_overhead import make_model
     from trackgo_model.tiny import CLIP_PROCESSOR, SVD_SCHEDULER, build_tiny_components
 
     if preset == "tiny":
         parts = build_tiny_components(seed)
         parts["model"] = parts.pop("unet")
     else:
-        from train_step import SVD_CLIP, SVD_VAE
+        from benchmarks.train_step import SVD_CLIP, SVD_VAE
 
         parts = {"model": make_model(preset, device, dtype, seed)}
         with torch.device(device):
@@ -296,7 +296,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from adapter_overhead import start
+    from benchmarks.adapter_overhead import start
 
     if not start(args):
         return 2

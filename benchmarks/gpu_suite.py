@@ -53,10 +53,8 @@ from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import adapter_overhead  # noqa: E402
-import generate  # noqa: E402
+from benchmarks import adapter_overhead, generate  # noqa: E402
 
 log = logging.getLogger("gpu_suite")
 SECTIONS = ("checks", "training", "memory", "generation", "compiled")
@@ -246,7 +244,7 @@ def memory_step(full: bool, overrides: list[str], frames: int, height: int, widt
                 warmup: int = 1, precision: str = "bf16") -> dict:
     """The training loop's step (train_step.py's model and batch), ``steps`` times after ``warmup``
     untimed ones: median seconds, peak memory (CUDA, over all of them), optimizer state."""
-    import train_step
+    from benchmarks import train_step
     from trackgo_model.train.config import load_train_config
     from trackgo_model.train.distributed import make_accelerator, prepare_model
     from trackgo_model.train.memory import make_optimizer, optimizer_state_bytes
