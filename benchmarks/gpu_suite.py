@@ -252,12 +252,12 @@ def memory_step(full: bool, overrides: list[str], frames: int, height: int, widt
     cfg = load_train_config("svd-xt-gated" if full else "tiny-cpu", [
         f"data.num_frames={frames}", f"data.width={width}", f"data.height={height}", f"mixed_precision={precision}",
         "model.gradient_checkpointing=true", *overrides])
-    acc, _ = make_accelerator(cfg)
-    device = acc.device
+    accelerator, _ = make_accelerator(cfg)
+    device = accelerator.device
     comp = train_step.build_components(full, cfg, device)
     params = prepare_model(comp, cfg, device)
     opt = make_optimizer(params, cfg)
-    model, opt = acc.prepare(comp.model, opt)
+    model, opt = accelerator.prepare(comp.model, opt)
     batch = train_step.synthetic_batch(frames, height, width)[0]
     gen = torch.Generator().manual_seed(0)
     cuda = device.type == "cuda"
@@ -269,7 +269,7 @@ def memory_step(full: bool, overrides: list[str], frames: int, height: int, widt
         if cuda:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        _, parts, _, _ = train_step.one_step(acc, model, comp, params, opt, batch, cfg, gen)
+        _, parts, _, _ = train_step.one_step(accelerator, model, comp, params, opt, batch, cfg, gen)
         if cuda:
             torch.cuda.synchronize(device)
         if i >= warmup:
@@ -280,7 +280,7 @@ def memory_step(full: bool, overrides: list[str], frames: int, height: int, widt
            "optimizer_state_gib": round(optimizer_state_bytes(getattr(opt, "optimizer", opt)) / 2**30, 4)}
     if cuda:
         out["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    acc.free_memory()
+    accelerator.free_memory()
     return out
 
 

@@ -66,7 +66,8 @@ def test_bases_merge_in_order_nested_dicts_key_by_key(tmp_path):
     assert load_train_config(str(child), ["max_steps=30", "data.height=16"]).max_steps == 30  # overrides last
     # a packaged name as the base of a user's file: that config plus the file's keys
     mine = _write(tmp_path, "mine.yaml", "base: tiny-cpu\nmax_steps: 7\n")
-    got, want = config_to_dict(load_train_config(str(mine))), config_to_dict(load_train_config("tiny-cpu", ["max_steps=7"]))
+    got = config_to_dict(load_train_config(str(mine)))
+    want = config_to_dict(load_train_config("tiny-cpu", ["max_steps=7"]))
     assert got.pop("name") == "mine" and want.pop("name") == "tiny-cpu" and got == want
 
 
