@@ -80,6 +80,17 @@ def unet_config(preset_or_config: str | dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in preset_or_config.items() if not k.startswith("_")}
 
 
+def size_multiple(unet_config: Any, vae_config: Any) -> int:
+    """What a generated video's height and width must be multiples of for a UNet and VAE with these
+    configs (diffusers config objects or dicts): 2^(VAE down-samplings) · 2^(UNet down-samplings),
+    64 for SVD, 16 for the tiny model."""
+    def levels(config: Any) -> int:
+        channels = config["block_out_channels"] if isinstance(config, dict) else config.block_out_channels
+        return len(channels) - 1
+
+    return 2 ** levels(vae_config) * 2 ** levels(unet_config)
+
+
 def expected_temporal_layers(config: dict[str, Any]) -> int:
     """Number of ``temporal_transformer_blocks.*.attn1`` layers a UNet config produces.
 
