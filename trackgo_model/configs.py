@@ -160,8 +160,9 @@ class KernelConfig:
     A run-time choice (``TrackGoUNet.set_kernels``, the training config's ``model.kernels``),
     never saved with a checkpoint. attention: one of ``ATTENTION_KERNELS``; fused_projections:
     one GEMM for [W_q | W_k | W_v] on X and one for [W′_q | W′_k] on f; encoder_channels_last:
-    the trajectory encoder's convolutions channels-last, in the compute dtype. All off by default
-    until a GPU run (benchmarks/gpu_suite.py) shows they win.
+    the trajectory encoder's convolutions channels-last, in the compute dtype. The defaults
+    (explicit attention, the rest off) stand until a GPU run of benchmarks/gpu_suite.py shows
+    another choice wins (docs/measurements.md).
     """
 
     attention: str = "explicit"

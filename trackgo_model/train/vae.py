@@ -162,9 +162,9 @@ def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Genera
 
 def identity_time_conv(vae) -> None:
     """Start the decoder's last layer, a 3-frame temporal convolution on the RGB output, as the
-    identity (centre tap = I, rest 0). Its default random init mixes the colour channels of
-    neighbouring frames: measured from scratch, the decoder then spent its first 1,200 steps
-    rendering every hue as green (held-out PSNR 19.8 dB)."""
+    identity (centre tap = I, rest 0): its default random init mixes the colour channels of
+    neighbouring frames, which a VAE trained from scratch takes long to undo
+    (docs/measurements.md)."""
     conv = vae.decoder.time_conv_out
     with torch.no_grad():
         conv.weight.zero_()
