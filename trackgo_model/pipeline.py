@@ -63,16 +63,16 @@ def check_svd_folder(path: Path, variant: str | None = None) -> None:
     if not path.is_dir():
         raise MissingWeightsError(f"SVD folder {path} does not exist; {_HINT}")
     for sub, (_, _, config, stem) in SVD_SUBFOLDERS.items():
-        d = path / sub
-        if not d.is_dir():
+        folder = path / sub
+        if not folder.is_dir():
             missing.append(f"{sub}/")
             continue
-        if not (d / config).is_file():
+        if not (folder / config).is_file():
             missing.append(f"{sub}/{config}")
         if stem is not None:
             base = f"{stem}.{variant}" if variant else stem
             names = [f"{base}.{ext}" for ext in ("safetensors", "bin", "safetensors.index.json", "bin.index.json")]
-            if not any((d / n).is_file() for n in names):
+            if not any((folder / n).is_file() for n in names):
                 missing.append(f"{sub}/{names[0]}")
     if missing:
         raise MissingWeightsError(f"SVD folder {path} is missing {', '.join(missing)}; {_HINT}")

@@ -191,12 +191,12 @@ class DataStream:
     def _open(self):
         from trackgo_data.loader import make_dataset
 
-        d = self.cfg.data
+        data = self.cfg.data
         ds = make_dataset(
             self.urls,
-            batch_size=d.batch_size,
-            num_frames=d.num_frames,
-            size=(d.width, d.height),
+            batch_size=data.batch_size,
+            num_frames=data.num_frames,
+            size=(data.width, data.height),
             shuffle=self.shuffle,
             shardshuffle=len(self.urls) if self.shuffle else False,
             resampled=self.resampled,
@@ -204,8 +204,8 @@ class DataStream:
             partial_batches=False,
             stats=self.stats,
         )
-        if d.num_workers > 0:
-            return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=d.num_workers))
+        if data.num_workers > 0:
+            return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=data.num_workers))
         return iter(ds)
 
     def __iter__(self) -> "DataStream":
@@ -242,8 +242,8 @@ def validation_batches(cfg, urls: list[str]) -> list[Any]:
         return []
     from trackgo_data.loader import make_dataset
 
-    d = cfg.data
-    ds = make_dataset(urls, batch_size=1, num_frames=d.num_frames, size=(d.width, d.height),
+    data = cfg.data
+    ds = make_dataset(urls, batch_size=1, num_frames=data.num_frames, size=(data.width, data.height),
                       shuffle=0, resampled=False, split_by_node=False, split_by_worker=False)
     out = []
     for batch in ds:

@@ -106,9 +106,9 @@ def disable_extra_checkpointing(model) -> None:
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:
     """The optimizer of ``cfg.optim`` (a :class:`~trackgo_model.train.config.TrainConfig`)."""
-    o = cfg.optim
-    kw = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
-    name = getattr(o, "optimizer", "adamw")
+    optim = cfg.optim
+    kw = dict(lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, eps=optim.eps)
+    name = getattr(optim, "optimizer", "adamw")
     if name == "adamw":
         return torch.optim.AdamW(params, **kw)
     if name != "adamw8bit":

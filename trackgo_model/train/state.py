@@ -91,12 +91,12 @@ class TrainingState:
             export = gather_full(accelerator, self.model, self.export)
         opt_state = optimizer_state(accelerator, self.model, self.optimizer, self.named)
         if accelerator.is_main_process:
-            st = {**counters, "step": step, "world_size": accelerator.num_processes, "accumulation": self.accumulation,
+            record = {**counters, "step": step, "world_size": accelerator.num_processes, "accumulation": self.accumulation,
                   "ema_optimization_step": self.ema.optimization_step if self.ema else 0,
                   "config_hash": config_hash(cfg), "git_revision": ckpt.git_revision(),
                   "loss_seed": self.loss_seed}
             ckpt.write_payload(tmp, trainable=trainable, ema=ema, optimizer_state=opt_state,
-                               scheduler_state=self.scheduler.state_dict(), state=st, config=config_to_dict(cfg),
+                               scheduler_state=self.scheduler.state_dict(), state=record, config=config_to_dict(cfg),
                                scaler_state=accelerator.scaler.state_dict() if accelerator.scaler is not None else None)
             self.core.save_trackgo(tmp / "trackgo", tensors=export)
         accelerator.wait_for_everyone()
@@ -108,8 +108,8 @@ class TrainingState:
     def restore(self, path: Path) -> dict[str, Any]:
         """Load checkpoint ``path`` into this state (collective); returns its ``state.json``."""
         accelerator = self.accelerator
-        st = ckpt.load_state(path)
-        written_by = int(st.get("world_size", accelerator.num_processes))
+        record = ckpt.load_state(path)
+        written_by = int(record.get("world_size", accelerator.num_processes))
         if written_by != accelerator.num_processes:
             log.warning("%s was written by %d process(es), this run has %d: weights, optimizer and data "
                         "position carry over, but the continuation is not the one the original run would "
@@ -124,7 +124,7 @@ class TrainingState:
                 raise ConfigError(f"{path} has no EMA weights but ema.enabled is true")
             load_full(accelerator, self.model, self.named, shadow)
             self.ema.shadow_params = [p.detach().clone() for p in self.params]
-            self.ema.optimization_step = int(st.get("ema_optimization_step", 0))
+            self.ema.optimization_step = int(record.get("ema_optimization_step", 0))
         load_full(accelerator, self.model, self.named, trainable)
         load_optimizer_state(accelerator, self.model, self.optimizer, self.named, ckpt.load_torch(path, "optimizer.pt"))
         self.scheduler.load_state_dict(ckpt.load_torch(path, "scheduler.pt"))
@@ -135,4 +135,4 @@ class TrainingState:
         else:
             log.warning("rank %d has no RNG state in %s: its loss generator starts from its seed",
                         accelerator.process_index, path)
-        return st
+        return record

@@ -126,9 +126,9 @@ def _shards(cfg: VAETrainConfig) -> tuple[list[str], list[str]]:
 def _stream(cfg: VAETrainConfig, urls: list[str], seed: int, batch: int, shuffle: bool = True):
     from trackgo_data.loader import make_dataset
 
-    d = cfg.data
-    return make_dataset(urls, batch_size=batch, num_frames=d.num_frames, size=(d.width, d.height),
-                        shuffle=d.shuffle_buffer if shuffle else 0, resampled=shuffle, seed=seed,
+    data = cfg.data
+    return make_dataset(urls, batch_size=batch, num_frames=data.num_frames, size=(data.width, data.height),
+                        shuffle=data.shuffle_buffer if shuffle else 0, resampled=shuffle, seed=seed,
                         partial_batches=not shuffle, split_by_node=False, split_by_worker=False)
 
 
