@@ -138,14 +138,14 @@ class StageClock:
     def attached(self, parts: dict):
         methods = [("vae_encode", parts["vae"], "encode"), ("vae_decode", parts["vae"], "decode"),
                    ("trajectory_encode", parts["model"], "encode")]
-        for stage, obj, attr in methods:
-            object.__setattr__(obj, attr, self._wrap(stage, getattr(obj, attr)))
+        for stage, obj, attr in methods:  # an instance attribute shadows the method while attached
+            setattr(obj, attr, self._wrap(stage, getattr(obj, attr)))
         hooks = self._hooks("clip", parts["image_encoder"]) + self._hooks("unet", parts["model"].unet)
         try:
             yield self
         finally:
             for _, obj, attr in methods:
-                obj.__dict__.pop(attr, None)
+                delattr(obj, attr)
             for h in hooks:
                 h.remove()
 
@@ -157,10 +157,10 @@ class StageClock:
         fn()
         self._sync()
         total = time.perf_counter() - t0
-        out = {s: sum(e - b for st, b, e, _ in self.calls if st == s)
-               for s in ("clip", "vae_encode", "trajectory_encode", "unet", "vae_decode")}
-        unet = [(b, e) for st, b, e, _ in self.calls if st == "unet"]
-        out["denoise"] = max(e for _, e in unet) - min(b for b, _ in unet) if unet else 0.0
+        out = {name: sum(end - begin for stage, begin, end, _ in self.calls if stage == name)
+               for name in ("clip", "vae_encode", "trajectory_encode", "unet", "vae_decode")}
+        unet = [(begin, end) for stage, begin, end, _ in self.calls if stage == "unet"]
+        out["denoise"] = max(end for _, end in unet) - min(begin for begin, _ in unet) if unet else 0.0
         out["total"] = total
         out["other"] = total - sum(out[s] for s in ("clip", "vae_encode", "trajectory_encode", "denoise", "vae_decode"))
         out = {k: round(v, 4) for k, v in out.items()}

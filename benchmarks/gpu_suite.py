@@ -18,9 +18,10 @@ and run there, in the repository root, as one 10-minute command (carry: .whl):
 A rerun of one part: ``--only training`` (checks, training, memory, generation, compiled), or
 ``--no-compile`` to leave out the torch.compile candidates.
 
-CPU check of the script itself (tiny model, well under a minute):
+CPU check of the script itself (tiny model, well under a minute; the Triton kernel's check runs in
+Triton's interpreter when the process starts with TRITON_INTERPRET=1, and is skipped otherwise):
 
-    python benchmarks/gpu_suite.py --tiny --out /tmp/gpu_suite.json
+    TRITON_INTERPRET=1 python benchmarks/gpu_suite.py --tiny --out /tmp/gpu_suite.json
 
 Sections, in this order (``--only`` picks some; ``compiled`` runs its training part right after
 ``training`` and its generation part last):
