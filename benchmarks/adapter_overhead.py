@@ -27,7 +27,8 @@ import time
 
 import torch
 
-from trackgo_model.adapter import remove_track_adapters, restore_track_adapters, track_attention
+from trackgo_model.adapter import remove_track_adapters, restore_track_adapters
+from trackgo_model.attention import track_attention
 from trackgo_model.configs import KernelConfig
 from trackgo_model.model import TrackGoUNet, build_unet
 

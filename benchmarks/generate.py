@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger("generate")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VARIANTS: dict[str, dict] = {
@@ -56,14 +56,14 @@ def build(preset: str, device: torch.device, dtype: torch.dtype, seed: int = 0) 
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from adapter_overhead import make_model
+    from benchmarks.adapter_overhead import make_model
     from trackgo_model.tiny import CLIP_PROCESSOR, SVD_SCHEDULER, build_tiny_components
 
     if preset == "tiny":
         parts = build_tiny_components(seed)
         parts["model"] = parts.pop("unet")
     else:
-        from train_step import SVD_CLIP, SVD_VAE
+        from benchmarks.train_step import SVD_CLIP, SVD_VAE
 
         parts = {"model": make_model(preset, device, dtype, seed)}
         with torch.device(device):
@@ -138,14 +138,14 @@ class StageClock:
     def attached(self, parts: dict):
         methods = [("vae_encode", parts["vae"], "encode"), ("vae_decode", parts["vae"], "decode"),
                    ("trajectory_encode", parts["model"], "encode")]
-        for stage, obj, attr in methods:
-            object.__setattr__(obj, attr, self._wrap(stage, getattr(obj, attr)))
+        for stage, obj, attr in methods:  # an instance attribute shadows the method while attached
+            setattr(obj, attr, self._wrap(stage, getattr(obj, attr)))
         hooks = self._hooks("clip", parts["image_encoder"]) + self._hooks("unet", parts["model"].unet)
         try:
             yield self
         finally:
             for _, obj, attr in methods:
-                obj.__dict__.pop(attr, None)
+                delattr(obj, attr)
             for h in hooks:
                 h.remove()
 
@@ -157,10 +157,10 @@ class StageClock:
         fn()
         self._sync()
         total = time.perf_counter() - t0
-        out = {s: sum(e - b for st, b, e, _ in self.calls if st == s)
-               for s in ("clip", "vae_encode", "trajectory_encode", "unet", "vae_decode")}
-        unet = [(b, e) for st, b, e, _ in self.calls if st == "unet"]
-        out["denoise"] = max(e for _, e in unet) - min(b for b, _ in unet) if unet else 0.0
+        out = {name: sum(end - begin for stage, begin, end, _ in self.calls if stage == name)
+               for name in ("clip", "vae_encode", "trajectory_encode", "unet", "vae_decode")}
+        unet = [(begin, end) for stage, begin, end, _ in self.calls if stage == "unet"]
+        out["denoise"] = max(end for _, end in unet) - min(begin for begin, _ in unet) if unet else 0.0
         out["total"] = total
         out["other"] = total - sum(out[s] for s in ("clip", "vae_encode", "trajectory_encode", "denoise", "vae_decode"))
         out = {k: round(v, 4) for k, v in out.items()}
@@ -296,7 +296,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from adapter_overhead import start
+    from benchmarks.adapter_overhead import start
 
     if not start(args):
         return 2

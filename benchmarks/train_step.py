@@ -79,20 +79,20 @@ def synthetic_batch(frames: int, height: int, width: int, seed: int = 0):
                  tracks=[], visibility=[], components=[], meta=[{"fps": 7.0}]), vid, traj, masks
 
 
-def one_step(acc, model, comp, params, opt, batch, cfg, gen, x0=None):
+def one_step(accelerator, model, comp, params, opt, batch, cfg, gen, x0=None):
     """One optimizer step as the training loop takes it (one micro-batch, no accumulation):
     loss, backward, global-norm clipping, the step (skipped on inf/NaN, through the fp16 scaler).
     Returns (inputs, loss parts, grad norm, step outcome)."""
     from trackgo_model.train.distributed import clip_gradients, optimizer_step
     from trackgo_model.train.loss import batch_to_inputs, compute_loss
 
-    inputs = batch_to_inputs(batch, acc.device, cfg.data.fps)
-    with acc.autocast():
+    inputs = batch_to_inputs(batch, accelerator.device, cfg.data.fps)
+    with accelerator.autocast():
         parts = compute_loss(model, comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
                              inputs, cfg.objective, generator=gen, motion_bucket_id=127.0, x0=x0)
-    acc.backward(parts.loss)
-    gn = clip_gradients(acc, model, params, cfg.optim.max_grad_norm)
-    outcome = optimizer_step(acc, opt, loss_finite=bool(torch.isfinite(parts.loss.detach())), grad_norm=gn)
+    accelerator.backward(parts.loss)
+    gn = clip_gradients(accelerator, model, params, cfg.optim.max_grad_norm)
+    outcome = optimizer_step(accelerator, opt, loss_finite=bool(torch.isfinite(parts.loss.detach())), grad_norm=gn)
     opt.zero_grad(set_to_none=True)
     return inputs, parts, gn, outcome
 
@@ -102,11 +102,11 @@ def time_steps(comp, cfg, frames: int, height: int, width: int, steps: int) -> d
     cached latents. fp16 goes through the loss scaler: skipped (overflowing) steps are counted."""
     from trackgo_model.train.distributed import make_accelerator, prepare_model
 
-    acc, _ = make_accelerator(cfg)
-    device = acc.device
+    accelerator, _ = make_accelerator(cfg)
+    device = accelerator.device
     params = prepare_model(comp, cfg, device)
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr)
-    model, opt = acc.prepare(comp.model, opt)
+    model, opt = accelerator.prepare(comp.model, opt)
     batch = synthetic_batch(frames, height, width)[0]
     gen = torch.Generator().manual_seed(0)
     cuda = device.type == "cuda"
@@ -114,7 +114,7 @@ def time_steps(comp, cfg, frames: int, height: int, width: int, steps: int) -> d
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     out = {"mixed_precision": cfg.mixed_precision, "trainable_params": sum(p.numel() for p in params),
-           "loss_scaler": acc.scaler is not None}
+           "loss_scaler": accelerator.scaler is not None}
     cached = None
     skipped = 0
     for label in ("", "_cached_latents"):  # second pass: x0 given, as with data.latent_cache
@@ -123,7 +123,7 @@ def time_steps(comp, cfg, frames: int, height: int, width: int, steps: int) -> d
             if cuda:
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            inputs, parts, gn, step = one_step(acc, model, comp, params, opt, batch, cfg, gen, x0=cached)
+            inputs, parts, gn, step = one_step(accelerator, model, comp, params, opt, batch, cfg, gen, x0=cached)
             skipped += not step.applied
             if cuda:
                 torch.cuda.synchronize(device)
@@ -144,9 +144,9 @@ def time_steps(comp, cfg, frames: int, height: int, width: int, steps: int) -> d
                 cached = encode_video_latents(comp.vae, inputs.video.to(vdt)).float()
     out["cache_speedup"] = out["step_s"] / out["step_s_cached_latents"]
     out["skipped_steps"] = skipped
-    if acc.scaler is not None:
-        out["final_loss_scale"] = float(acc.scaler.get_scale())
-    acc.free_memory()  # accelerate's references to the model and optimizer
+    if accelerator.scaler is not None:
+        out["final_loss_scale"] = float(accelerator.scaler.get_scale())
+    accelerator.free_memory()  # accelerate's references to the model and optimizer
     del opt, model
     return out
 

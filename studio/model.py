@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trackgo_data.user_input import fit_size
+
 log = logging.getLogger(__name__)
 
 TINY_NAME = "tiny-model"
@@ -40,13 +42,6 @@ def tiny_model_dir(cache: Path) -> Path:
         log.warning("writing the tiny random-weight TrackGo to %s (first use)", path)
         init_tiny(path, seed=0)
     return path
-
-
-def fit_size(width: int, height: int, multiple: int, max_side: int) -> tuple[int, int]:
-    """Output size for a width × height image: scaled down so its longer side is ≤ ``max_side``,
-    each side rounded to the nearest multiple of ``multiple`` (at least one multiple)."""
-    s = min(1.0, max_side / max(width, height))
-    return tuple(max(multiple, int(round(v * s / multiple)) * multiple) for v in (width, height))
 
 
 @dataclass

@@ -274,6 +274,31 @@ def in_image(tracks: np.ndarray, width: int, height: int) -> np.ndarray:
         & (tracks[..., 1] >= 0) & (tracks[..., 1] <= height - 1)
 
 
+#: the longest output side chosen by default (SVD-xt's training width)
+MAX_SIDE = 1024
+
+
+def fit_size(width: int, height: int, multiple: int, max_side: int) -> tuple[int, int]:
+    """Output size for a width × height image: scaled down so its longer side is ≤ ``max_side``,
+    each side rounded to the nearest multiple of ``multiple`` (at least one multiple)."""
+    s = min(1.0, max_side / max(width, height))
+    return tuple(max(multiple, int(round(v * s / multiple)) * multiple) for v in (width, height))
+
+
+def output_size(image_size: tuple[int, int], width: int | None, height: int | None, multiple: int,
+                max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """The (width, height) to generate for an image of ``image_size`` = (W, H): the sides given,
+    the others from :func:`fit_size`. Raises :class:`UserInputError` unless both are multiples
+    of ``multiple`` (what the model takes)."""
+    fit_w, fit_h = fit_size(int(image_size[0]), int(image_size[1]), multiple, max_side)
+    width = fit_w if width is None else int(width)
+    height = fit_h if height is None else int(height)
+    if width <= 0 or height <= 0 or width % multiple or height % multiple:
+        raise UserInputError(f"height and width must be multiples of {multiple} for this model; got "
+                             f"{width}x{height} (the default for this image: {fit_w}x{fit_h})")
+    return width, height
+
+
 @dataclass
 class Prepared:
     """One request at the output size: image (H,W,3) uint8, tracks (L,N,2) float32 in output

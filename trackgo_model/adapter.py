@@ -1,28 +1,25 @@
-"""TrackAdapter (spec §4): the per-forward context, the diffusers processor, its installation.
+"""TrackAdapter (spec §4): the per-forward state, the diffusers processor, its installation.
 
 The attention itself — the paper's rule, the gated default and the interpretations of spec §9 —
-is ``trackgo_model.attention.track_attention`` (re-exported here).
+is :func:`trackgo_model.attention.track_attention`.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import KERNELS, MODES, track_attention
+from .attention import track_attention
 
-__all__ = ["KERNELS", "MODES", "CollectedMap", "TrackAdapterProcessor", "TrackContext", "install_track_adapters",
-           "remove_track_adapters", "restore_track_adapters", "temporal_attn1_paths", "track_attention"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-forward state shared by all adapters, the diffusers processor, and its installation.
-# ----------------------------------------------------------------------------------------------
+__all__ = ["AttentionKnobs", "CollectedMap", "ForwardState", "TrackAdapterProcessor", "TrackContext",
+           "install_track_adapters", "remove_track_adapters", "restore_track_adapters", "temporal_attn1_paths"]
 
 _TARGET = re.compile(r"(^|\.)temporal_transformer_blocks\.\d+\.attn1\.processor$")
 
@@ -39,88 +36,54 @@ class CollectedMap:
     grid: tuple[int, int]
 
 
-class TrackContext:
-    """Per-forward state read by every :class:`TrackAdapterProcessor` (one shared instance).
+@dataclass(frozen=True)
+class AttentionKnobs:
+    """The arguments of :func:`~trackgo_model.attention.track_attention` that every adapter
+    shares (see there), and ``fused_projections``: one GEMM for [W_q | W_k | W_v] on X and one for
+    [W′_q | W′_k] on f (weights concatenated per call, so each Linear keeps its own gradient)."""
 
-    ``begin`` records the batch size B, the frame count F, the latent grid (h0, w0), the encoder
-    and its trunk feature (B·F, C, h0, w0) for this forward; ``end`` drops them. While no trunk is
-    set the adapters behave exactly like diffusers' stock processor. Collected maps persist until
-    the next ``begin`` (``collected``: layer path → :class:`CollectedMap`).
+    alpha: float = 0.2
+    tau: float | None = None
+    mode: str = "gated"
+    motion: float = 1.0
+    mask_value: float = -1.0e4
+    kernel: str = "explicit"
+    fused_projections: bool = False
+
+
+@dataclass
+class ForwardState:
+    """What every :class:`TrackAdapterProcessor` reads during one UNet forward.
+
+    batch B, frames F and the latent grid (h0, w0) of the sample; ``encoder`` and its ``trunk``
+    feature (B·F, C, h0, w0) — without a trunk the adapters act as diffusers' stock processor;
+    ``collect``: record each layer's diag(A) into ``collected`` (layer path → :class:`CollectedMap`);
+    ``features``: the encoder features computed so far, (width, h, w) → (B·h·w, F, width), shared
+    by the layers of one width and grid.
     """
 
-    def __init__(self, *, alpha: float = 0.2, tau: float | None = None, mode: str = "gated",
-                 motion: float = 1.0, mask_value: float = -1.0e4) -> None:
-        self.alpha, self.tau, self.mode, self.motion, self.mask_value = alpha, tau, mode, motion, mask_value
-        self.batch: int | None = None
-        self.frames: int | None = None
-        self.latent_hw: tuple[int, int] | None = None
-        self.encoder = None
-        self.trunk: torch.Tensor | None = None
-        self.collect = False
-        # Attention kernel (KERNELS). "explicit" (A formed, one matmul with A + g·A′) by default.
-        # Measured on an H200 (SVD-xt, 1024×576×14, bf16): explicit 0.82 ms vs 1.88 ms through
-        # F.scaled_dot_product_attention with an additive float mask (no fused kernel takes one
-        # for F ≤ 25); UNet forward ÷ bare 1.041 explicit vs 1.077 "sdpa". "compiled"
-        # (torch.compile of the explicit kernel) and "triton" (one fused pass, forward and
-        # backward) stay opt-in until a GPU run shows they win (benchmarks/gpu_suite.py).
-        self.kernel = "explicit"
-        # True: one GEMM for [W_q | W_k | W_v] on X and one for [W′_q | W′_k] on f (weights
-        # concatenated per call, so the separate Linear layers keep their gradients).
-        self.fused_projections = False
-        self.collected: dict[str, CollectedMap] = {}
-        self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
-
-    @classmethod
-    def from_config(cls, cfg) -> "TrackContext":
-        return cls(alpha=cfg.alpha, tau=cfg.tau, mode=cfg.mode, motion=cfg.motion, mask_value=cfg.mask_value)
+    batch: int
+    frames: int
+    latent_hw: tuple[int, int]
+    knobs: AttentionKnobs
+    encoder: Any = None
+    trunk: torch.Tensor | None = None
+    collect: bool = False
+    features: dict[tuple[int, int, int], torch.Tensor] = field(default_factory=dict)
+    collected: dict[str, CollectedMap] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
         return self.trunk is not None
 
-    def begin(self, *, batch: int, frames: int, latent_hw: tuple[int, int], encoder=None,
-              trunk: torch.Tensor | None = None, collect: bool = False) -> None:
-        if trunk is not None:
-            expect = (batch * frames, latent_hw[0], latent_hw[1])
-            got = (trunk.shape[0], trunk.shape[2], trunk.shape[3])
-            if got != expect:
-                raise ValueError(f"trajectory feature has (B·F, h, w) = {got}, the sample needs {expect}")
-            if encoder is None:
-                raise ValueError("a trunk feature needs the encoder that projects it")
-        self.batch, self.frames, self.latent_hw = batch, frames, tuple(latent_hw)
-        self.encoder, self.trunk, self.collect = encoder, trunk, collect
-        self.collected = {}
-        self._cache = {}
-
-    def end(self) -> None:
-        self.encoder, self.trunk, self.collect = None, None, False
-        self._cache = {}
-
-    def snapshot(self) -> dict:
-        """This forward's state, for re-running a checkpointed block during backward."""
-        state = dict(self.__dict__)
-        state["_cache"] = dict(self._cache)  # the features as they were when the block began
-        return state
-
-    @contextlib.contextmanager
-    def replaying(self, state: dict):
-        """Run a block again exactly as when ``state`` was taken (activation checkpointing).
-
-        The feature cache starts as it was then, so the re-run repeats the same operations;
-        collected maps go to a scratch dict (the loss already holds the first run's)."""
-        live = dict(self.__dict__)
-        self.__dict__.update(state)
-        self._cache, self.collected = dict(state["_cache"]), {}
-        try:
-            yield
-        finally:
-            self.__dict__.clear()
-            self.__dict__.update(live)
+    def for_rerun(self) -> "ForwardState":
+        """This state for running a block again (activation checkpointing re-runs it in backward):
+        the features computed so far — the same tensors, so the re-run repeats the same operations —
+        and a scratch ``collected`` (the loss already holds the first run's maps)."""
+        return dataclasses.replace(self, features=dict(self.features), collected={})
 
     def grid_for(self, sequences: int) -> tuple[int, int]:
         """The (h, w) of a layer whose temporal attention sees ``sequences`` = B·h·w rows."""
-        if self.batch is None or self.latent_hw is None:
-            raise RuntimeError("TrackContext.begin was not called for this forward")
         if sequences % self.batch:
             raise ValueError(f"{sequences} attention rows are not a multiple of the batch {self.batch}")
         hw = sequences // self.batch
@@ -136,9 +99,66 @@ class TrackContext:
     def feature(self, width: int, grid: tuple[int, int]) -> torch.Tensor:
         """Encoder feature for a layer of ``width`` channels at ``grid``: (B·h·w, F, width)."""
         key = (width, grid[0], grid[1])
-        if key not in self._cache:
-            self._cache[key] = self.encoder.sequence_features(self.trunk, width, grid, self.batch)
-        return self._cache[key]
+        if key not in self.features:
+            self.features[key] = self.encoder.sequence_features(self.trunk, width, grid, self.batch)
+        return self.features[key]
+
+
+class TrackContext:
+    """The adapters' shared knobs and the state of the forward in progress (one instance per model).
+
+    The knobs (:class:`AttentionKnobs` fields) are plain attributes, changed between forwards
+    (``TrackGoUNet.set_inference``/``set_kernels``). :meth:`begin` starts a forward: ``state`` is
+    then a :class:`ForwardState` holding the knobs as they were; :meth:`end` clears it. Outside a
+    forward the adapters act as diffusers' stock processor. ``collected`` (layer path →
+    :class:`CollectedMap`) holds the maps of the last forward until the next :meth:`begin`.
+    """
+
+    def __init__(self, *, alpha: float = 0.2, tau: float | None = None, mode: str = "gated",
+                 motion: float = 1.0, mask_value: float = -1.0e4) -> None:
+        self.alpha, self.tau, self.mode, self.motion, self.mask_value = alpha, tau, mode, motion, mask_value
+        self.kernel = "explicit"  # one of attention.KERNELS; benchmarks/gpu_suite.py times the others
+        self.fused_projections = False
+        self.state: ForwardState | None = None
+        self.collected: dict[str, CollectedMap] = {}
+
+    @classmethod
+    def from_config(cls, cfg) -> "TrackContext":
+        return cls(alpha=cfg.alpha, tau=cfg.tau, mode=cfg.mode, motion=cfg.motion, mask_value=cfg.mask_value)
+
+    def knobs(self) -> AttentionKnobs:
+        return AttentionKnobs(alpha=self.alpha, tau=self.tau, mode=self.mode, motion=self.motion,
+                              mask_value=self.mask_value, kernel=self.kernel,
+                              fused_projections=self.fused_projections)
+
+    def begin(self, *, batch: int, frames: int, latent_hw: tuple[int, int], encoder=None,
+              trunk: torch.Tensor | None = None, collect: bool = False) -> ForwardState:
+        """Start a forward of B = ``batch`` samples of F = ``frames`` frames on the latent grid
+        ``latent_hw``; ``trunk`` (B·F, C, h0, w0) with its ``encoder``, or None (stock attention)."""
+        if trunk is not None:
+            expect = (batch * frames, latent_hw[0], latent_hw[1])
+            got = (trunk.shape[0], trunk.shape[2], trunk.shape[3])
+            if got != expect:
+                raise ValueError(f"trajectory feature has (B·F, h, w) = {got}, the sample needs {expect}")
+            if encoder is None:
+                raise ValueError("a trunk feature needs the encoder that projects it")
+        self.collected = {}
+        self.state = ForwardState(batch=batch, frames=frames, latent_hw=tuple(latent_hw), knobs=self.knobs(),
+                                  encoder=encoder, trunk=trunk, collect=collect, collected=self.collected)
+        return self.state
+
+    def end(self) -> None:
+        self.state = None
+
+    @contextlib.contextmanager
+    def running(self, state: ForwardState):
+        """Make ``state`` the current one for the duration (a checkpointed block re-run in
+        backward, after the forward has ended), then put the previous one back."""
+        previous, self.state = self.state, state
+        try:
+            yield state
+        finally:
+            self.state = previous
 
 
 class TrackAdapterProcessor(nn.Module):
@@ -146,8 +166,9 @@ class TrackAdapterProcessor(nn.Module):
 
     Holds W′_q, W′_k (copies of the host's to_q/to_k at construction) and a per-head gate
     (used in mode="gated"). ``hidden_states`` is (B·h·w, F, C): diffusers folds space into the
-    batch for temporal attention. With an active context the output is
-    to_out(track_attention(Q, K, V, f·W′_q, f·W′_k)); without one it is the stock processor.
+    batch for temporal attention. During a forward with trajectories (``context.state.active``)
+    the output is to_out(track_attention(Q, K, V, f·W′_q, f·W′_k)); otherwise it is the stock
+    processor's, except that ``collect`` also records the plain attention's diag(A).
     """
 
     def __init__(self, attn, context: TrackContext, *, name: str = "", gate_init: float = 0.0) -> None:
@@ -164,55 +185,53 @@ class TrackAdapterProcessor(nn.Module):
         self.to_k_prime = _copy_linear(attn.to_k)
         w = attn.to_q.weight
         self.gate = nn.Parameter(torch.full((attn.heads,), float(gate_init), device=w.device, dtype=w.dtype))
-        self.__dict__["context"] = context  # plain attribute: never registered as a submodule
-        self.__dict__["_stock"] = AttnProcessor2_0()
+        self.context = context  # shared by every adapter; a plain object, not a submodule
+        self.stock = AttnProcessor2_0()
 
     def forward(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **kwargs):
-        ctx = self.context
-        if not (ctx.active or ctx.collect):
-            return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        state = self.context.state
+        if state is None or not (state.active or state.collect):
+            return self.stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         if (encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3
                 or attn.spatial_norm is not None or attn.group_norm is not None
                 or attn.norm_q is not None or attn.norm_k is not None):
             raise ValueError(f"{self.name}: TrackAdapter supports plain temporal self-attention only")
         n, frames, _ = hidden_states.shape
-        heads = attn.heads
+        knobs = state.knobs
 
         def split(x: torch.Tensor) -> torch.Tensor:  # (N, F, heads·d) → (N, heads, F, d)
-            return x.view(n, frames, heads, -1).transpose(1, 2)
+            return x.view(n, frames, attn.heads, -1).transpose(1, 2)
 
-        fused = ctx.fused_projections
-        if fused:
-            q, k, v = map(split, _linear_cat(hidden_states, (attn.to_q, attn.to_k, attn.to_v), self.name))
-        else:
-            q, k, v = split(attn.to_q(hidden_states)), split(attn.to_k(hidden_states)), split(attn.to_v(hidden_states))
-        grid = ctx.grid_for(n)
-        diag = None
-        if ctx.active:
-            f = ctx.feature(self.width, grid).to(self.to_q_prime.weight.dtype)
-            if fused:
-                qp, kp = (split(x).to(q.dtype) for x in _linear_cat(f, (self.to_q_prime, self.to_k_prime), self.name))
-            else:
-                qp, kp = split(self.to_q_prime(f)).to(q.dtype), split(self.to_k_prime(f)).to(q.dtype)
-            res = track_attention(
-                q, k, v, qp, kp, alpha=ctx.alpha, tau=ctx.tau, mode=ctx.mode,
-                gate=self.gate if ctx.mode == "gated" else None, motion=ctx.motion,
-                mask_value=ctx.mask_value, return_diag=ctx.collect, kernel=ctx.kernel,
-            )
-            out, diag = res if ctx.collect else (res, None)
+        q, k, v = map(split, _project(hidden_states, (attn.to_q, attn.to_k, attn.to_v), knobs.fused_projections,
+                                      self.name))
+        grid = state.grid_for(n)
+        if state.active:
+            f = state.feature(self.width, grid).to(self.to_q_prime.weight.dtype)
+            qp, kp = (split(x).to(q.dtype) for x in _project(f, (self.to_q_prime, self.to_k_prime),
+                                                              knobs.fused_projections, self.name))
+            out, diag, _ = track_attention(
+                q, k, v, qp, kp, alpha=knobs.alpha, tau=knobs.tau, mode=knobs.mode,
+                gate=self.gate if knobs.mode == "gated" else None, motion=knobs.motion,
+                mask_value=knobs.mask_value, kernel=knobs.kernel, with_diag=state.collect)
         else:  # collecting without trajectories: plain attention, explicit map
             a = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]), dim=-1)
             out, diag = torch.matmul(a.to(v.dtype), v), a.diagonal(dim1=-2, dim2=-1)
         if diag is not None:  # (N, heads, F)
-            ctx.collected[self.name] = CollectedMap(
-                self.name, diag.reshape(ctx.batch, n // ctx.batch, heads, frames), grid
-            )
+            state.collected[self.name] = CollectedMap(
+                self.name, diag.reshape(state.batch, n // state.batch, attn.heads, frames), grid)
         out = out.transpose(1, 2).reshape(n, frames, -1).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
+
+
+def _project(x: torch.Tensor, layers: tuple[nn.Linear, ...], fused: bool, name: str) -> tuple[torch.Tensor, ...]:
+    """(layer(x) for each layer), as one GEMM when ``fused`` (see :func:`_linear_cat`)."""
+    if fused:
+        return _linear_cat(x, layers, name)
+    return tuple(layer(x) for layer in layers)
 
 
 def _linear_cat(x: torch.Tensor, layers: tuple[nn.Linear, ...], name: str) -> tuple[torch.Tensor, ...]:

@@ -1,6 +1,6 @@
 """TrackGo's masked temporal attention (spec §4, §9): ``track_attention``, a pure function on
 (batch, heads, F, d) tensors, and its kernels (explicit, SDPA, compiled; the Triton one lives in
-``trackgo_model.fused_attention``). ``trackgo_model.adapter`` puts it into the UNet.
+:mod:`trackgo_model.fused_attention`). :mod:`trackgo_model.adapter` puts it into the UNet.
 
 Paper rule (Eq. 2–4):
     A′ = softmax(Q′K′ᵀ/√d),   AM_ij = mask_value (−10⁴) where A′_ij ≥ α, τ elsewhere,
@@ -31,24 +31,28 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-MODES = ("gated", "paper")
-#: implementations of the masked temporal attention (same function; speed differs by device)
-KERNELS = ("explicit", "sdpa", "compiled", "triton")
+from .configs import ATTENTION_KERNELS as KERNELS
+from .configs import MODES
+
+__all__ = ["KERNELS", "MODES", "TrackAttention", "track_attention"]
 
 
-def _as_head_gate(gate: torch.Tensor | float, heads: int, like: torch.Tensor) -> torch.Tensor | float:
-    if not isinstance(gate, torch.Tensor):
-        return float(gate)
-    g = gate.to(dtype=like.dtype, device=like.device)
-    if g.ndim == 0:
-        return g
-    if g.numel() != heads:
-        raise ValueError(f"gate must be a scalar or have one value per head ({heads}), got shape {tuple(g.shape)}")
-    return g.reshape(1, heads, 1, 1)
+class TrackAttention(NamedTuple):
+    """What :func:`track_attention` returns.
+
+    out: (B, heads, F, d) in v's dtype. diag: diag(A) (B, heads, F) fp32, differentiable — all the
+    attention loss reads — when ``with_diag``. maps: (A, A′), each (B, heads, F, F) fp32, when
+    ``with_maps``; A is the masked original-branch map of Eq. 4, before the motion blend.
+    """
+
+    out: torch.Tensor
+    diag: torch.Tensor | None = None
+    maps: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def track_attention(
@@ -64,12 +68,10 @@ def track_attention(
     gate: torch.Tensor | float | None = None,
     motion: float = 1.0,
     mask_value: float = -1.0e4,
-    return_maps: bool = False,
-    sdpa: bool = True,
-    compiled: bool = False,
-    kernel: str | None = None,
-    return_diag: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]:
+    kernel: str = "explicit",
+    with_diag: bool = False,
+    with_maps: bool = False,
+) -> TrackAttention:
     """TrackAdapter temporal attention (see the module docstring for the exact rules).
 
     Args:
@@ -81,24 +83,51 @@ def track_attention(
             or ``"paper"`` (O = (A + A′)·V; ``gate`` must be None).
         gate: scalar or (heads,) tensor, gated mode only.
         motion: unspecified-region motion strength m ≥ 0.
-        return_maps: also return (A, A′), each (B, heads, F, F); A is the masked original-branch
-            map of Eq. 4, before the motion blend.
-        sdpa: original branch through ``F.scaled_dot_product_attention`` with the additive mask
-            (plus a second matmul for A′·V); False (and always with ``return_maps``) forms A
-            explicitly and applies A + g·A′ in one matmul. Same result; speed differs by device.
-        compiled: run the explicit kernel through ``torch.compile`` (Inductor fuses the mask,
-            both softmaxes and the blend, forward and backward); ignores ``sdpa``. The first call
-            per shape compiles (seconds).
-        kernel: one of :data:`KERNELS`, overriding ``sdpa``/``compiled``: ``explicit``, ``sdpa``,
-            ``compiled`` or ``triton`` (``trackgo_model.fused_attention``: one pass per sequence,
-            forward and backward, nothing F×F in memory; CUDA, or Triton's interpreter on CPU).
-        return_diag: also return diag(A) (B, heads, F) fp32, differentiable — all the attention
-            loss reads; every kernel provides it (full maps only come from explicit/compiled).
+        kernel: how it is computed, one of :data:`KERNELS` — the same function, the speed differs
+            by device. ``explicit``: A formed in fp32, one matmul with A + g·A′. ``sdpa``: the
+            original branch through ``F.scaled_dot_product_attention`` with the additive mask,
+            a second matmul for A′·V (with ``with_diag``/``with_maps`` it computes as
+            ``explicit``: SDPA gives no map). ``compiled``: ``explicit`` through
+            ``torch.compile`` (the first call per shape compiles, seconds). ``triton``: one fused
+            pass per sequence, forward and backward, nothing F×F in memory
+            (:mod:`trackgo_model.fused_attention`; no ``with_maps``).
+        with_diag: also compute diag(A) (``TrackAttention.diag``).
+        with_maps: also return the full maps (``TrackAttention.maps``).
 
     Returns:
-        out: (B, heads, F, d) in v's dtype, and with ``return_maps`` the tuple (A, A′), with
-        ``return_diag`` diag(A).
+        :class:`TrackAttention`.
     """
+    _check_arguments(q, k, v, q_prime, k_prime, mode=mode, gate=gate, motion=motion, kernel=kernel,
+                     with_diag=with_diag, with_maps=with_maps)
+    heads = q.shape[1]
+    scale = 1.0 / math.sqrt(q.shape[3])
+    g = 1.0 if mode == "paper" else (None if gate is None else _as_head_gate(gate, heads, v))
+    # AM − τ is a constant shift per row: only the gap mask_value − τ matters (module docstring)
+    gap = float(mask_value) - (0.0 if tau is None else float(tau))
+    want_hit = motion != 1.0
+    diag = maps = None
+    if kernel == "triton":
+        from .fused_attention import triton_track_attention
+
+        out, diag, n_hit = triton_track_attention(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale,
+                                                  want_diag=with_diag, want_nhit=want_hit)
+    elif kernel != "sdpa" or with_maps or with_diag:
+        run = _compiled_kernel() if kernel == "compiled" else _explicit_kernel
+        extra = "diag" if with_diag else ("maps" if with_maps else None)
+        out, got, n_hit = run(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale, extra, want_hit)
+        diag, maps = (got, None) if with_diag else (None, got)
+    else:
+        a_prime, hit, am = _adapter_branch(q_prime, k_prime, float(alpha), gap, scale)
+        n_hit = hit.sum(dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=am.to(q.dtype))
+        if g is not None:
+            out = out + g * torch.matmul(a_prime.to(v.dtype), v)
+    if want_hit:
+        out = _blend_unspecified(out, v, n_hit, motion, mass=1.0 if g is None else 1.0 + g)
+    return TrackAttention(out, diag, maps)
+
+
+def _check_arguments(q, k, v, q_prime, k_prime, *, mode, gate, motion, kernel, with_diag, with_maps) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "paper" and gate is not None:
@@ -109,51 +138,33 @@ def track_attention(
         raise ValueError(f"q, k, v must be (B, heads, F, d) of matching shapes; got {q.shape}, {k.shape}, {v.shape}")
     if q_prime.shape != q.shape or k_prime.shape != q.shape:
         raise ValueError(f"q_prime/k_prime must match q's shape {tuple(q.shape)}; got {q_prime.shape}, {k_prime.shape}")
-    heads, frames, d = q.shape[1], q.shape[2], q.shape[3]
-    scale = 1.0 / math.sqrt(d)
-
-    if kernel is None:
-        kernel = "compiled" if compiled else ("sdpa" if sdpa else "explicit")
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if return_maps and (return_diag or kernel == "triton"):
-        raise ValueError("return_maps gives the full maps (explicit or compiled kernel only); "
-                         "for diag(A) ask return_diag instead")
-    g = 1.0 if mode == "paper" else (None if gate is None else _as_head_gate(gate, heads, v))
-    mass = 1.0 if g is None else 1.0 + g
-    # AM − τ is a constant shift per row: only the gap mask_value − τ matters (module docstring)
-    gap = float(mask_value) - (0.0 if tau is None else float(tau))
-    want_hit = motion != 1.0
-    diag = None
-    if kernel == "triton":
-        from .fused_attention import triton_track_attention
+    if with_maps and (with_diag or kernel == "triton"):
+        raise ValueError("with_maps gives the full maps (not from the triton kernel); "
+                         "for diag(A) ask with_diag instead")
 
-        out, diag, n_hit = triton_track_attention(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale,
-                                                  want_diag=return_diag, want_nhit=want_hit)
-    elif kernel != "sdpa" or return_maps or return_diag:
-        run = _compiled_kernel() if kernel == "compiled" else _explicit_kernel
-        maps = "diag" if return_diag else return_maps
-        out, a, a_prime, n_hit = run(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale, maps, want_hit)
-        diag = a if return_diag else None
-    else:
-        a_prime, hit, am = _adapter_branch(q_prime, k_prime, float(alpha), gap, scale)
-        n_hit = hit.sum(dim=-1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=am.to(q.dtype))
-        if g is not None:
-            out = out + g * torch.matmul(a_prime.to(v.dtype), v)
 
-    if want_hit:
-        # rows whose mask is constant: every entry on the same side of α
-        unspecified = ((n_hit == 0) | (n_hit == frames)).unsqueeze(-1)  # (B, heads, F, 1)
-        v_mean = v.mean(dim=-2, keepdim=True)
-        blended = motion * out + (1.0 - motion) * mass * v_mean
-        out = torch.where(unspecified, blended, out)
+def _as_head_gate(gate: torch.Tensor | float, heads: int, like: torch.Tensor) -> torch.Tensor | float:
+    if not isinstance(gate, torch.Tensor):
+        return float(gate)
+    g = gate.to(dtype=like.dtype, device=like.device)
+    if g.ndim == 0:
+        return g
+    if g.numel() != heads:
+        raise ValueError(f"gate must be a scalar or have one value per head ({heads}), got shape {tuple(g.shape)}")
+    return g.reshape(1, heads, 1, 1)
 
-    if return_maps:
-        return out, (a, a_prime)
-    if return_diag:
-        return out, diag
-    return out
+
+def _blend_unspecified(out: torch.Tensor, v: torch.Tensor, n_hit: torch.Tensor, motion: float,
+                       mass: torch.Tensor | float) -> torch.Tensor:
+    """The motion knob: rows whose mask is constant (every entry on the same side of α; n_hit
+    (B, heads, F) is 0 or F) become m·O_i + (1 − m)·mass·mean_j V_j, ``mass`` the row sum of the
+    total attention (1 + g, or 2 in paper mode)."""
+    frames = v.shape[-2]
+    unspecified = ((n_hit == 0) | (n_hit == frames)).unsqueeze(-1)  # (B, heads, F, 1)
+    blended = motion * out + (1.0 - motion) * mass * v.mean(dim=-2, keepdim=True)
+    return torch.where(unspecified, blended, out)
 
 
 def _adapter_branch(q_prime: torch.Tensor, k_prime: torch.Tensor, alpha: float, gap: float, scale: float
@@ -170,15 +181,13 @@ def _adapter_branch(q_prime: torch.Tensor, k_prime: torch.Tensor, alpha: float, 
 
 def _explicit_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prime: torch.Tensor,
                      k_prime: torch.Tensor, g: torch.Tensor | float | None, alpha: float, gap: float,
-                     scale: float, maps: bool | str = True, want_hit: bool = True
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Explicit path on (B, heads, F, d) inputs → (out (B, heads, F, d), A, A′ (B, heads, F, F),
-    hits per row (B, heads, F)).
+                     scale: float, extra: str | None = None, want_hit: bool = True):
+    """Explicit path on (B, heads, F, d) inputs → (out (B, heads, F, d), extra, hits per row
+    (B, heads, F) or None).
 
-    A and A′ in fp32; one matmul with A″ = A + g·A′ (just A when g is None). A and A′ are
-    returned only with ``maps`` (``maps="diag"``: diag(A) (B, heads, F) in A's place, A′ None),
-    the hit counts only with ``want_hit`` (None otherwise), so a compiled kernel need not write
-    out maps nobody reads."""
+    A and A′ in fp32; one matmul with A″ = A + g·A′ (just A when g is None). ``extra``: None,
+    ``"diag"`` (diag(A), (B, heads, F)) or ``"maps"`` ((A, A′), each (B, heads, F, F)); the hit
+    counts only with ``want_hit``. A compiled kernel thus writes out no map nobody reads."""
     a_prime, hit, am = _adapter_branch(q_prime, k_prime, alpha, gap, scale)
     a = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() * scale + am, dim=-1)
     if g is None:
@@ -187,9 +196,9 @@ def _explicit_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prime:
         total = a + (g.float() if isinstance(g, torch.Tensor) else g) * a_prime
     out = torch.matmul(total.to(v.dtype), v)
     n_hit = hit.sum(dim=-1) if want_hit else None
-    if maps == "diag":
-        return out, a.diagonal(dim1=-2, dim2=-1), None, n_hit
-    return out, (a if maps else None), (a_prime if maps else None), n_hit
+    if extra == "diag":
+        return out, a.diagonal(dim1=-2, dim2=-1), n_hit
+    return out, ((a, a_prime) if extra == "maps" else None), n_hit
 
 
 @functools.cache

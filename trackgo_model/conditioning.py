@@ -200,6 +200,32 @@ def image_to_tensor(image: Any) -> torch.Tensor:
     return (t / 127.5 - 1.0).unsqueeze(0)
 
 
+def trajectory_video(trajectories: Any, image_size: tuple[int, int], height: int, width: int) -> np.ndarray | None:
+    """P uint8 (L, height, width, 3) from a rendered P or from ``(tracks, visibility, components)``
+    (None stays None).
+
+    Tracks are in pixels of the input image (``image_size`` = (W, H)) and are rescaled to the
+    output size before rendering with the one renderer of P.
+    """
+    if trajectories is None:
+        return None
+    if isinstance(trajectories, (tuple, list)) and len(trajectories) == 3:
+        from trackgo_data.render import render_trajectories
+
+        tracks, visibility, components = (np.asarray(a) for a in trajectories)
+        tracks = tracks.astype(np.float32) * np.array(
+            [width / image_size[0], height / image_size[1]], np.float32)
+        return render_trajectories(tracks, visibility, components, height, width)
+    P = np.asarray(trajectories.detach().cpu() if isinstance(trajectories, torch.Tensor) else trajectories)
+    if P.ndim != 4 or P.shape[-1] != 3 or P.dtype != np.uint8:
+        raise ValueError("trajectories must be a rendered P uint8 (L, H, W, 3) or a "
+                         f"(tracks, visibility, components) tuple; got {P.dtype} {P.shape}")
+    if P.shape[1:3] != (height, width):
+        raise ValueError(f"trajectory video is {P.shape[2]}x{P.shape[1]} but the output is "
+                         f"{width}x{height}; render P at the output size")
+    return P
+
+
 def trajectory_to_tensor(P: Any) -> torch.Tensor:
     """Rendered trajectory video P: uint8 (L, H, W, 3) → (1, L, 3, H, W) float32 in [-1, 1]."""
     if isinstance(P, torch.Tensor):

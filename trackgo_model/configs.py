@@ -80,6 +80,17 @@ def unet_config(preset_or_config: str | dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in preset_or_config.items() if not k.startswith("_")}
 
 
+def size_multiple(unet_config: Any, vae_config: Any) -> int:
+    """What a generated video's height and width must be multiples of for a UNet and VAE with these
+    configs (diffusers config objects or dicts): 2^(VAE down-samplings) · 2^(UNet down-samplings),
+    64 for SVD, 16 for the tiny model."""
+    def levels(config: Any) -> int:
+        channels = config["block_out_channels"] if isinstance(config, dict) else config.block_out_channels
+        return len(channels) - 1
+
+    return 2 ** levels(vae_config) * 2 ** levels(unet_config)
+
+
 def expected_temporal_layers(config: dict[str, Any]) -> int:
     """Number of ``temporal_transformer_blocks.*.attn1`` layers a UNet config produces.
 
@@ -149,8 +160,9 @@ class KernelConfig:
     A run-time choice (``TrackGoUNet.set_kernels``, the training config's ``model.kernels``),
     never saved with a checkpoint. attention: one of ``ATTENTION_KERNELS``; fused_projections:
     one GEMM for [W_q | W_k | W_v] on X and one for [W′_q | W′_k] on f; encoder_channels_last:
-    the trajectory encoder's convolutions channels-last, in the compute dtype. All off by default
-    until a GPU run (benchmarks/gpu_suite.py) shows they win.
+    the trajectory encoder's convolutions channels-last, in the compute dtype. The defaults
+    (explicit attention, the rest off) stand until a GPU run of benchmarks/gpu_suite.py shows
+    another choice wins (docs/measurements.md).
     """
 
     attention: str = "explicit"

@@ -68,12 +68,12 @@ class TrajectoryEncoder(nn.Module):
         self.widths = tuple(sorted({int(w) for w in widths}))
         if not self.widths:
             raise ValueError("TrajectoryEncoder needs at least one adapter width")
-        c = (self.cfg.in_channels,) + tuple(self.cfg.channels)
+        chans = (self.cfg.in_channels,) + tuple(self.cfg.channels)
         self.convs = nn.ModuleList(
-            nn.Conv2d(c[i], c[i + 1], 3, stride=2 if i == 1 else 1, padding=1) for i in range(6)
+            nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i == 1 else 1, padding=1) for i in range(6)
         )
         self.pool = nn.AvgPool2d(2)
-        self.heads = nn.ModuleDict({str(w): nn.Conv2d(c[-1], w, 1) for w in self.widths})
+        self.heads = nn.ModuleDict({str(w): nn.Conv2d(chans[-1], w, 1) for w in self.widths})
         for conv in self.convs:
             nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
             nn.init.zeros_(conv.bias)

@@ -15,14 +15,14 @@ constant in A′, so, as in autograd of the explicit kernel, no gradient flows t
 
 Logits and softmaxes are fp32; T is cast to v's dtype before T·v and the logit gradients to the
 inputs' dtype before their products, as autograd does for the explicit kernel. fp32 inputs use
-IEEE products (no TF32). ``adapter._explicit_kernel`` stays the checked reference.
+IEEE products (no TF32). ``attention._explicit_kernel`` stays the checked reference.
 
-CUDA tensors run compiled kernels. CPU tensors run Triton's interpreter — slow, for tests — and
-only when ``TRITON_INTERPRET=1`` is set before the first call.
+CUDA tensors run the compiled kernels. CPU tensors run in Triton's interpreter — slow, for tests —
+which Triton switches on for a whole process: ``TRITON_INTERPRET=1`` in the environment when
+``triton`` is first imported (the test suite sets it on machines without CUDA). The kernels live in
+:mod:`trackgo_model.triton_kernels`, imported on first use.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -40,36 +40,31 @@ def available() -> str | None:
     return None
 
 
-def _check_device(x: torch.Tensor) -> None:
-    why = available()
-    if why:
-        raise RuntimeError(why)
-    if x.device.type == "cuda":
-        return
-    if x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        return
-    raise RuntimeError(f"the Triton attention kernel runs on CUDA devices; got {x.device.type} tensors "
-                       "(on a CPU set TRITON_INTERPRET=1 to run Triton's interpreter, for tests only)")
+def _kernels():
+    """:mod:`trackgo_model.triton_kernels` (importing it imports triton: on first use only)."""
+    from . import triton_kernels
+
+    return triton_kernels
 
 
-def _kernels(interpret: bool):
-    """(forward, backward) Triton kernels: compiled ones, or the interpreter's for CPU tensors.
-
-    They live in ``_triton_kernels`` (Triton resolves the helpers a kernel calls among its module's
-    globals), imported on first use; ``triton.jit`` picks the interpreter when
-    ``TRITON_INTERPRET=1`` at import, so a module imported the other way is reloaded."""
-    import importlib
-
+def interpreted() -> bool:
+    """True when Triton runs this process's kernels in its interpreter (see the module docstring)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    from . import _triton_kernels as mod
-
-    if isinstance(mod.track_attention_fwd, InterpretedFunction) != interpret:
-        mod = importlib.reload(mod)
-    return mod.track_attention_fwd, mod.track_attention_bwd
+    return isinstance(_kernels().track_attention_fwd, InterpretedFunction)
 
 
-def _launch_shape(x: torch.Tensor) -> dict:
+def check_device(device: torch.device, in_interpreter: bool) -> None:
+    """Raise unless tensors on ``device`` can run the kernels: CUDA ones always, CPU ones when
+    Triton runs ``in_interpreter``."""
+    if device.type == "cuda" or (in_interpreter and device.type == "cpu"):
+        return
+    raise RuntimeError(f"the Triton attention kernel runs on CUDA devices; got {device.type} tensors "
+                       "(on a CPU, for tests only, Triton's interpreter runs it: set TRITON_INTERPRET=1 "
+                       "before Python starts)")
+
+
+def _launch_shape(x: torch.Tensor, interpret: bool) -> dict:
     import triton
 
     _, heads, frames, d = x.shape
@@ -80,7 +75,7 @@ def _launch_shape(x: torch.Tensor) -> dict:
     seq = LAUNCH["seq"] or (4 if cuda and n_seq >= 4 * 1024 else 1)  # sequences per program
     warps = LAUNCH["num_warps"] or (4 if frames > 32 or d > 64 else 2)
     return dict(BLOCK_F=max(16, triton.next_power_of_2(frames)), BLOCK_D=max(16, triton.next_power_of_2(d)),
-                SEQ=seq if cuda else 1, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", INTERP=not cuda,
+                SEQ=seq if cuda else 1, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", INTERP=interpret,
                 num_warps=warps), n_seq
 
 
@@ -97,16 +92,15 @@ class _TrackAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, qp, kp, gate, alpha, gap, scale, use_gate, want_diag, want_nhit):
         q, k, v, qp, kp = (_last_dim_contiguous(x) for x in (q, k, v, qp, kp))
         bsz, heads, frames, d = q.shape
-        meta, n_seq = _launch_shape(q)
-        fwd, _ = _kernels(q.device.type != "cuda")
+        meta, n_seq = _launch_shape(q, interpreted())
         # output laid out (N, F, heads, d): the processor's transpose back to (N, F, heads·d) is free
         out = torch.empty(bsz, frames, heads, d, device=q.device, dtype=v.dtype).transpose(1, 2)
         diag = torch.empty(bsz, heads, frames, device=q.device, dtype=torch.float32) if want_diag else out
         nhit = torch.empty(bsz, heads, frames, device=q.device, dtype=torch.int32) if want_nhit else out
         grid = (-(-n_seq // meta["SEQ"]),)
-        fwd[grid](q, k, v, qp, kp, gate, out, diag, nhit, *_strides(q, k, v, qp, kp, out),
-                  n_seq, heads, frames, d, alpha, gap, scale,
-                  USE_GATE=use_gate, WANT_DIAG=want_diag, WANT_NHIT=want_nhit, **meta)
+        _kernels().track_attention_fwd[grid](
+            q, k, v, qp, kp, gate, out, diag, nhit, *_strides(q, k, v, qp, kp, out), n_seq, heads, frames, d,
+            alpha, gap, scale, USE_GATE=use_gate, WANT_DIAG=want_diag, WANT_NHIT=want_nhit, **meta)
         ctx.save_for_backward(q, k, v, qp, kp, gate)
         ctx.args = (alpha, gap, scale, use_gate)
         ctx.mark_non_differentiable(*([nhit] if want_nhit else []))
@@ -117,8 +111,7 @@ class _TrackAttention(torch.autograd.Function):
         q, k, v, qp, kp, gate = ctx.saved_tensors
         alpha, gap, scale, use_gate = ctx.args
         bsz, heads, frames, d = q.shape
-        meta, n_seq = _launch_shape(q)
-        _, bwd = _kernels(q.device.type != "cuda")
+        meta, n_seq = _launch_shape(q, interpreted())
         dout = _last_dim_contiguous(dout)
         grads = [torch.empty(bsz, heads, frames, d, device=q.device, dtype=x.dtype) for x in (q, k, v)]
         if use_gate:
@@ -130,9 +123,9 @@ class _TrackAttention(torch.autograd.Function):
         has_ddiag = ddiag is not None
         ddiag = ddiag.contiguous().float() if has_ddiag else dout
         grid = (-(-n_seq // meta["SEQ"]),)
-        bwd[grid](q, k, v, qp, kp, gate, dout, ddiag, *grads, dg, *_strides(q, k, v, qp, kp, dout),
-                  n_seq, heads, frames, d, alpha, gap, scale,
-                  USE_GATE=use_gate, HAS_DDIAG=has_ddiag, **meta)
+        _kernels().track_attention_bwd[grid](
+            q, k, v, qp, kp, gate, dout, ddiag, *grads, dg, *_strides(q, k, v, qp, kp, dout), n_seq, heads, frames,
+            d, alpha, gap, scale, USE_GATE=use_gate, HAS_DDIAG=has_ddiag, **meta)
         dq, dk, dv, dqp, dkp = grads
         if not use_gate:
             return dq, dk, dv, None, None, None, None, None, None, None, None, None
@@ -150,7 +143,10 @@ def triton_track_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_
     (heads,) / scalar tensor (differentiable). Returns (out (B, heads, F, d) in v's dtype,
     diag(A) (B, heads, F) fp32 or None, hits per row (B, heads, F) int32 or None).
     """
-    _check_device(q)
+    why = available()
+    if why:
+        raise RuntimeError(why)
+    check_device(q.device, interpreted())
     if len({x.dtype for x in (q, k, v, q_prime, k_prime)}) != 1:
         raise TypeError("the Triton attention kernel needs q, k, v, q′, k′ of one dtype")
     heads = q.shape[1]

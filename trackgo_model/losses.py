@@ -10,9 +10,8 @@ layer's grid (the fraction of the cell that moves), so a mask is treated like th
 Normalisation (the paper gives none):
 * ``mean`` (default): sum over frames; mean over batch, positions and heads; mean over layers.
   Per moving position this is Σ_i A(i, i)², between F·(1/F)² = 1/F (diffuse temporal attention)
-  and F (every frame attends only to itself), scaled by the covered fraction. Measured on the
-  random tiny UNet (F = 14, 26 % coverage, A(i, i) ≈ 0.07): L_attn ≈ 0.018; with a peaked
-  A(i, i) ≈ 0.3 it would be ≈ 0.33 — the order of the EDM-weighted MSE, so λ = 1 is the default.
+  and F (every frame attends only to itself), scaled by the covered fraction. Its scale on a
+  random model, and why λ = 1: docs/measurements.md.
 * ``sum``: the literal double sum — over layers, frames and positions; mean over batch and heads.
 """
 from __future__ import annotations

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ import torch
 
 from trackgo_data.config import atomic_write_json
 from trackgo_model import conditioning as cond
+from trackgo_model.configs import size_multiple
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +63,16 @@ def check_svd_folder(path: Path, variant: str | None = None) -> None:
     if not path.is_dir():
         raise MissingWeightsError(f"SVD folder {path} does not exist; {_HINT}")
     for sub, (_, _, config, stem) in SVD_SUBFOLDERS.items():
-        d = path / sub
-        if not d.is_dir():
+        folder = path / sub
+        if not folder.is_dir():
             missing.append(f"{sub}/")
             continue
-        if not (d / config).is_file():
+        if not (folder / config).is_file():
             missing.append(f"{sub}/{config}")
         if stem is not None:
             base = f"{stem}.{variant}" if variant else stem
             names = [f"{base}.{ext}" for ext in ("safetensors", "bin", "safetensors.index.json", "bin.index.json")]
-            if not any((d / n).is_file() for n in names):
+            if not any((folder / n).is_file() for n in names):
                 missing.append(f"{sub}/{names[0]}")
     if missing:
         raise MissingWeightsError(f"SVD folder {path} is missing {', '.join(missing)}; {_HINT}")
@@ -216,35 +218,16 @@ class TrackGoPipeline:
         return out_dir
 
     # ------------------------------------------------------------------ inputs
-    def prepare_trajectories(self, trajectories: Any, image_size: tuple[int, int],
-                             height: int, width: int) -> np.ndarray | None:
-        """P uint8 (L, height, width, 3) from a rendered P or from ``(tracks, visibility, components)``.
+    @property
+    def size_multiple(self) -> int:
+        """Output height and width must be multiples of this (VAE and UNet down-samplings)."""
+        return size_multiple(self.unet.unet.config, self.vae.config)
 
-        Tracks are in pixels of the input image (``image_size`` = (W, H)) and are rescaled to the
-        output size before rendering with the one renderer of P.
-        """
-        if trajectories is None:
-            return None
-        if isinstance(trajectories, (tuple, list)) and len(trajectories) == 3:
-            from trackgo_data.render import render_trajectories
-
-            tracks, visibility, components = (np.asarray(a) for a in trajectories)
-            tracks = tracks.astype(np.float32) * np.array(
-                [width / image_size[0], height / image_size[1]], np.float32)
-            return render_trajectories(tracks, visibility, components, height, width)
-        P = np.asarray(trajectories.detach().cpu() if isinstance(trajectories, torch.Tensor) else trajectories)
-        if P.ndim != 4 or P.shape[-1] != 3 or P.dtype != np.uint8:
-            raise ValueError("trajectories must be a rendered P uint8 (L, H, W, 3) or a "
-                             f"(tracks, visibility, components) tuple; got {P.dtype} {P.shape}")
-        if P.shape[1:3] != (height, width):
-            raise ValueError(f"trajectory video is {P.shape[2]}x{P.shape[1]} but the output is "
-                             f"{width}x{height}; render P at the output size")
-        return P
-
-    def _check_size(self, height: int, width: int) -> None:
-        down = len(self.unet.unet.config.block_out_channels) - 1
-        mult = self.vae_scale_factor * 2 ** down
+    def check_size(self, height: int, width: int) -> None:
+        """Raise ValueError unless this model can generate height × width."""
+        mult = self.size_multiple
         if height % mult or width % mult:
+            down = len(self.unet.unet.config.block_out_channels) - 1
             raise ValueError(f"height and width must be multiples of {mult} for this model "
                              f"(VAE /{self.vae_scale_factor}, {down} UNet down-samplings); "
                              f"got {width}x{height}")
@@ -269,33 +252,61 @@ class TrackGoPipeline:
         (``TrackGoUNet.set_inference``). output_type: "np" → uint8 (L, H, W, 3); "pt" → float
         (1, L, 3, H, W) in [-1, 1]; "latent" → (1, L, 4, H/8, W/8).
         callback: called as ``callback(done, total)`` after each denoising step (progress bars).
+
+        Random draws, in this order: the noise of the conditioning latents, then the initial noise
+        (unless ``latents`` are given); ``generator`` defaults to one seeded with ``seed`` (0).
         """
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+        if num_inference_steps < 1:
+            raise ValueError("num_inference_steps must be >= 1")
+        img, P, num_frames = self._inputs(image, trajectories, num_frames, height, width)
+        if generator is None:
+            generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        do_cfg = max_guidance_scale > 1.0
+        conditions = self._conditions(img, P, num_frames, fps, motion_bucket_id, noise_aug_strength, generator,
+                                      do_cfg)
+        # every call sets all knobs, so nothing leaks from an earlier call (mode None → checkpoint's)
+        self.unet.set_inference(tau=tau, motion=motion, mode=mode or self.unet.cfg.mode)
+        latents = self._denoise(conditions, img.shape[-2:], num_frames, num_inference_steps, latents, generator,
+                                guidance=(min_guidance_scale, max_guidance_scale), progress=progress,
+                                callback=callback)
+        if output_type == "latent":
+            return latents
+        with self._on_device(self.vae):
+            frames = cond.decode_latents(self.vae, latents, num_frames, decode_chunk_size or num_frames)
+        if output_type == "pt":
+            return frames.clamp(-1, 1)
+        out = ((frames[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return out.permute(0, 2, 3, 1).cpu().numpy()
+
+    def _inputs(self, image: Any, trajectories: Any, num_frames: int | None, height: int | None,
+                width: int | None) -> tuple[torch.Tensor, np.ndarray | None, int]:
+        """(image (1, 3, H, W) in [-1, 1] at the output size, P uint8 (L, H, W, 3) or None, frames):
+        the output size defaults to P's, else the image's; frames to L, else the UNet's."""
         img = cond.image_to_tensor(image)
         if isinstance(trajectories, np.ndarray) and trajectories.ndim == 4 and height is None and width is None:
             height, width = trajectories.shape[1:3]
         height = int(height or img.shape[-2])
         width = int(width or img.shape[-1])
-        self._check_size(height, width)
-        P = self.prepare_trajectories(trajectories, (img.shape[-1], img.shape[-2]), height, width)
+        self.check_size(height, width)
+        P = cond.trajectory_video(trajectories, (img.shape[-1], img.shape[-2]), height, width)
         if num_frames is None:
             num_frames = len(P) if P is not None else int(self.unet.unet.config.num_frames)
         if P is not None and len(P) != num_frames:
             raise ValueError(f"trajectory video has {len(P)} frames but num_frames={num_frames}")
-        if num_inference_steps < 1:
-            raise ValueError("num_inference_steps must be >= 1")
         if img.shape[-2:] != (height, width):
             img = torch.nn.functional.interpolate(img, size=(height, width), mode="bicubic",
                                                   align_corners=False, antialias=True).clamp(-1, 1)
-        if generator is None:
-            generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        decode_chunk_size = decode_chunk_size or num_frames
-        dtype = next(self.unet.parameters()).dtype
-        device = self.device
-        do_cfg = max_guidance_scale > 1.0
+        return img, P, num_frames
 
-        # 1. CLIP token (no randomness), 2. noise-augmented image latents (first random draw)
+    def _conditions(self, img: torch.Tensor, P: np.ndarray | None, num_frames: int, fps: int,
+                    motion_bucket_id: int, noise_aug_strength: float, generator: torch.Generator,
+                    guidance: bool) -> _Conditions:
+        """CLIP token (no randomness), noise-augmented image latents (the first random draw), added
+        time ids and the encoded P; with ``guidance`` the unconditional half first (zero CLIP token
+        and image latents, the same P)."""
+        dtype, device = next(self.unet.parameters()).dtype, self.device
         with self._on_device(self.image_encoder):
             emb = cond.encode_image_clip(self.image_encoder, self.feature_extractor, img.to(device))
         with self._on_device(self.vae):
@@ -307,50 +318,69 @@ class TrackGoPipeline:
         if P is not None:  # the encoder trunk runs once; every step reuses it
             with self._on_device(self.unet):
                 traj = self.unet.encode(cond.trajectory_to_tensor(P).to(device, dtype))
-        if do_cfg:
-            emb = torch.cat([torch.zeros_like(emb), emb])
-            img_lat = torch.cat([torch.zeros_like(img_lat), img_lat])
-            time_ids = torch.cat([time_ids, time_ids])
-            traj = None if traj is None else traj.repeat(2)
+        if not guidance:
+            return _Conditions(emb, img_lat, time_ids, traj, guidance)
+        return _Conditions(torch.cat([torch.zeros_like(emb), emb]), torch.cat([torch.zeros_like(img_lat), img_lat]),
+                           torch.cat([time_ids, time_ids]), None if traj is None else traj.repeat(2), guidance)
 
-        # 3. initial noise (second random draw), schedule and frame-wise guidance
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
+    def _denoise(self, conditions: _Conditions, size: tuple[int, int], num_frames: int, steps: int,
+                 latents: torch.Tensor | None, generator: torch.Generator, *, guidance: tuple[float, float],
+                 progress: bool, callback: Callable[[int, int], None] | None) -> torch.Tensor:
+        """The scheduler's steps from the initial noise (the second random draw, unless ``latents``
+        are given) with frame-wise guidance from ``guidance[0]`` (first frame) to ``guidance[1]``
+        (last): latents (1, F, 4, H/8, W/8)."""
+        from tqdm.auto import tqdm
+
+        dtype, device = next(self.unet.parameters()).dtype, self.device
+        self.scheduler.set_timesteps(steps, device=device)
+        h, w = size[0] // self.vae_scale_factor, size[1] // self.vae_scale_factor
         shape = (1, num_frames, self.unet.unet.config.in_channels // 2, h, w)
         if latents is None:
             from diffusers.utils.torch_utils import randn_tensor
 
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
-        scales = cond.guidance_scales(min_guidance_scale, max_guidance_scale, num_frames)
+        scales = cond.guidance_scales(guidance[0], guidance[1], num_frames)
         scales = scales.to(device, dtype).view(1, num_frames, 1, 1, 1)
-
-        # every call sets all knobs, so nothing leaks from an earlier call (mode None → checkpoint's)
-        self.unet.set_inference(tau=tau, motion=motion, mode=mode or self.unet.cfg.mode)
-        steps = self.scheduler.timesteps
-        from tqdm.auto import tqdm
-
+        timesteps = self.scheduler.timesteps
         with self._on_device(self.unet):
-            for i, t in enumerate(tqdm(steps, disable=not progress, desc="denoise")):
-                x = torch.cat([latents, latents]) if do_cfg else latents
-                x = self.scheduler.scale_model_input(x, t)
-                x = torch.cat([x, img_lat], dim=2)
-                pred = self.unet(x, t, encoder_hidden_states=emb, added_time_ids=time_ids,
-                                 trajectories=traj)
-                if do_cfg:
+            for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise")):
+                x = torch.cat([latents, latents]) if conditions.guidance else latents
+                x = torch.cat([self.scheduler.scale_model_input(x, t), conditions.image_latents], dim=2)
+                pred = self.unet(x, t, encoder_hidden_states=conditions.clip, added_time_ids=conditions.time_ids,
+                                 trajectories=conditions.trajectories)
+                if conditions.guidance:
                     uncond, cond_pred = pred.chunk(2)
                     pred = uncond + scales * (cond_pred - uncond)
                 latents = self.scheduler.step(pred, t, latents).prev_sample
                 if callback is not None:
-                    callback(i + 1, len(steps))
-        if output_type == "latent":
-            return latents
-        with self._on_device(self.vae):
-            frames = cond.decode_latents(self.vae, latents, num_frames, decode_chunk_size)
-        if output_type == "pt":
-            return frames.clamp(-1, 1)
-        out = ((frames[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return out.permute(0, 2, 3, 1).cpu().numpy()
+                    callback(i + 1, len(timesteps))
+        return latents
+
+
+@dataclass
+class _Conditions:
+    """What every denoising step is conditioned on (batch 2 with ``guidance``: unconditional half
+    first): clip (B, 1, D), image_latents (B, F, 4, h, w), time_ids (B, 3), trajectories
+    (``EncodedTrajectories`` or None)."""
+
+    clip: torch.Tensor
+    image_latents: torch.Tensor
+    time_ids: torch.Tensor
+    trajectories: Any
+    guidance: bool
+
+
+def folder_size_multiple(svd_path: str | Path) -> int:
+    """:func:`~trackgo_model.configs.size_multiple` of an SVD folder's ``unet/`` and ``vae/``
+    configs, without loading any weights."""
+    import json
+
+    paths = [Path(svd_path) / sub / "config.json" for sub in ("unet", "vae")]
+    missing = [f"{p.parent.name}/config.json" for p in paths if not p.is_file()]
+    if missing:
+        raise MissingWeightsError(f"SVD folder {svd_path} is missing {', '.join(missing)}; {_HINT}")
+    return size_multiple(*(json.loads(p.read_text()) for p in paths))
 
 
 def replace_dir(src: Path, dst: Path) -> None:
@@ -365,4 +395,4 @@ def replace_dir(src: Path, dst: Path) -> None:
 
 
 __all__ = ["TrackGoPipeline", "MissingWeightsError", "SVD_SUBFOLDERS", "check_svd_folder",
-           "find_trackgo_checkpoint", "resolve_dtype", "replace_dir", "write_model_index"]
+           "find_trackgo_checkpoint", "folder_size_multiple", "resolve_dtype", "replace_dir", "write_model_index"]

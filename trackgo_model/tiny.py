@@ -108,7 +108,7 @@ def build_tiny_components(seed: int = 0, trackgo_overrides: dict[str, Any] | Non
         cfg = TrackGoConfig.from_dict(trackgo_overrides or {})
         trackgo = TrackGoUNet.from_unet(unet, cfg)
         if randomise_zero_init:
-            _randomise_zero_params(trackgo, seed)
+            randomise_zero_params(trackgo, seed)
         vae = AutoencoderKLTemporalDecoder(**TINY_VAE)
         clip_cfg = CLIPVisionConfig(projection_dim=int(ucfg["cross_attention_dim"]), **TINY_CLIP)
         image_encoder = CLIPVisionModelWithProjection(clip_cfg)
@@ -122,7 +122,7 @@ def build_tiny_components(seed: int = 0, trackgo_overrides: dict[str, Any] | Non
             "feature_extractor": feature_extractor, "scheduler": scheduler}
 
 
-def _randomise_zero_params(trackgo: torch.nn.Module, seed: int) -> None:
+def randomise_zero_params(trackgo: torch.nn.Module, seed: int) -> None:
     """Give every all-zero TrackGo parameter (encoder outputs, gates) small random values."""
     g = torch.Generator().manual_seed(seed + 1)
     named = trackgo.named_group_parameters(("encoder", "adapter"))

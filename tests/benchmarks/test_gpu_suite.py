@@ -24,9 +24,10 @@ def numbers(tree, path=""):
         yield path, tree
 
 
-def test_tiny_suite_writes_every_section(tmp_path, monkeypatch):
+def test_tiny_suite_writes_every_section(tmp_path):
     pytest.importorskip("triton", reason="the suite's kernel check runs the Triton kernel")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the check section's kernel runs in the interpreter
+    from trackgo_model.fused_attention import interpreted
+
     spec = importlib.util.spec_from_file_location("gpu_suite_bench", SCRIPT)
     suite = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(suite)
@@ -39,9 +40,14 @@ def test_tiny_suite_writes_every_section(tmp_path, monkeypatch):
     bad = [(p, v) for p, v in numbers(r) if not math.isfinite(v)]
     assert not bad, bad
 
-    # the fused kernel agrees with the explicit one (fp32 tightly, bf16 within its rounding)
+    # the fused kernel agrees with the explicit one (fp32 tightly, bf16 within its rounding); the
+    # --tiny suite runs on the CPU, in Triton's interpreter (tests/conftest.py sets it up without
+    # CUDA; on a GPU machine tests/model/test_fused.py checks the compiled kernel instead)
     checks = {k: v for k, v in r["checks"].items() if k.startswith("triton")}
-    assert len(checks) == 4 and all("error" not in v for v in checks.values()), checks
+    if not interpreted():
+        assert not checks and "TRITON_INTERPRET=1" in r["skipped"]["checks triton"]
+    else:
+        assert len(checks) == 4 and all("error" not in v for v in checks.values()), checks
     for key, errs in checks.items():
         limit = 1e-4 if "float32" in key else 5e-2
         assert errs.pop("rows_off") == 0 and max(errs.values()) < limit, (key, errs)

@@ -6,13 +6,8 @@ import math
 import pytest
 import torch
 
-from trackgo_model.adapter import (
-    TrackAdapterProcessor,
-    TrackContext,
-    install_track_adapters,
-    temporal_attn1_paths,
-    track_attention,
-)
+from trackgo_model.adapter import TrackAdapterProcessor, TrackContext, install_track_adapters, temporal_attn1_paths
+from trackgo_model.attention import track_attention
 from trackgo_model.encoder import TrajectoryEncoder
 from trackgo_model.model import build_unet
 
@@ -83,9 +78,11 @@ CASES = [
 def test_track_attention_matches_loop_reference(frames, case):
     q, k, v, qp, kp = make_inputs(frames, seed=frames)
     ref_out, ref_a, ref_ap = reference(q, k, v, qp, kp, **case)
-    out, (a, ap) = track_attention(q, k, v, qp, kp, return_maps=True, **case)
-    fused = track_attention(q, k, v, qp, kp, **case)  # SDPA path, no maps
-    explicit = track_attention(q, k, v, qp, kp, sdpa=False, **case)
+    res = track_attention(q, k, v, qp, kp, with_maps=True, **case)
+    out, (a, ap) = res.out, res.maps
+    assert res.diag is None
+    fused = track_attention(q, k, v, qp, kp, kernel="sdpa", **case).out  # SDPA path, no maps
+    explicit = track_attention(q, k, v, qp, kp, **case).out
     torch.testing.assert_close(ap.double(), ref_ap, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(a.double(), ref_a, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-4)
@@ -102,34 +99,36 @@ def test_inputs_cover_partial_full_and_empty_mask_rows():
         assert (hits == 0).any() == (not want_full), "F=7: uniform rows have no entry ≥ α"
 
 
-def test_fully_masked_rows_equal_plain_softmax_and_stay_finite_in_bf16():
+@pytest.mark.parametrize("kernel", ["explicit", "sdpa"])
+def test_fully_masked_rows_equal_plain_softmax_and_stay_finite_in_bf16(kernel):
     q, k, v, qp, kp = make_inputs(4)
     qp = torch.zeros_like(qp)  # A′ uniform 1/4 ≥ 0.2: every entry of every row masked
     plain = torch.softmax(q @ k.transpose(-1, -2) / 2.0, -1) @ v
-    out = track_attention(q, k, v, qp, kp, mode="gated")
+    out = track_attention(q, k, v, qp, kp, mode="gated", kernel=kernel).out
     torch.testing.assert_close(out, plain, atol=1e-6, rtol=1e-5)
-    out16 = track_attention(*(x.bfloat16() for x in (q, k, v, qp, kp)), mode="gated")
+    out16 = track_attention(*(x.bfloat16() for x in (q, k, v, qp, kp)), mode="gated", kernel=kernel).out
     assert torch.isfinite(out16).all()
     torch.testing.assert_close(out16.float(), plain, atol=0.05, rtol=0.05)
 
 
-def test_motion_knob_scales_temporal_variance_by_m_squared():
+@pytest.mark.parametrize("kernel", ["explicit", "sdpa"])
+def test_motion_knob_scales_temporal_variance_by_m_squared(kernel):
     q, k, v, qp, kp = make_inputs(7)
     zeros = torch.zeros_like(qp)  # every row unspecified
     gate = torch.tensor([0.4, 0.0, -0.3])
-    base = track_attention(q, k, v, zeros, zeros, gate=gate)
+    base = track_attention(q, k, v, zeros, zeros, gate=gate, kernel=kernel).out
     var1 = base.var(dim=-2)
     prev = None
     for m in (0.0, 0.25, 0.5, 1.0, 1.5):
-        var = track_attention(q, k, v, zeros, zeros, gate=gate, motion=m).var(dim=-2)
+        var = track_attention(q, k, v, zeros, zeros, gate=gate, motion=m, kernel=kernel).out.var(dim=-2)
         torch.testing.assert_close(var, m * m * var1, atol=1e-6, rtol=1e-5)
         if prev is not None:
             assert (var.sum() > prev.sum())
         prev = var
     # rows with a real mask (specified by the user) are not touched by the knob
-    out1 = track_attention(q, k, v, qp, kp, gate=gate)
-    out0 = track_attention(q, k, v, qp, kp, gate=gate, motion=0.0)
-    hits = (track_attention(q, k, v, qp, kp, gate=gate, return_maps=True)[1][1] >= 0.2).sum(-1)
+    out1 = track_attention(q, k, v, qp, kp, gate=gate, kernel=kernel).out
+    out0 = track_attention(q, k, v, qp, kp, gate=gate, motion=0.0, kernel=kernel).out
+    hits = (track_attention(q, k, v, qp, kp, gate=gate, with_maps=True).maps[1] >= 0.2).sum(-1)
     specified = (hits > 0) & (hits < 7)
     assert specified.any() and (~specified).any()
     torch.testing.assert_close(out0[specified], out1[specified])
@@ -192,13 +191,12 @@ def test_adapter_weights_start_as_copies():
 
 
 def test_grid_inference_with_odd_latents():
-    ctx = TrackContext()
-    ctx.begin(batch=2, frames=3, latent_hw=(9, 15))
-    assert ctx.grid_for(2 * 9 * 15) == (9, 15)
-    assert ctx.grid_for(2 * 5 * 8) == (5, 8)
-    assert ctx.grid_for(2 * 3 * 4) == (3, 4)
+    state = TrackContext().begin(batch=2, frames=3, latent_hw=(9, 15))
+    assert state.grid_for(2 * 9 * 15) == (9, 15)
+    assert state.grid_for(2 * 5 * 8) == (5, 8)
+    assert state.grid_for(2 * 3 * 4) == (3, 4)
     with pytest.raises(ValueError, match="no grid"):
-        ctx.grid_for(2 * 7)
+        state.grid_for(2 * 7)
 
 
 def _open_adapter():
@@ -237,7 +235,7 @@ def test_processor_layout_matches_per_position_kernel():
                 return t.view(1, frames, heads, -1).transpose(1, 2)
 
             o = track_attention(split(attn.to_q(x[row])), split(attn.to_k(x[row])), split(attn.to_v(x[row])),
-                                split(proc.to_q_prime(f)), split(proc.to_k_prime(f)), gate=proc.gate)
+                                split(proc.to_q_prime(f)), split(proc.to_k_prime(f)), gate=proc.gate).out
             expect = attn.to_out[0](o.transpose(1, 2).reshape(frames, -1))
             torch.testing.assert_close(out[row], expect, atol=1e-5, rtol=1e-5)
 
@@ -257,8 +255,9 @@ def test_kernel_and_processor_make_no_tensors_from_host_data():
 
     q, k, v, qp, kp = make_inputs(7)
     with Record() as rec:
-        track_attention(q, k, v, qp, kp, gate=torch.rand(3), motion=0.5, tau=-3.0)
-        track_attention(q, k, v, qp, kp, mode="paper", gate=None, sdpa=False, return_maps=True)
+        for kernel in ("explicit", "sdpa"):
+            track_attention(q, k, v, qp, kp, gate=torch.rand(3), motion=0.5, tau=-3.0, kernel=kernel)
+        track_attention(q, k, v, qp, kp, mode="paper", gate=None, with_maps=True)
     assert rec.ops and not any("lift_fresh" in op for op in rec.ops)
     with Record() as probe:
         torch.tensor(1.0)
@@ -280,7 +279,7 @@ def test_kernel_and_processor_make_no_tensors_from_host_data():
 @pytest.mark.parametrize("case", [dict(mode="gated", gate=torch.tensor([0.3, -0.2, 0.7]), motion=0.5),
                                   dict(mode="paper", tau=-50.0)], ids=["gated", "paper"])
 def test_compiled_kernel_matches_reference_values_and_gradients(case):
-    """compiled=True (torch.compile of the explicit kernel) against the loop reference, and its
+    """kernel="compiled" (torch.compile of the explicit kernel) against the loop reference, and its
     gradients against eager autograd's for every input and the gate."""
     q, k, v, qp, kp = make_inputs(7, seed=3)
     ref_out, *_ = reference(q, k, v, qp, kp, **case)
@@ -291,7 +290,7 @@ def test_compiled_kernel_matches_reference_values_and_gradients(case):
         if isinstance(kw.get("gate"), torch.Tensor):
             kw["gate"] = kw["gate"].clone().requires_grad_(True)
             inputs.append(kw["gate"])
-        out = track_attention(*inputs[:5], sdpa=False, compiled=compiled, **kw)
+        out = track_attention(*inputs[:5], kernel="compiled" if compiled else "explicit", **kw).out
         if compiled:
             torch.testing.assert_close(out.double(), ref_out, atol=1e-5, rtol=1e-4)
         weight = torch.linspace(-1.0, 2.0, out.numel()).reshape(out.shape)

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from trackgo_model.adapter import track_attention
+from trackgo_model.attention import track_attention
 from trackgo_model.model import TrackGoUNet, build_unet
 
 from .test_adapter import make_inputs, reference
@@ -20,12 +20,13 @@ def test_track_attention_on_cuda_matches_reference(case):
     ins = make_inputs(7, seed=3)
     ref_out, ref_a, _ = reference(*ins, **case)
     dev = [x.cuda() for x in ins]
-    out = track_attention(*dev, **case)
-    out_maps, (a, _) = track_attention(*dev, return_maps=True, **case)
+    out = track_attention(*dev, kernel="sdpa", **case).out
+    res = track_attention(*dev, with_maps=True, **case)  # the explicit kernel
+    out_maps, (a, _) = res.out, res.maps
     torch.testing.assert_close(out.double().cpu(), ref_out, atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(out_maps.double().cpu(), ref_out, atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(a.double().cpu(), ref_a, atol=1e-4, rtol=1e-3)
-    out16 = track_attention(*(x.bfloat16() for x in dev), **case)
+    out16 = track_attention(*(x.bfloat16() for x in dev), kernel="sdpa", **case).out
     torch.testing.assert_close(out16.double().cpu(), ref_out, atol=0.05, rtol=0.05)
 
 

@@ -1,6 +1,9 @@
 """The speed candidates against the reference: the Triton kernel (Triton's interpreter on CPU, the
 compiled kernel on CUDA) and fused projections + channels-last encoder inside the UNet — values and
-gradients, both modes, with the attention loss's diag(A) and the motion knob's hit counts."""
+gradients, both modes, with the attention loss's diag(A) and the motion knob's hit counts.
+
+Triton interprets its kernels when the process was started with TRITON_INTERPRET=1 (tests/conftest.py
+sets it without CUDA): the kernel tests then run on CPU tensors, otherwise on CUDA ones."""
 from __future__ import annotations
 
 import copy
@@ -8,16 +11,17 @@ import copy
 import pytest
 import torch
 
-from trackgo_model.adapter import track_attention
+from trackgo_model.attention import track_attention
 from trackgo_model.model import TrackGoUNet, build_unet
 
 triton = pytest.importorskip("triton", reason="the Triton kernel needs the triton package")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
+from trackgo_model import fused_attention  # noqa: E402  (imports triton)
 
-@pytest.fixture
-def interpret(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+#: where the kernel runs in this process: CPU tensors in Triton's interpreter, else CUDA ones
+DEVICE = "cpu" if fused_attention.interpreted() else ("cuda" if torch.cuda.is_available() else None)
+runnable = pytest.mark.skipif(DEVICE is None, reason="neither CUDA nor Triton's interpreter (TRITON_INTERPRET=1)")
 
 
 def inputs(shape, seed, dtype=torch.float32, device="cpu", peaky=3.0):
@@ -45,7 +49,7 @@ def run(xs, case, kernel, *, weights):
     if isinstance(kw.get("gate"), torch.Tensor):
         kw["gate"] = kw["gate"].to(xs[0].device).clone().requires_grad_(True)
         xs.append(kw["gate"])
-    out, diag = track_attention(*xs[:5], kernel=kernel, return_diag=True, **kw)
+    out, diag, _ = track_attention(*xs[:5], kernel=kernel, with_diag=True, **kw)
     loss = (out.float() * weights[0]).sum() + (diag * weights[1]).sum()
     grads = torch.autograd.grad(loss, xs, allow_unused=True)
     return out, diag, grads
@@ -69,40 +73,47 @@ def compare(xs, case, *, atol, rtol):
     return ref
 
 
+@runnable
 @pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
-def test_triton_kernel_equals_explicit_fp32(interpret, case):
+def test_triton_kernel_equals_explicit_fp32(case):
     """F = 7 (padded to 16) with partially, fully and not masked rows; non-contiguous inputs as the
     processor hands them over ((N, F, heads·d) viewed as (N, heads, F, d))."""
     n, heads, frames, d = 2, 3, 7, 16
     xs = [x.reshape(n, heads, frames, d).transpose(1, 2).contiguous().transpose(1, 2)
-          for x in inputs((n, heads, frames, d), seed=1)]
+          for x in inputs((n, heads, frames, d), seed=1, device=DEVICE)]
     assert not xs[0].is_contiguous()
     compare(xs, case, atol=2e-5, rtol=1e-4)
 
 
-def test_triton_kernel_bf16_and_25_frames(interpret):
+@runnable
+def test_triton_kernel_bf16_and_25_frames():
     """bf16 at SVD's head width and 25 frames (F padded to 32): within bf16 rounding of the
     reference, with partially masked rows among them."""
-    xs = inputs((1, 2, 25, 64), seed=4, dtype=torch.bfloat16, peaky=1.2)
-    case = dict(mode="gated", gate=torch.tensor([0.5, -0.4]), motion=0.5)
-    _, (_, ap) = track_attention(*(x.float() for x in xs), kernel="explicit", return_maps=True, **case)
+    xs = inputs((1, 2, 25, 64), seed=4, dtype=torch.bfloat16, peaky=1.2, device=DEVICE)
+    case = dict(mode="gated", gate=torch.tensor([0.5, -0.4], device=DEVICE), motion=0.5)
+    _, ap = track_attention(*(x.float() for x in xs), kernel="explicit", with_maps=True, **case).maps
     hits = (ap >= 0.2).sum(-1)
     assert ((hits > 0) & (hits < 25)).any()
     compare(xs, case, atol=4e-2, rtol=4e-2)
 
 
-def test_triton_kernel_errors(monkeypatch):
+def test_triton_kernel_errors():
     xs = inputs((1, 2, 4, 16), seed=0)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    # CPU tensors outside Triton's interpreter: one message saying how to get it
     with pytest.raises(RuntimeError, match="CUDA devices.*TRITON_INTERPRET=1"):
-        track_attention(*xs, kernel="triton")
+        fused_attention.check_device(torch.device("cpu"), in_interpreter=False)
+    fused_attention.check_device(torch.device("cpu"), in_interpreter=True)
+    fused_attention.check_device(torch.device("cuda"), in_interpreter=False)
+    if not fused_attention.interpreted():
+        with pytest.raises(RuntimeError, match="CUDA devices.*TRITON_INTERPRET=1"):
+            track_attention(*xs, kernel="triton")
     with pytest.raises(ValueError, match="full maps"):
-        track_attention(*xs, kernel="triton", return_maps=True)
+        track_attention(*xs, kernel="triton", with_maps=True)
     with pytest.raises(ValueError, match="kernel must be one of"):
         track_attention(*xs, kernel="flash")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    with pytest.raises(ValueError, match="up to 128 frames"):
-        track_attention(*inputs((1, 1, 129, 16), seed=0), kernel="triton")
+    if DEVICE is not None:
+        with pytest.raises(ValueError, match="up to 128 frames"):
+            track_attention(*inputs((1, 1, 129, 16), seed=0, device=DEVICE), kernel="triton")
 
 
 def _tiny_model(mode: str, seed: int = 0) -> TrackGoUNet:
@@ -132,20 +143,21 @@ def _unet_step(model, latent_hw, frames, seed=0, device="cpu", dtype=torch.float
     return out, torch.autograd.grad(loss, params)
 
 
+@runnable
 @pytest.mark.parametrize("mode", ["gated", "paper"])
-def test_unet_with_every_candidate_equals_reference(interpret, mode):
+def test_unet_with_every_candidate_equals_reference(mode):
     """TrackGo UNet with the Triton kernel, fused projections and the channels-last encoder: the
     same output and gradients (encoder, W′, gates, temporal W_q/W_k/W_v) as the reference path,
     with the attention loss. Tolerances are relative to each tensor's largest entry: this random
     tiny UNet turns a 1e-7 relative change of its input into 6e-5 of its output, so fp32
     reassociation alone moves the result by ~1e-4; a wrong term moves it by tens of percent."""
-    model = _tiny_model(mode)
+    model = _tiny_model(mode).to(DEVICE)
     fast = copy.deepcopy(model)
-    ref_out, ref_grads = _unet_step(model, (2, 4), frames=4)
+    ref_out, ref_grads = _unet_step(model, (2, 4), frames=4, device=DEVICE)
     fast.set_kernels({"attention": "triton", "fused_projections": True, "encoder_channels_last": True})
     assert fast.kernels().attention == "triton" and fast.encoder.convs[0].weight.is_contiguous(
         memory_format=torch.channels_last)
-    out, grads = _unet_step(fast, (2, 4), frames=4)
+    out, grads = _unet_step(fast, (2, 4), frames=4, device=DEVICE)
     assert_rel_close(out, ref_out, 1e-4)
     assert len(grads) == len(ref_grads) and sum(int(g.abs().sum() > 0) for g in ref_grads) > len(ref_grads) // 2
     names = list(model.named_group_parameters())

@@ -34,12 +34,12 @@ def build_full(dtype: torch.dtype):
 
     from trackgo_model.model import TrackGoUNet, build_unet
     from trackgo_model.pipeline import TrackGoPipeline
-    from trackgo_model.tiny import CLIP_PROCESSOR, SVD_SCHEDULER, _randomise_zero_params
+    from trackgo_model.tiny import CLIP_PROCESSOR, SVD_SCHEDULER, randomise_zero_params
 
     torch.manual_seed(0)
     unet = build_unet("svd-xt", device="cuda", dtype=dtype)
     model = TrackGoUNet.from_unet(unet).eval()
-    _randomise_zero_params(model, 0)          # make the adapter term non-trivial (timing realism)
+    randomise_zero_params(model, 0)          # make the adapter term non-trivial (timing realism)
     with torch.device("cuda"):
         vae = AutoencoderKLTemporalDecoder(**SVD_VAE).to(dtype).eval()
         clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H)).to(dtype).eval()

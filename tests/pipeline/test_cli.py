@@ -156,6 +156,73 @@ def test_generate_size_the_model_cannot_take_is_one_message(run_cli, scene, tiny
     assert not list(tmp_path.glob("y.*"))
 
 
+def test_output_size_defaults_to_the_image_fitted_to_the_model_and_checks_given_sides():
+    from trackgo_data.user_input import UserInputError, output_size
+
+    assert output_size((1280, 720), None, None, 64) == (1024, 576)        # SVD-xt's size from a 720p frame
+    assert output_size((100, 70), None, None, 16) == (96, 64)             # nearest multiples
+    assert output_size((100, 70), 128, None, 16) == (128, 64)             # a given side is kept
+    assert output_size((4000, 1000), None, None, 64, max_side=512) == (512, 128)
+    for width, height in ((100, None), (None, 70), (0, 64)):
+        with pytest.raises(UserInputError, match="multiples of 16 for this model.*default for this image: 96x64"):
+            output_size((100, 70), width, height, 16)
+
+
+def test_generate_without_a_size_fits_the_image_to_the_model(run_cli, tiny_dir, tmp_path, capsys):
+    """A 100×70 image (not a multiple of the tiny model's 16) generates at 96×64, as the studio
+    would; a preview without a model folder fits to SVD's multiple of 64."""
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (70, 100, 3), dtype=np.uint8)).save(tmp_path / "odd.png")
+    mask = np.zeros((70, 100), np.uint8)
+    mask[20:40, 20:40] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    common = ["generate", "--image", tmp_path / "odd.png", "--masks", tmp_path / "m.png", "--arrows", "30,30,40,30",
+              "--frames", 3]
+    assert run_cli(*common, "--out", tmp_path / "p.mp4", "--preview") == 0
+    assert (json.loads(capsys.readouterr().out)["width"], decode_mp4(tmp_path / "p.trajectory.mp4").shape) == (
+        128, (3, 64, 128, 3))
+    assert run_cli(*common, "--checkpoint", tiny_dir, "--steps", 1, "--device", "cpu", "--out", tmp_path / "g.mp4") == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["width"], res["height"]) == (96, 64) and decode_mp4(tmp_path / "g.mp4").shape == (3, 64, 96, 3)
+
+
+def test_only_input_checks_are_reported_as_bad_input(scene, tiny_pipe, tmp_path):
+    """An error raised while sampling is the program's, not the user's: it is not turned into a
+    one-line input message."""
+    from trackgo_data.user_input import UserInputError
+    from trackgo_model.cli.model import run_generate
+
+    d, _, _ = scene
+    args = _generate_parser().parse_args([
+        "generate", "--image", str(d / "img.png"), "--masks", str(d / "a.png"), "--arrows", "20,30,20,20",
+        "--frames", "3", "--steps", "1", "--out", str(tmp_path / "v.mp4")])
+
+    class Failing:
+        size_multiple, device = tiny_pipe.size_multiple, "cpu"
+
+        def __call__(self, *a, **kw):
+            raise ValueError("a shape mismatch inside the model")
+
+    with pytest.raises(ValueError, match="shape mismatch inside the model") as err:
+        run_generate(args, pipe=Failing())
+    assert not isinstance(err.value, UserInputError)
+    with pytest.raises(UserInputError, match="multiples of 16"):
+        run_generate(_generate_parser().parse_args([*map(str, [
+            "generate", "--image", d / "img.png", "--masks", d / "a.png", "--arrows", "20,30,20,20", "--width", 100,
+            "--out", tmp_path / "w.mp4"])]), pipe=tiny_pipe)
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def _generate_parser():
+    import argparse
+
+    from trackgo_model.cli.model import register
+
+    parser = argparse.ArgumentParser(prog="trackgo")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def test_preview_colours_objects_by_area_like_training(run_cli, scene, tmp_path, capsys):
     """The smaller mask given first is the second component (green); the larger one is red."""
     d, mask_a, _ = scene

@@ -119,12 +119,13 @@ def test_trajectories_and_knobs_change_output_only_with_trajectories(tiny_pipe):
 
 def test_output_frames_uint8_and_tracks_input(tiny_pipe):
     from trackgo_data.render import render_trajectories
+    from trackgo_model.conditioning import trajectory_video
 
     img = _image()
     pts = np.array([[[10.0, 10.0]], [[14.0, 12.0]], [[18.0, 14.0]], [[22.0, 16.0]]], np.float32)
     vis, comp = np.ones((L, 1), bool), np.array([0])
     # tracks given in input-image pixels are rescaled to the output size before rendering
-    P2 = tiny_pipe.prepare_trajectories((pts, vis, comp), (W, H), 2 * H, 2 * W)
+    P2 = trajectory_video((pts, vis, comp), (W, H), 2 * H, 2 * W)
     np.testing.assert_array_equal(P2, render_trajectories(pts * 2, vis, comp, 2 * H, 2 * W))
     frames = tiny_pipe(img, (pts, vis, comp), num_inference_steps=1, seed=0)
     assert frames.shape == (L, H, W, 3) and frames.dtype == np.uint8

@@ -56,7 +56,7 @@ def _write_digests() -> None:
             h.update(self.named[k].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         d = Path(run_dir) / "digests"
         d.mkdir(exist_ok=True)
-        (d / f"step-{step:06d}-rank{self.acc.process_index}.txt").write_text(h.hexdigest())
+        (d / f"step-{step:06d}-rank{self.accelerator.process_index}.txt").write_text(h.hexdigest())
         return out
 
     TrainingState.save = patched

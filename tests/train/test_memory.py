@@ -11,8 +11,8 @@ import torch
 from trackgo_data.config import ConfigError
 from trackgo_model.model import TrackGoUNet, build_unet
 from trackgo_model.train.config import load_train_config
-from trackgo_model.train.memory import (disable_extra_checkpointing, enable_checkpointing, make_optimizer,
-                                        optimizer_state_bytes)
+from trackgo_model.train.memory import (CheckpointedForward, checkpointed_blocks, disable_extra_checkpointing,
+                                        enable_checkpointing, make_optimizer, optimizer_state_bytes)
 
 
 @pytest.fixture(scope="module")
@@ -69,18 +69,20 @@ def test_scopes_give_the_same_gradients_and_save_less(model):
 
 def test_checkpointed_model_keeps_its_keys_copies_and_undoes(model):
     m = copy.deepcopy(model)
-    keys = sorted(m.state_dict())
+    keys, paths = sorted(m.state_dict()), [name for name, _ in m.named_modules()]
     enable_checkpointing(m, "temporal")
-    blocks = [mod for mod in m.unet.modules() if type(mod).__name__.startswith("Checkpointed")]
-    assert len(blocks) == 4 and sorted(m.state_dict()) == keys
+    blocks = checkpointed_blocks(m.unet)
+    assert len(blocks) == 4 and {type(b).__name__ for b in blocks} == {"TemporalBasicTransformerBlock"}
+    assert sorted(m.state_dict()) == keys and [name for name, _ in m.named_modules()] == paths
     clone = copy.deepcopy(m)  # the copy re-runs its own blocks against its own context
-    assert all(b.__dict__["_trackgo_context"] is clone.context for b in clone.unet.modules()
-               if type(b).__name__.startswith("Checkpointed"))
+    copied = checkpointed_blocks(clone.unet)
+    assert len(copied) == 4 and all(isinstance(b.forward, CheckpointedForward) and b.forward.block is b
+                                    and b.forward.context is clone.context for b in copied)
     enable_checkpointing(m, "transformer")  # switching scopes replaces the previous one
-    assert {type(b).__name__ for b in m.unet.modules() if type(b).__name__.startswith("Checkpointed")} == {
-        "CheckpointedTransformerSpatioTemporalModel"}
+    assert {type(b).__name__ for b in checkpointed_blocks(m.unet)} == {"TransformerSpatioTemporalModel"}
     disable_extra_checkpointing(m)
-    assert not any(type(b).__name__.startswith("Checkpointed") for b in m.unet.modules())
+    assert not checkpointed_blocks(m.unet)
+    assert all(b.forward.__func__ is type(b).forward for b in blocks)  # the class's forward again
     with pytest.raises(ConfigError, match="checkpointing must be one of"):
         enable_checkpointing(m, "everything")
 
@@ -111,7 +113,8 @@ def test_prepare_model_applies_scope_and_kernels(model, monkeypatch):
     params = prepare_model(comp, cfg, torch.device("cpu"))
     m = comp.model
     assert params and m.context.fused_projections and m.encoder.channels_last and m.context.kernel == "explicit"
-    assert sum(type(b).__name__ == "CheckpointedTemporalBasicTransformerBlock" for b in m.unet.modules()) == 4
+    blocks = checkpointed_blocks(m.unet)
+    assert len(blocks) == 4 and {type(b).__name__ for b in blocks} == {"TemporalBasicTransformerBlock"}
 
 
 def test_make_optimizer_adamw_and_clear_errors(monkeypatch):

@@ -1,13 +1,16 @@
-"""TrainConfig: packaged configs, unknown keys, the missing-weights and missing-shards errors."""
+"""TrainConfig: packaged configs, inheritance (``base:``), unknown keys, the missing-weights and
+missing-shards errors."""
 from __future__ import annotations
 
 import logging
+import textwrap
 
 import pytest
 
-from trackgo_data.config import ConfigError
+from trackgo_data.config import ConfigError, config_to_dict
 from trackgo_model.train import main as train_main
-from trackgo_model.train.config import SVD_PATH_ENV, load_train_config
+from trackgo_model.train.config import CONFIG_DIR, SVD_PATH_ENV, load_train_config
+from trackgo_model.train.vae import load_vae_config
 
 
 def test_paper_config_values():
@@ -27,6 +30,74 @@ def test_paper_config_values():
     assert same(gated) == same(c)  # otherwise the paper recipe
     tiny = load_train_config("tiny-cpu", ["optim.lr=1e-4", "objective.attn_loss_weight=0"])
     assert tiny.model.tiny and tiny.optim.lr == pytest.approx(1e-4) and tiny.objective.attn_loss_weight == 0
+
+
+def _write(folder, name: str, text: str):
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_bases_merge_in_order_nested_dicts_key_by_key(tmp_path):
+    _write(tmp_path, "grand.yaml", """
+        name: grand
+        max_steps: 10
+        log_every: 3
+        data: {width: 32, height: 32, num_frames: 4}
+        model: {trainable: [encoder, adapter], trackgo: {mode: paper, alpha: 0.3}}
+        """)
+    _write(tmp_path, "parent.yaml", """
+        base: grand.yaml
+        max_steps: 20
+        data: {width: 64}
+        model: {trackgo: {mode: gated}}
+        """)
+    child = _write(tmp_path, "child.yaml", """
+        base: parent.yaml
+        log_every: 5
+        model: {trainable: [encoder]}
+        """)
+    c = load_train_config(str(child))
+    assert c.name == "child"                                    # never inherited
+    assert c.max_steps == 20 and c.log_every == 5               # parent over grand, child over both
+    assert (c.data.width, c.data.height, c.data.num_frames) == (64, 32, 4)   # merged key by key
+    assert c.model.trackgo == {"mode": "gated", "alpha": 0.3}   # at every depth
+    assert tuple(c.model.trainable) == ("encoder",)             # a list is replaced whole
+    assert load_train_config(str(child), ["max_steps=30", "data.height=16"]).max_steps == 30  # overrides last
+    # a packaged name as the base of a user's file: that config plus the file's keys
+    mine = _write(tmp_path, "mine.yaml", "base: tiny-cpu\nmax_steps: 7\n")
+    got = config_to_dict(load_train_config(str(mine)))
+    want = config_to_dict(load_train_config("tiny-cpu", ["max_steps=7"]))
+    assert got.pop("name") == "mine" and want.pop("name") == "tiny-cpu" and got == want
+
+
+def test_base_cycles_missing_bases_and_unknown_keys_are_errors(tmp_path):
+    a = _write(tmp_path, "a.yaml", "base: b.yaml\nmax_steps: 1\n")
+    _write(tmp_path, "b.yaml", "base: a.yaml\nmax_steps: 2\n")
+    with pytest.raises(ConfigError, match="cycle: a.yaml → b.yaml → a.yaml"):
+        load_train_config(str(a))
+    with pytest.raises(ConfigError, match="cycle: self.yaml → self.yaml"):
+        load_train_config(str(_write(tmp_path, "self.yaml", "base: self.yaml\n")))
+    with pytest.raises(ConfigError, match="orphan.yaml: base 'no-such-base' not found"):
+        load_train_config(str(_write(tmp_path, "orphan.yaml", "base: no-such-base\n")))
+    with pytest.raises(ConfigError, match="base must be a config name"):
+        load_train_config(str(_write(tmp_path, "odd.yaml", "base: [tiny-cpu]\n")))
+    with pytest.raises(ConfigError, match=r"model\.svd"):  # in the file …
+        load_train_config(str(_write(tmp_path, "typo.yaml", "base: tiny-cpu\nmodel: {svd: /x}\n")))
+    _write(tmp_path, "bad-base.yaml", "optim: {lrr: 1}\n")
+    with pytest.raises(ConfigError, match=r"optim\.lrr"):  # … and in a base
+        load_train_config(str(_write(tmp_path, "on-bad.yaml", "base: bad-base.yaml\n")))
+
+
+def test_packaged_variations_name_their_base_and_every_config_loads():
+    bases = {p.stem: p.read_text() for p in CONFIG_DIR.glob("*.yaml")}
+    assert "\nbase: svd-xt-paper\n" in bases["svd-xt-gated"] and "\nbase: svd-xt-gated\n" in bases["tiny-cpu"]
+    for name in ("svd-xt-paper", "svd-xt-gated", "tiny-cpu", "toy-base", "toy-trackgo"):
+        assert load_train_config(name).name == name
+    assert load_vae_config("toy-vae").name == "toy-vae"
+    tiny = load_train_config("tiny-cpu")  # the gated recipe on the tiny model
+    assert tiny.model.tiny and tiny.model.trackgo == {"mode": "gated"} and tiny.mixed_precision == "no"
+    assert (tiny.data.width, tiny.data.num_frames, tiny.max_steps, tiny.ema.decay) == (64, 6, 200, 0.99)
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -11,9 +11,13 @@
 (``trackgo_data.user_input``: colours ordered by mask area as in training, at most the
 checkpoint's number of objects), scales them to the output size, renders P with the one renderer,
 samples the video and writes it with P (lossless) next to it (``out.mp4`` → ``out.trajectory.mp4``).
-``--preview`` writes ``<out>.preview.png`` (masks, tracks and control points drawn over the image)
-and P, and stops before any model is loaded. Each command prints one JSON object on stdout; bad
-input ends it with one message (exit status 1) before anything is written.
+The output size defaults to the image's, scaled down to at most 1024 px on its longer side and
+rounded to what the model takes (``trackgo_data.user_input.fit_size``, as the studio does);
+given sizes must be multiples of it. ``--preview`` writes ``<out>.preview.png`` (masks, tracks
+and control points drawn over the image) and P, and stops before any model is loaded. Each
+command prints one JSON object on stdout; bad input (a
+:class:`~trackgo_data.user_input.UserInputError`) ends it with one message (exit status 1) before
+anything is written.
 """
 from __future__ import annotations
 
@@ -53,8 +57,8 @@ def register(subparsers) -> None:
     g.add_argument("--out", required=True, type=Path, help="output video (.mp4)")
     g.add_argument("--frames", type=int, default=14)
     g.add_argument("--steps", type=int, default=25)
-    g.add_argument("--height", type=int, help="output height (default: the image's)")
-    g.add_argument("--width", type=int, help="output width (default: the image's)")
+    g.add_argument("--height", type=int, help="output height (default: the image's, fitted to the model)")
+    g.add_argument("--width", type=int, help="output width (default: the image's, fitted to the model)")
     g.add_argument("--tau", type=float, default=None,
                    help="mask value where A' < alpha (paper's inference knob; default 0)")
     g.add_argument("--motion", "--strength", dest="motion", type=float, default=1.0,
@@ -125,6 +129,22 @@ def _resolve_svd(args: argparse.Namespace) -> Path:
                      f"--checkpoint {args.checkpoint} has no unet/ to use instead")
 
 
+#: the size multiple of every Stable Video Diffusion model (VAE /8, three UNet down-samplings)
+SVD_SIZE_MULTIPLE = 64
+
+
+def _size_multiple(args: argparse.Namespace, pipe=None) -> int:
+    """What the output sides must be multiples of: the loaded pipeline's, else the SVD folder's
+    (read from its configs, no weights loaded); a preview without a model folder uses SVD's."""
+    if pipe is not None:
+        return pipe.size_multiple
+    if args.preview and args.svd is None and not (args.checkpoint and (args.checkpoint / "unet").is_dir()):
+        return SVD_SIZE_MULTIPLE
+    from trackgo_model.pipeline import folder_size_multiple
+
+    return folder_size_multiple(_resolve_svd(args))
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from trackgo_data.user_input import UserInputError
 
@@ -149,15 +169,18 @@ def run_generate(args: argparse.Namespace, pipe=None, callback=None, max_objects
     from PIL import Image
 
     from trackgo_data.config import atomic_write_bytes
-    from trackgo_data.user_input import UserInputError, checkpoint_max_objects, prepare, preview_image
+    from trackgo_data.user_input import (UserInputError, checkpoint_max_objects, load_image, output_size, prepare,
+                                         preview_image)
     from trackgo_data.video import encode_lossless_rgb, encode_mp4
 
     if args.frames < 2 or args.steps < 1:
         raise UserInputError("--frames must be >= 2 and --steps >= 1")
     if max_objects is None:
         max_objects = checkpoint_max_objects(args.checkpoint)
-    prep = prepare(args.image, args.masks, args.arrows, args.frames, args.height, args.width,
-                   args.seed, max_objects=max_objects)
+    image = load_image(args.image)
+    width, height = output_size((image.shape[1], image.shape[0]), args.width, args.height, _size_multiple(args, pipe))
+    prep = prepare(args.image, args.masks, args.arrows, args.frames, height, width, args.seed,
+                   max_objects=max_objects)
     image, tracks, vis, comps, P = prep.image, prep.tracks, prep.visibility, prep.components, prep.P
     traj_path, preview_path = side_paths(args.out)
     result = {"trajectory": str(traj_path), "frames": int(P.shape[0]), "height": int(P.shape[1]),
@@ -181,10 +204,7 @@ def run_generate(args: argparse.Namespace, pipe=None, callback=None, max_objects
         pipe = TrackGoPipeline.from_pretrained(_resolve_svd(args), args.checkpoint, torch_dtype=args.dtype,
                                                device=device, enable_model_cpu_offload=args.cpu_offload)
     t0 = time.perf_counter()
-    try:
-        frames = sample(pipe, image, P, args, progress=log.isEnabledFor(logging.INFO), callback=callback)
-    except ValueError as exc:  # a size the model cannot take (checked before any sampling)
-        raise UserInputError(str(exc)) from None
+    frames = sample(pipe, image, P, args, progress=log.isEnabledFor(logging.INFO), callback=callback)
     seconds = time.perf_counter() - t0
     encode_lossless_rgb(P, traj_path, fps=args.fps)
     encode_mp4(frames, args.out, fps=args.fps)

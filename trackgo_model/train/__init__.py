@@ -14,8 +14,8 @@ from typing import Any
 
 from .cli import main, register
 
-_LAZY = {"DTYPES": "loop", "NonFiniteLossError": "loop", "accelerate_kwargs": "loop", "load_trainable": "loop",
-         "prepare_model": "loop", "train": "loop"}
+_LAZY = {"DTYPES": "distributed", "NonFiniteLossError": "loop", "accelerate_kwargs": "distributed",
+         "load_trainable": "state", "prepare_model": "distributed", "train": "loop"}
 
 __all__ = ["DTYPES", "NonFiniteLossError", "accelerate_kwargs", "load_trainable", "main", "prepare_model",
            "register", "train"]

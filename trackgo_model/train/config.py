@@ -2,7 +2,22 @@
 
 A config is a YAML file whose keys mirror :class:`TrainConfig`; unknown keys are rejected with
 the full dotted name. ``--config NAME`` resolves to ``trackgo_model/configs/NAME.yaml`` (shipped
-with the package: ``svd-xt-paper``, ``tiny-cpu``); anything else is read as a file path.
+with the package: ``svd-xt-paper``, ``svd-xt-gated``, ``tiny-cpu``, …); anything else is read as
+a file path.
+
+**Inheritance.** A config that is a variation of another says so with ``base: NAME`` (a packaged
+name, or a path relative to the file) and lists only its differences:
+
+    base: svd-xt-paper          # svd-xt-gated.yaml
+    mixed_precision: bf16
+    model:
+      trackgo: {mode: gated}
+
+The base is resolved the same way (a chain of bases is fine), then the file's own keys override
+it: mappings merge key by key at every depth, any other value — lists included — replaces the
+base's whole. ``name`` is never inherited (default: the file's stem). The ``key=value`` overrides
+apply last. A missing base, or a chain that comes back to a file already in it, is one
+:class:`~trackgo_data.config.ConfigError`; unknown keys are still rejected, after merging.
 """
 from __future__ import annotations
 
@@ -223,22 +238,61 @@ class TrainConfig:
         return path
 
 
-def resolve_config_path(name_or_file: str) -> Path:
-    """``tiny-cpu`` → the packaged YAML; an existing path → itself."""
+BASE_KEY = "base"
+
+
+def resolve_config_path(name_or_file: str, relative_to: Path | None = None) -> Path:
+    """``tiny-cpu`` → the packaged YAML; an existing path (tried in the folder ``relative_to``
+    first, when given) → itself."""
     packaged = CONFIG_DIR / f"{name_or_file}.yaml"
     if packaged.is_file():
         return packaged
-    path = Path(name_or_file)
-    if path.is_file():
-        return path
+    candidates = [Path(name_or_file)]
+    if relative_to is not None:
+        candidates.insert(0, relative_to / name_or_file)
+    for path in candidates:
+        if path.is_file():
+            return path
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
     raise ConfigError(f"no training config {name_or_file!r}: use one of {names} or a YAML file path")
 
 
+def merge_config(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``own`` over ``base``: mappings merged key by key at every depth, other values replaced."""
+    out = dict(base)
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML at ``path`` with its ``base`` chain resolved (module docstring); ``name`` is the
+    file's own (or its stem). ``seen``: the files that led here (a base among them is a cycle)."""
+    chain = seen + (path.resolve(),)
+    if path.resolve() in seen:
+        raise ConfigError("config bases form a cycle: " + " → ".join(p.name for p in chain))
+    own = load_yaml(path)
+    base_name = own.pop(BASE_KEY, None)
+    data: dict[str, Any] = {}
+    if base_name is not None:
+        if not isinstance(base_name, str) or not base_name:
+            raise ConfigError(f"{path}: base must be a config name or path, got {base_name!r}")
+        try:
+            base_path = resolve_config_path(base_name, relative_to=path.parent)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: base {base_name!r} not found ({exc})") from None
+        data = read_config(base_path, chain)
+    data = merge_config(data, own)
+    data["name"] = own.get("name", path.stem)
+    return data
+
+
 def load_train_config(name_or_file: str, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a config by name or path, apply ``dotted.key=value`` overrides, validate."""
-    path = resolve_config_path(name_or_file)
-    data: dict[str, Any] = load_yaml(path)
-    data.setdefault("name", path.stem)
+    """Read a config by name or path (its bases resolved), apply ``dotted.key=value`` overrides,
+    validate."""
+    data = read_config(resolve_config_path(name_or_file))
     apply_overrides(data, list(overrides or []))
     return config_from_dict(TrainConfig, data)

@@ -107,7 +107,9 @@ def load_components(cfg, run_dir: Path) -> Components:
     return Components(model, vae, image_encoder, feature_extractor, scheduler, folder)
 
 
-def _expand(spec: str) -> list[str]:
+def expand_shards(spec: str) -> list[str]:
+    """``data.shards`` → shard paths/URLs: a folder's ``*.tar`` (sorted), a glob (sorted), a
+    brace-expanded webdataset URL, or one file; [] when nothing matches."""
     p = Path(spec)
     if p.is_dir():
         return sorted(str(x) for x in p.glob("*.tar"))
@@ -126,7 +128,7 @@ def shard_urls(cfg) -> tuple[list[str], list[str]]:
     The last ``val_holdout_shards`` shards are held out when more than that many exist; with fewer,
     validation reuses the first training samples (logged).
     """
-    urls = _expand(cfg.data.shards)
+    urls = expand_shards(cfg.data.shards)
     if not urls:
         raise MissingShardsError(
             f"no training shards at {cfg.data.shards!r}: build them first with `make dataset` "
@@ -189,12 +191,12 @@ class DataStream:
     def _open(self):
         from trackgo_data.loader import make_dataset
 
-        d = self.cfg.data
+        data = self.cfg.data
         ds = make_dataset(
             self.urls,
-            batch_size=d.batch_size,
-            num_frames=d.num_frames,
-            size=(d.width, d.height),
+            batch_size=data.batch_size,
+            num_frames=data.num_frames,
+            size=(data.width, data.height),
             shuffle=self.shuffle,
             shardshuffle=len(self.urls) if self.shuffle else False,
             resampled=self.resampled,
@@ -202,8 +204,8 @@ class DataStream:
             partial_batches=False,
             stats=self.stats,
         )
-        if d.num_workers > 0:
-            return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=d.num_workers))
+        if data.num_workers > 0:
+            return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=data.num_workers))
         return iter(ds)
 
     def __iter__(self) -> "DataStream":
@@ -238,12 +240,10 @@ def validation_batches(cfg, urls: list[str]) -> list[Any]:
     """The first ``validation.num_samples`` samples of the held-out shards, batch size 1, in order."""
     if cfg.validation.every <= 0 or cfg.validation.num_samples <= 0:
         return []
-    from dataclasses import replace
-
     from trackgo_data.loader import make_dataset
 
-    d = cfg.data
-    ds = make_dataset(urls, batch_size=1, num_frames=d.num_frames, size=(d.width, d.height),
+    data = cfg.data
+    ds = make_dataset(urls, batch_size=1, num_frames=data.num_frames, size=(data.width, data.height),
                       shuffle=0, resampled=False, split_by_node=False, split_by_worker=False)
     out = []
     for batch in ds:

@@ -83,23 +83,24 @@ def make_accelerator(cfg: TrainConfig):
         raise ConfigError(f"launched as {launched} processes, but accelerate joined {state.num_processes} "
                           f"(distributed type {state.distributed_type.value}); check the launcher's environment")
     accum = cfg.gradient_accumulation(state.num_processes)
-    acc = Accelerator(cpu=cpu, **accelerate_kwargs(cfg, accum))
-    fsdp = acc.distributed_type == DistributedType.FSDP
+    accelerator = Accelerator(cpu=cpu, **accelerate_kwargs(cfg, accum))
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
     if cfg.distributed == "fsdp" and not fsdp:
         raise ConfigError(
-            f"distributed=fsdp, but accelerate runs {acc.distributed_type.value} on {acc.num_processes} "
-            f"{acc.device.type} process(es): it enables FSDP only for several processes on GPUs "
+            f"distributed=fsdp, but accelerate runs {accelerator.distributed_type.value} on "
+            f"{accelerator.num_processes} {accelerator.device.type} process(es): it enables FSDP only for "
+            f"several processes on GPUs "
             f"(accelerate launch / torchrun); use distributed=ddp here")
     if fsdp and cfg.distributed != "fsdp":
         raise ConfigError("the accelerate config enables FSDP: set distributed=fsdp (and fsdp_version) in the "
                           "training config instead, which builds the plugin TrackGo needs (use_orig_params, "
                           "SHARD_GRAD_OP)")
-    if cfg.mixed_precision == "fp16" and acc.scaler is None and acc.device.type == "cpu":
+    if cfg.mixed_precision == "fp16" and accelerator.scaler is None and accelerator.device.type == "cpu":
         if fsdp:
             raise ConfigError("mixed_precision=fp16 with FSDP needs GPUs")
-        acc.scaler = torch.amp.GradScaler("cpu")
-        acc.native_amp = True  # acc.autocast() → torch.autocast("cpu", torch.float16)
-    return acc, accum
+        accelerator.scaler = torch.amp.GradScaler("cpu")
+        accelerator.native_amp = True  # accelerator.autocast() → torch.autocast("cpu", torch.float16)
+    return accelerator, accum
 
 
 def prepare_model(comp, cfg: TrainConfig, device: torch.device) -> list[torch.nn.Parameter]:
@@ -125,16 +126,16 @@ def prepare_model(comp, cfg: TrainConfig, device: torch.device) -> list[torch.nn
     return params
 
 
-def fsdp_version(acc) -> int:
+def fsdp_version(accelerator) -> int:
     """0 when the model is not sharded, else the FSDP version (1 or 2)."""
     from accelerate.utils import DistributedType
 
-    if acc.distributed_type != DistributedType.FSDP:
+    if accelerator.distributed_type != DistributedType.FSDP:
         return 0
-    return 2 if acc.is_fsdp2 else 1
+    return 2 if accelerator.is_fsdp2 else 1
 
 
-def clip_gradients(acc, model, params: list[torch.nn.Parameter], max_norm: float) -> float:
+def clip_gradients(accelerator, model, params: list[torch.nn.Parameter], max_norm: float) -> float:
     """Clip to ``max_norm`` (≤ 0: no clipping) by the global gradient norm; returns that norm.
 
     DDP gradients are all-reduced, so their norm is global. Under FSDP every rank holds a shard:
@@ -143,7 +144,7 @@ def clip_gradients(acc, model, params: list[torch.nn.Parameter], max_norm: float
     parameters have no gradient and do not count.
     """
     limit = max_norm if max_norm > 0 else float("inf")
-    norm = acc.clip_grad_norm_(model.parameters() if fsdp_version(acc) else params, limit)
+    norm = accelerator.clip_grad_norm_(model.parameters() if fsdp_version(accelerator) else params, limit)
     if norm is None:
         return float("nan")
     if hasattr(norm, "full_tensor"):
@@ -157,7 +158,7 @@ class StepOutcome:
     loss_scale: float | None  # fp16 loss scale after the step (None without a scaler)
 
 
-def optimizer_step(acc, optimizer, *, loss_finite: bool, grad_norm: float) -> StepOutcome:
+def optimizer_step(accelerator, optimizer, *, loss_finite: bool, grad_norm: float) -> StepOutcome:
     """One optimizer step after the micro-steps' backward passes.
 
     With the fp16 loss scaler the step always goes to the scaler: it skips the update when a
@@ -166,11 +167,11 @@ def optimizer_step(acc, optimizer, *, loss_finite: bool, grad_norm: float) -> St
     """
     from accelerate.utils import DistributedType
 
-    scaler = acc.scaler
+    scaler = accelerator.scaler
     if scaler is not None:
         optimizer.step()
         return StepOutcome(applied=not optimizer.step_was_skipped, loss_scale=float(scaler.get_scale()))
-    if acc.distributed_type == DistributedType.DEEPSPEED:  # the engine clips and scales itself
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # the engine clips and scales itself
         optimizer.step()
         return StepOutcome(applied=not optimizer.step_was_skipped, loss_scale=None)
     if loss_finite and math.isfinite(grad_norm):
@@ -187,10 +188,10 @@ def _is_dtensor(t: torch.Tensor) -> bool:
 
 
 @contextlib.contextmanager
-def full_parameters(acc, model, writeback: bool = False) -> Iterator[None]:
+def full_parameters(accelerator, model, writeback: bool = False) -> Iterator[None]:
     """Inside, FSDP1's original parameters hold their full tensors on every rank (collective);
     FSDP2 parameters stay DTensors (read with ``full_tensor()``); unsharded models are unchanged."""
-    if fsdp_version(acc) == 1:
+    if fsdp_version(accelerator) == 1:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         with FSDP.summon_full_params(model, writeback=writeback):
@@ -199,24 +200,24 @@ def full_parameters(acc, model, writeback: bool = False) -> Iterator[None]:
         yield
 
 
-def gather_full(acc, model, named: dict[str, torch.Tensor],
+def gather_full(accelerator, model, named: dict[str, torch.Tensor],
                 values: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Full float32 CPU copies of ``named`` ({key: parameter of the wrapped model}) on every rank,
     or of ``values``: tensors laid out like those parameters on this rank (optimizer moments)."""
-    if values is not None and fsdp_version(acc) == 1:
+    if values is not None and fsdp_version(accelerator) == 1:
         # FSDP1 gathers only parameters: put the values into the local shards for the gather
         with torch.no_grad():
             kept = {k: p.detach().clone() for k, p in named.items()}
             try:
                 for k, p in named.items():
                     p.copy_(values[k])
-                return gather_full(acc, model, named)
+                return gather_full(accelerator, model, named)
             finally:
                 for k, p in named.items():
                     p.copy_(kept[k])
     values = named if values is None else values
     out = {}
-    with torch.no_grad(), full_parameters(acc, model):
+    with torch.no_grad(), full_parameters(accelerator, model):
         for k in named:
             t = values[k]
             t = t.full_tensor() if _is_dtensor(t) else t
@@ -224,12 +225,12 @@ def gather_full(acc, model, named: dict[str, torch.Tensor],
     return out
 
 
-def load_full(acc, model, named: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
+def load_full(accelerator, model, named: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
     """Copy full tensors (same keys and shapes as a single-process run) into ``named``, sharding them."""
     missing = sorted(set(named) - set(tensors))
     if missing:
         raise ConfigError(f"the checkpoint lacks {len(missing)} tensor(s) this model trains, e.g. {missing[:3]}")
-    with torch.no_grad(), full_parameters(acc, model, writeback=True):
+    with torch.no_grad(), full_parameters(accelerator, model, writeback=True):
         for k, p in named.items():
             t = tensors[k]
             if tuple(t.shape) != tuple(p.shape):
@@ -242,27 +243,27 @@ def load_full(acc, model, named: dict[str, torch.Tensor], tensors: dict[str, tor
             p.copy_(t)
 
 
-def _local_like(acc, model, named: dict[str, torch.Tensor],
+def _local_like(accelerator, model, named: dict[str, torch.Tensor],
                 tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Full tensors → this rank's part, laid out like the parameters (inverse of gather_full)."""
     with torch.no_grad():
         kept = {k: p.detach().clone() for k, p in named.items()}
         try:
-            load_full(acc, model, named, tensors)
+            load_full(accelerator, model, named, tensors)
             return {k: p.detach().clone() for k, p in named.items()}
         finally:
             for k, p in named.items():
                 p.copy_(kept[k])
 
 
-def optimizer_state(acc, model, optimizer, named: dict[str, torch.Tensor]) -> dict[str, Any]:
+def optimizer_state(accelerator, model, optimizer, named: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The optimizer ``state_dict()`` with full tensors, whatever the sharding (collective).
 
     Sharded runs give the single-process layout (state by parameter index, moments with the
     parameters' full shapes), so a checkpoint does not depend on how it was trained.
     """
     sd = optimizer.state_dict()
-    if not fsdp_version(acc):
+    if not fsdp_version(accelerator):
         return sd
     import torch.distributed as dist
 
@@ -271,19 +272,19 @@ def optimizer_state(acc, model, optimizer, named: dict[str, torch.Tensor]) -> di
     keys = sorted({k for st in inner.values() for k, v in st.items()
                    if isinstance(v, torch.Tensor) and v.ndim > 0})
     step = torch.tensor([max([float(st["step"]) for st in inner.values() if "step" in st] or [0.0])],
-                        device=acc.device)
+                        device=accelerator.device)
     dist.all_reduce(step, op=dist.ReduceOp.MAX)  # every parameter takes every step
     state: dict[int, dict[str, Any]] = {i: {"step": step[0].cpu().clone()} for i in range(len(params))}
     for key in keys:
         local = {k: inner[p][key] if p in inner else torch.zeros_like(p) for k, p in named.items()}
-        for i, full in enumerate(gather_full(acc, model, named, local).values()):
+        for i, full in enumerate(gather_full(accelerator, model, named, local).values()):
             state[i][key] = full
     return {"state": state, "param_groups": sd["param_groups"]}
 
 
-def load_optimizer_state(acc, model, optimizer, named: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+def load_optimizer_state(accelerator, model, optimizer, named: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Load a state written by :func:`optimizer_state` (any sharding) into this rank's optimizer."""
-    if not fsdp_version(acc):
+    if not fsdp_version(accelerator):
         optimizer.load_state_dict(state)
         return
     names = list(named)
@@ -291,18 +292,18 @@ def load_optimizer_state(acc, model, optimizer, named: dict[str, torch.Tensor], 
     keys = sorted({k for st in per.values() for k, v in st.items() if isinstance(v, torch.Tensor) and v.ndim > 0})
     local: dict[int, dict[str, Any]] = {int(i): {k: v for k, v in st.items() if k not in keys} for i, st in per.items()}
     for key in keys:
-        parts = _local_like(acc, model, named, {names[int(i)]: st[key] for i, st in per.items()})
+        parts = _local_like(accelerator, model, named, {names[int(i)]: st[key] for i, st in per.items()})
         for i in local:
             local[i][key] = parts[names[i]]
     optimizer.load_state_dict({"state": local, "param_groups": state["param_groups"]})
 
 
 @contextlib.contextmanager
-def inference_context(acc, model) -> Iterator[bool]:
+def inference_context(accelerator, model) -> Iterator[bool]:
     """For generating validation videos with the bare model (collective); yields whether this rank
     runs it: the main process, with the full parameters gathered on every rank under FSDP (FSDP1
     summons them, FSDP2 unshards every sharded module: the pipeline calls more than ``forward``)."""
-    version = fsdp_version(acc)
+    version = fsdp_version(accelerator)
     if version == 2:
         from torch.distributed.fsdp import FSDPModule
 
@@ -310,10 +311,10 @@ def inference_context(acc, model) -> Iterator[bool]:
         for m in sharded:
             m.unshard()
         try:
-            yield acc.is_main_process
+            yield accelerator.is_main_process
         finally:
             for m in sharded:
                 m.reshard()
     else:
-        with full_parameters(acc, model):
-            yield acc.is_main_process
+        with full_parameters(accelerator, model):
+            yield accelerator.is_main_process

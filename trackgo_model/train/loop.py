@@ -21,8 +21,9 @@ import logging
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -30,13 +31,13 @@ from trackgo_data.config import ConfigError, atomic_write_json, config_to_dict
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .distributed import (DTYPES, accelerate_kwargs, clip_gradients, fsdp_version, inference_context,
-                          make_accelerator, optimizer_step, prepare_model)
+from .distributed import (clip_gradients, fsdp_version, inference_context, make_accelerator, optimizer_step,
+                          prepare_model)
 from .memory import make_optimizer
-from .state import TrainingState, load_trainable
+from .state import TrainingState
 
 log = logging.getLogger(__name__)
-__all__ = ["DTYPES", "NonFiniteLossError", "accelerate_kwargs", "load_trainable", "prepare_model", "train"]
+__all__ = ["NonFiniteLossError", "train"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,6 +86,40 @@ def _trim_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 
+@dataclass
+class _Run:
+    """What one training run holds on one rank, from :func:`_start` to the end of :func:`train`.
+
+    model: ``comp.model`` as accelerate wrapped it (DDP/FSDP); state: the checkpointed
+    :class:`TrainingState`; counters: what a checkpoint records besides the weights (step,
+    samples consumed, non-finite steps skipped and in a row, corrupt samples skipped).
+    """
+
+    cfg: TrainConfig
+    accelerator: Any
+    accumulation: int
+    comp: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    state: TrainingState
+    counters: dict[str, int]
+    train_urls: list[str]
+    val_batches: list[Any]
+    cache: Any = None
+    writer: Any = None
+
+
+class _Step(NamedTuple):
+    """One optimizer step: losses = mean [loss, L_mse, L_attn] over micro-steps and ranks, whether
+    they are finite, the gradient norm and the :class:`~trackgo_model.train.distributed.StepOutcome`."""
+
+    losses: torch.Tensor
+    loss_finite: bool
+    grad_norm: float
+    outcome: Any
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None,
           callback: Callable[[int, dict[str, float]], None] | None = None,
           components: Any | None = None) -> dict[str, Any]:
@@ -96,160 +131,55 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None,
     components: a ready :class:`~trackgo_model.train.data.Components` (tests, benchmarks); by
     default they are loaded from ``model.svd_path`` or the tiny model.
     """
-    from diffusers.optimization import get_scheduler
+    from .data import data_stream, write_validation
 
-    from .data import data_stream, load_components, shard_urls, validation_batches, write_validation
-    from .loss import batch_to_inputs, compute_loss
-
-    run_dir = cfg.run_path
-    train_urls, val_urls = shard_urls(cfg)  # clear error before anything heavy
-    latest = ckpt.latest_checkpoint(run_dir)
-    if latest is not None and not resume:
-        raise ConfigError(f"{run_dir} already holds checkpoints (latest {latest.name}): pass --resume to "
-                          f"continue that run, or set run_dir=… for a new one")
-    acc, accum = make_accelerator(cfg)
-    rank, world, device = acc.process_index, acc.num_processes, acc.device
-    main = acc.is_main_process
-
-    if components is None:
-        with acc.main_process_first():  # the main process creates the tiny model, the others then load it
-            components = load_components(cfg, run_dir)
-    comp = components
-    core = comp.model
-    params = prepare_model(comp, cfg, device)
-
-    o = cfg.optim
-    optimizer = make_optimizer(params, cfg)  # optim.optimizer: AdamW or 8-bit AdamW
-    # Not prepared: accelerate would step it once per process; here it steps once per optimizer step.
-    scheduler = get_scheduler(o.scheduler, optimizer, num_warmup_steps=o.warmup_steps,
-                              num_training_steps=cfg.max_steps)
-    model, optimizer = acc.prepare(core, optimizer)
-    # the loss generator (σ, ε, dropout, σ_cond) differs per rank
-    ts = TrainingState(acc, model, core, optimizer, scheduler, cfg=cfg, accumulation=accum,
-                       loss_seed=cfg.seed * 1_000_003 + rank)
-    counters = {"step": 0, "samples_consumed": 0, "nonfinite_skipped": 0, "nonfinite_streak": 0,
-                "corrupt_samples": 0}
-    if resume and latest is not None:
-        st = ts.restore(latest)
-        counters.update({k: int(st[k]) for k in counters if k in st})
-        log.info("resumed from %s at step %d", latest, counters["step"])
-    elif resume:
-        log.warning("--resume: no checkpoint in %s, starting from step 0", run_dir)
-
-    cache = None
-    if cfg.data.latent_cache:
-        from .latent_cache import LatentCache
-
-        d = cfg.data
-        cache = LatentCache(d.latent_cache, comp.vae, width=d.width, height=d.height, num_frames=d.num_frames)
-        cache.build(train_urls, device, rank=rank, world=world)
-        acc.wait_for_everyone()
-        log.info("latent cache %s: %d samples", d.latent_cache, cache.open(train_urls))
-    writer = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
-        _trim_metrics(run_dir / "metrics.jsonl", counters["step"])
-        writer = SummaryWriter(str(run_dir / "tb"))
-    val_batches = validation_batches(cfg, val_urls) if main else []
-
-    ce = cfg.checkpoint_every
+    run = _start(cfg, resume, components)
+    accelerator, counters, every = run.accelerator, run.counters, cfg.checkpoint_every
     step = counters["step"]
     end = min(cfg.max_steps, stop_at) if stop_at is not None else cfg.max_steps
-    seg = (step // ce) * ce
-    corrupt_base = counters["corrupt_samples"]
-    it = data_stream(cfg, train_urls, rank=rank, world=world, segment_start=seg, skip_batches=(step - seg) * accum)
-    corrupt_base -= it.stats.skipped  # the skipped-over batches were counted before the checkpoint
+    # A new data segment starts at every checkpoint (see train.data): a resume is exact. The batches
+    # skipped to reach ``step`` inside its segment were counted before that checkpoint.
+    segment = (step // every) * every
+    batches = data_stream(cfg, run.train_urls, rank=accelerator.process_index, world=accelerator.num_processes,
+                          segment_start=segment, skip_batches=(step - segment) * run.accumulation)
+    corrupt_before = counters["corrupt_samples"] - batches.stats.skipped
     last: dict[str, float] = {}
     history: list[float] = []
-    bar = _progress(cfg, end, step, main)
+    bar = _progress(cfg, end, step, accelerator.is_main_process)
     t_start = time.perf_counter()
     saved_at = None
     with _StopFlag() as stop:
-        while step < end and not _any_rank(acc, stop.set):
+        while step < end and not _any_rank(accelerator, stop.set):
             t0 = time.perf_counter()
-            sums = torch.zeros(3, device=device)
-            for _ in range(accum):
-                batch = next(it)
-                inputs = batch_to_inputs(batch, device, cfg.data.fps)
-                if not cfg.model.trajectories:  # plain image-to-video objective (a base model)
-                    inputs.trajectories = None
-                x0 = cache.get(list(batch.key), device) if cache is not None else None
-                with acc.accumulate(model):
-                    with acc.autocast():
-                        parts = compute_loss(model, core, comp.vae, comp.image_encoder, comp.feature_extractor,
-                                             inputs, cfg.objective, generator=ts.generator,
-                                             motion_bucket_id=cfg.data.motion_bucket_id, x0=x0)
-                    acc.backward(parts.loss)
-                sums += torch.stack([parts.loss.detach().float(), parts.mse.float(), parts.attn.float()])
-            sums = acc.reduce(sums, reduction="mean") / accum
-            loss_finite = bool(torch.isfinite(sums).all())
-            grad_norm = clip_gradients(acc, model, ts.params, o.max_grad_norm)
-            outcome = optimizer_step(acc, optimizer, loss_finite=loss_finite, grad_norm=grad_norm)
+            taken = _optimizer_step(run, batches)
             step += 1
-            counters["samples_consumed"] += cfg.global_batch_size
-            if outcome.applied:
-                scheduler.step()
-                if ts.ema is not None:
-                    ts.ema.step(ts.params)
-                counters["nonfinite_streak"] = 0
-            else:
-                counters["nonfinite_skipped"] += 1
-                # with the loss scaler an overflowing gradient only lowers the scale; a
-                # non-finite loss (or, without the scaler, gradient) counts towards stopping
-                if not loss_finite or outcome.loss_scale is None:
-                    counters["nonfinite_streak"] += 1
-                log.warning("step %d: non-finite loss/grad (loss %s, grad norm %s) — step skipped%s", step,
-                            sums[0].item(), grad_norm, "" if outcome.loss_scale is None else
-                            f", loss scale now {outcome.loss_scale:g}")
-            optimizer.zero_grad(set_to_none=True)
-            if counters["nonfinite_streak"] >= cfg.max_nonfinite_steps:
-                streak = counters["nonfinite_streak"]
-                raise NonFiniteLossError(
-                    f"loss/gradients were NaN or inf for {streak} steps in a row (last at step {step}); "
-                    f"lower optim.lr, check the data, or resume from the last checkpoint in {run_dir}"
-                )
-            counters["corrupt_samples"] = corrupt_base + int(it.stats.skipped)
-            dt = time.perf_counter() - t0
-            last = {"loss": sums[0].item(), "loss_mse": sums[1].item(), "loss_attn": sums[2].item(),
-                    "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                    "samples_per_s": cfg.global_batch_size / dt if dt > 0 else 0.0,
-                    "nonfinite_skipped": counters["nonfinite_skipped"],
-                    "corrupt_samples": counters["corrupt_samples"]}
-            if outcome.loss_scale is not None:
-                last["loss_scale"] = outcome.loss_scale
-            if torch.cuda.is_available():
-                last["gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            _count(run, step, taken)
+            counters["corrupt_samples"] = corrupt_before + int(batches.stats.skipped)
+            last = _metrics(run, taken, time.perf_counter() - t0)
             history.append(last["loss"])
             bar.update(1)
-            if main and (step % cfg.log_every == 0 or step == end):
-                for k, v in last.items():
-                    writer.add_scalar(f"train/{k}", v, step)
-                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
-                with open(run_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps({"step": step, **last}) + "\n")
-                if callback is not None:
-                    callback(step, dict(last))
-            if cfg.validation.every > 0 and step % cfg.validation.every == 0 and (val_batches or fsdp_version(acc)):
-                with ts.ema_weights(), inference_context(acc, model) as runs, acc.autocast():
-                    # frozen weights may be half precision, trainable float32: autocast
+            if accelerator.is_main_process and (step % cfg.log_every == 0 or step == end):
+                _record(run, step, last, bar, callback)
+            if cfg.validation.every > 0 and step % cfg.validation.every == 0 and (
+                    run.val_batches or fsdp_version(accelerator)):
+                # frozen weights may be half precision, trainable float32: autocast
+                with run.state.ema_weights(), inference_context(accelerator, run.model) as runs, accelerator.autocast():
                     if runs:
-                        write_validation(comp, val_batches, cfg, step, run_dir / "val", device)
-            if step % ce == 0:
+                        write_validation(run.comp, run.val_batches, cfg, step, cfg.run_path / "val", accelerator.device)
+            if step % every == 0:
                 counters["step"] = step
-                saved_at = ts.save(run_dir, step, counters)
-                # A new data segment starts at every checkpoint (see train.data): resumable exactly.
-                corrupt_base = counters["corrupt_samples"]
-                it = data_stream(cfg, train_urls, rank=rank, world=world, segment_start=step)
+                saved_at = run.state.save(cfg.run_path, step, counters)
+                corrupt_before = counters["corrupt_samples"]
+                batches = data_stream(cfg, run.train_urls, rank=accelerator.process_index,
+                                      world=accelerator.num_processes, segment_start=step)
     bar.close()
     counters["step"] = step
-    if step % ce != 0:
-        saved_at = ts.save(run_dir, step, counters)
-    if writer is not None:
-        writer.close()
-    wall = time.perf_counter() - t_start
-    result = {"step": step, "checkpoint": str(saved_at) if saved_at else None, "wall_s": round(wall, 3),
+    if step % every != 0:
+        saved_at = run.state.save(cfg.run_path, step, counters)
+    if run.writer is not None:
+        run.writer.close()
+    result = {"step": step, "checkpoint": str(saved_at) if saved_at else None,
+              "wall_s": round(time.perf_counter() - t_start, 3),
               **{k: v for k, v in counters.items() if k != "step"}, **last}
     if history:
         tail = history[-min(len(history), 10):]
@@ -257,9 +187,143 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None,
     return result
 
 
-def _any_rank(acc, flag: bool) -> bool:
+def _start(cfg: TrainConfig, resume: bool, components: Any | None) -> _Run:
+    """Accelerator, model, optimizer, LR schedule and training state (restored with ``resume``),
+    the latent cache, and on the main process the run folder's config, metrics and TensorBoard."""
+    from diffusers.optimization import get_scheduler
+
+    from .data import load_components, shard_urls, validation_batches
+
+    run_dir = cfg.run_path
+    train_urls, val_urls = shard_urls(cfg)  # clear error before anything heavy
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None and not resume:
+        raise ConfigError(f"{run_dir} already holds checkpoints (latest {latest.name}): pass --resume to "
+                          f"continue that run, or set run_dir=… for a new one")
+    accelerator, accumulation = make_accelerator(cfg)
+    rank, device = accelerator.process_index, accelerator.device
+    if components is None:
+        with accelerator.main_process_first():  # the main process creates the tiny model, the others then load it
+            components = load_components(cfg, run_dir)
+    params = prepare_model(components, cfg, device)
+    optimizer = make_optimizer(params, cfg)  # optim.optimizer: AdamW or 8-bit AdamW
+    # Not prepared: accelerate would step it once per process; here it steps once per optimizer step.
+    scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
+                              num_training_steps=cfg.max_steps)
+    model, optimizer = accelerator.prepare(components.model, optimizer)
+    # the loss generator (σ, ε, dropout, σ_cond) differs per rank
+    state = TrainingState(accelerator, model, components.model, optimizer, scheduler, cfg=cfg,
+                          accumulation=accumulation, loss_seed=cfg.seed * 1_000_003 + rank)
+    counters = {"step": 0, "samples_consumed": 0, "nonfinite_skipped": 0, "nonfinite_streak": 0,
+                "corrupt_samples": 0}
+    if resume and latest is not None:
+        restored = state.restore(latest)
+        counters.update({k: int(restored[k]) for k in counters if k in restored})
+        log.info("resumed from %s at step %d", latest, counters["step"])
+    elif resume:
+        log.warning("--resume: no checkpoint in %s, starting from step 0", run_dir)
+    run = _Run(cfg, accelerator, accumulation, components, model, optimizer, scheduler, state, counters,
+               train_urls, val_batches=[])
+    if cfg.data.latent_cache:
+        from .latent_cache import LatentCache
+
+        data = cfg.data
+        run.cache = LatentCache(data.latent_cache, components.vae, width=data.width, height=data.height,
+                                num_frames=data.num_frames)
+        run.cache.build(train_urls, device, rank=rank, world=accelerator.num_processes)
+        accelerator.wait_for_everyone()
+        log.info("latent cache %s: %d samples", data.latent_cache, run.cache.open(train_urls))
+    if accelerator.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        atomic_write_json(run_dir / "config.json", config_to_dict(cfg))
+        _trim_metrics(run_dir / "metrics.jsonl", counters["step"])
+        run.writer = SummaryWriter(str(run_dir / "tb"))
+        run.val_batches = validation_batches(cfg, val_urls)
+    return run
+
+
+def _optimizer_step(run: _Run, batches) -> _Step:
+    """One optimizer step: ``run.accumulation`` micro-batches of loss and backward, global-norm
+    clipping, the step (skipped when not finite)."""
+    from .loss import batch_to_inputs, compute_loss
+
+    cfg, accelerator, comp = run.cfg, run.accelerator, run.comp
+    sums = torch.zeros(3, device=accelerator.device)
+    for _ in range(run.accumulation):
+        batch = next(batches)
+        inputs = batch_to_inputs(batch, accelerator.device, cfg.data.fps)
+        if not cfg.model.trajectories:  # plain image-to-video objective (a base model)
+            inputs.trajectories = None
+        x0 = run.cache.get(list(batch.key), accelerator.device) if run.cache is not None else None
+        with accelerator.accumulate(run.model):
+            with accelerator.autocast():
+                parts = compute_loss(run.model, comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
+                                     inputs, cfg.objective, generator=run.state.generator,
+                                     motion_bucket_id=cfg.data.motion_bucket_id, x0=x0)
+            accelerator.backward(parts.loss)
+        sums += torch.stack([parts.loss.detach().float(), parts.mse.float(), parts.attn.float()])
+    losses = accelerator.reduce(sums, reduction="mean") / run.accumulation
+    loss_finite = bool(torch.isfinite(losses).all())
+    grad_norm = clip_gradients(accelerator, run.model, run.state.params, cfg.optim.max_grad_norm)
+    outcome = optimizer_step(accelerator, run.optimizer, loss_finite=loss_finite, grad_norm=grad_norm)
+    return _Step(losses, loss_finite, grad_norm, outcome)
+
+
+def _count(run: _Run, step: int, taken: _Step) -> None:
+    """After optimizer step ``step``: the schedule and EMA move on if it was applied; a skipped
+    step is counted, and ``max_nonfinite_steps`` of them in a row stop the run."""
+    counters, outcome = run.counters, taken.outcome
+    counters["samples_consumed"] += run.cfg.global_batch_size
+    if outcome.applied:
+        run.scheduler.step()
+        if run.state.ema is not None:
+            run.state.ema.step(run.state.params)
+        counters["nonfinite_streak"] = 0
+    else:
+        counters["nonfinite_skipped"] += 1
+        # with the loss scaler an overflowing gradient only lowers the scale; a non-finite loss
+        # (or, without the scaler, gradient) counts towards stopping
+        if not taken.loss_finite or outcome.loss_scale is None:
+            counters["nonfinite_streak"] += 1
+        log.warning("step %d: non-finite loss/grad (loss %s, grad norm %s) — step skipped%s", step,
+                    taken.losses[0].item(), taken.grad_norm, "" if outcome.loss_scale is None else
+                    f", loss scale now {outcome.loss_scale:g}")
+    run.optimizer.zero_grad(set_to_none=True)
+    if counters["nonfinite_streak"] >= run.cfg.max_nonfinite_steps:
+        raise NonFiniteLossError(
+            f"loss/gradients were NaN or inf for {counters['nonfinite_streak']} steps in a row (last at step "
+            f"{step}); lower optim.lr, check the data, or resume from the last checkpoint in {run.cfg.run_path}")
+
+
+def _metrics(run: _Run, taken: _Step, seconds: float) -> dict[str, float]:
+    """The figures logged for one optimizer step that took ``seconds``."""
+    cfg, counters, losses = run.cfg, run.counters, taken.losses
+    metrics = {"loss": losses[0].item(), "loss_mse": losses[1].item(), "loss_attn": losses[2].item(),
+               "lr": run.scheduler.get_last_lr()[0], "grad_norm": taken.grad_norm,
+               "samples_per_s": cfg.global_batch_size / seconds if seconds > 0 else 0.0,
+               "nonfinite_skipped": counters["nonfinite_skipped"], "corrupt_samples": counters["corrupt_samples"]}
+    if taken.outcome.loss_scale is not None:
+        metrics["loss_scale"] = taken.outcome.loss_scale
+    if torch.cuda.is_available():
+        metrics["gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.accelerator.device) / 2**30
+    return metrics
+
+
+def _record(run: _Run, step: int, metrics: dict[str, float], bar, callback) -> None:
+    """TensorBoard, the progress bar, ``metrics.jsonl`` and ``callback`` (main process)."""
+    for key, value in metrics.items():
+        run.writer.add_scalar(f"train/{key}", value, step)
+    bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+    with open(run.cfg.run_path / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": step, **metrics}) + "\n")
+    if callback is not None:
+        callback(step, dict(metrics))
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
     """True on every rank when ``flag`` is set on any (a signal reaches one process of a node)."""
-    if acc.num_processes == 1:
+    if accelerator.num_processes == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=acc.device)
-    return bool(acc.reduce(t, reduction="sum").item() > 0)
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, reduction="sum").item() > 0)

@@ -12,25 +12,22 @@ proj_in, time mixer and proj_out.
     temporal      + every ``TemporalBasicTransformerBlock`` re-run in backward
     transformer   + every ``TransformerSpatioTemporalModel`` re-run as one unit
 
-A checkpointed block that holds a TrackAdapter is re-run with the :class:`TrackContext` state of
-its first run (``TrackContext.snapshot``/``replaying``): the trajectory feature, the knobs, the
-feature cache as it was, so the re-run repeats the same operations after the forward has ended.
-Gradients through the attention loss's maps (side outputs of the block) are exact: the tests
-compare every gradient with and without each scope.
+diffusers has no switch for the last two, so each such block gets a :class:`CheckpointedForward`
+as its ``forward`` attribute (``nn.Module.__call__`` calls the instance's ``forward``): the
+block's own forward under ``torch.utils.checkpoint``. Module paths, parameter names and
+checkpoint keys stay those of the plain UNet; ``del block.forward`` undoes it. A block that holds
+a TrackAdapter is re-run with the :class:`~trackgo_model.adapter.ForwardState` of its first run
+(``ForwardState.for_rerun``): the trajectory feature, the knobs, the encoder features computed so
+far, so the re-run repeats the same operations after the forward has ended. Gradients through the
+attention loss's maps (side outputs of the block) are exact: the tests compare every gradient
+with and without each scope. How much each scope saves: ``benchmarks/gpu_suite.py`` (its
+``memory_estimate``) and docs/measurements.md.
 
 **Optimizer** (``optim.optimizer``): ``adamw`` (torch) or ``adamw8bit`` (bitsandbytes' AdamW8bit:
-block-wise 8-bit moments, ~2 bytes per trainable parameter instead of 8). With the default
-trainable groups on SVD-xt (63.0M parameters) the state shrinks from 0.47 to 0.12 GiB; with
-``unet`` trainable (1.52G parameters) from 11.4 to 2.9 GiB.
-
-Counted on the meta device (``benchmarks/gpu_suite.py: saved_activations_gib``), one SVD-xt
-forward with the attention loss at 1024×576×25 in bf16 keeps 274 GiB for backward without
-checkpointing, 50.9 GiB with diffusers' blocks checkpointed, 9.3 GiB with ``temporal`` and
-7.0 GiB with ``transformer``.
+block-wise 8-bit moments, ~2 bytes per trainable parameter instead of 8).
 """
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
@@ -42,35 +39,43 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTING = ("diffusers", "temporal", "transformer")
 OPTIMIZERS = ("adamw", "adamw8bit")
-_SCOPE_CLASS = {"temporal": "TemporalBasicTransformerBlock", "transformer": "TransformerSpatioTemporalModel"}
+SCOPE_CLASS = {"temporal": "TemporalBasicTransformerBlock", "transformer": "TransformerSpatioTemporalModel"}
 
 
-@functools.cache
-def _checkpointed_class(base: type) -> type:
-    """A subclass of ``base`` whose forward runs under non-reentrant activation checkpointing."""
+class CheckpointedForward:
+    """The ``forward`` of one checkpointed block: the block's class forward under non-reentrant
+    activation checkpointing, re-run in backward with the adapters' state of the first run.
 
-    def forward(self, *args, **kwargs):
+    block: the module (its class's ``forward`` is what runs); context: the model's
+    :class:`~trackgo_model.adapter.TrackContext`. Without gradients the block runs as usual.
+    """
+
+    def __init__(self, block: torch.nn.Module, context) -> None:
+        self.block = block
+        self.context = context
+
+    def __call__(self, *args, **kwargs):
+        forward = type(self.block).forward
         if not torch.is_grad_enabled():
-            return base.forward(self, *args, **kwargs)
-        context = self.__dict__.get("_trackgo_context")
-        state = None if context is None else context.snapshot()
-        runs = [0]
+            return forward(self.block, *args, **kwargs)
+        state = self.context.state
+        rerun_state = None if state is None else state.for_rerun()
+        runs = 0
 
         def run(*a, **kw):
-            runs[0] += 1
-            if runs[0] == 1 or context is None:
-                return base.forward(self, *a, **kw)
-            with context.replaying(state):  # the re-run during backward
-                return base.forward(self, *a, **kw)
+            nonlocal runs
+            runs += 1
+            if runs == 1 or rerun_state is None:
+                return forward(self.block, *a, **kw)
+            with self.context.running(rerun_state.for_rerun()):  # the re-run during backward
+                return forward(self.block, *a, **kw)
 
         return checkpoint(run, *args, use_reentrant=False, **kwargs)
 
-    return type(f"Checkpointed{base.__name__}", (base,), {"forward": forward, "_trackgo_base": base})
 
-
-def _blocks(unet, scope: str) -> list[torch.nn.Module]:
-    name = _SCOPE_CLASS[scope]
-    return [m for m in unet.modules() if getattr(m, "_trackgo_base", type(m)).__name__ == name]
+def checkpointed_blocks(unet) -> list[torch.nn.Module]:
+    """The blocks of ``unet`` that run under a :class:`CheckpointedForward`."""
+    return [m for m in unet.modules() if isinstance(getattr(m, "forward", None), CheckpointedForward)]
 
 
 def enable_checkpointing(model, scope: str = "diffusers") -> int:
@@ -84,30 +89,26 @@ def enable_checkpointing(model, scope: str = "diffusers") -> int:
     disable_extra_checkpointing(model)
     if scope == "diffusers":
         return 0
-    blocks = _blocks(model.unet, scope)
+    blocks = [m for m in model.unet.modules() if type(m).__name__ == SCOPE_CLASS[scope]]
     if not blocks:
-        raise ValueError(f"no {_SCOPE_CLASS[scope]} in this UNet to checkpoint")
-    for m in blocks:
-        m.__class__ = _checkpointed_class(type(m))
-        m.__dict__["_trackgo_context"] = model.context  # a plain attribute, not a submodule
-    log.info("activation checkpointing: diffusers' blocks + %d %s", len(blocks), _SCOPE_CLASS[scope])
+        raise ValueError(f"no {SCOPE_CLASS[scope]} in this UNet to checkpoint")
+    for block in blocks:
+        block.forward = CheckpointedForward(block, model.context)
+    log.info("activation checkpointing: diffusers' blocks + %d %s", len(blocks), SCOPE_CLASS[scope])
     return len(blocks)
 
 
 def disable_extra_checkpointing(model) -> None:
     """Undo what :func:`enable_checkpointing` added beyond diffusers' own checkpointing."""
-    for m in model.unet.modules():
-        base = getattr(type(m), "_trackgo_base", None)
-        if base is not None and type(m) is _checkpointed_class(base):
-            m.__class__ = base
-            m.__dict__.pop("_trackgo_context", None)
+    for block in checkpointed_blocks(model.unet):
+        del block.forward  # the class's forward again
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:
     """The optimizer of ``cfg.optim`` (a :class:`~trackgo_model.train.config.TrainConfig`)."""
-    o = cfg.optim
-    kw = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
-    name = getattr(o, "optimizer", "adamw")
+    optim = cfg.optim
+    kw = dict(lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, eps=optim.eps)
+    name = getattr(optim, "optimizer", "adamw")
     if name == "adamw":
         return torch.optim.AdamW(params, **kw)
     if name != "adamw8bit":
@@ -125,5 +126,5 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.Optimiz
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held by the optimizer's state tensors (moments, quantisation maps, scales)."""
-    return sum(v.numel() * v.element_size() for st in optimizer.state.values()
-               for v in st.values() if isinstance(v, torch.Tensor))
+    return sum(v.numel() * v.element_size() for state in optimizer.state.values()
+               for v in state.values() if isinstance(v, torch.Tensor))

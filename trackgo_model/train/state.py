@@ -46,11 +46,11 @@ class TrainingState:
     (FSDP shards or DTensors); ``params`` the same in order; ``export`` what ``trackgo/`` holds.
     """
 
-    def __init__(self, acc, model, core, optimizer, scheduler, *, cfg: TrainConfig, accumulation: int,
+    def __init__(self, accelerator, model, core, optimizer, scheduler, *, cfg: TrainConfig, accumulation: int,
                  loss_seed: int) -> None:
         from diffusers.training_utils import EMAModel
 
-        self.acc, self.model, self.core, self.cfg = acc, model, core, cfg
+        self.accelerator, self.model, self.core, self.cfg = accelerator, model, core, cfg
         self.optimizer, self.scheduler = optimizer, scheduler
         self.named = core.named_group_parameters()  # re-read: FSDP2 replaces the parameters
         self.params = list(self.named.values())
@@ -74,46 +74,46 @@ class TrainingState:
 
     def save(self, run_dir: Path, step: int, counters: dict[str, int]) -> Path:
         """Write ``checkpoint-<step>`` (collective); returns its final path on every rank."""
-        acc, cfg = self.acc, self.cfg
+        accelerator, cfg = self.accelerator, self.cfg
         tmp = ckpt.tmp_checkpoint_dir(run_dir, step)
-        if acc.is_main_process:
+        if accelerator.is_main_process:
             ckpt.begin_checkpoint(run_dir, step)
-        acc.wait_for_everyone()
-        ckpt.save_rank_rng(tmp, acc.process_index, self.generator)
-        trainable = gather_full(acc, self.model, self.named)
+        accelerator.wait_for_everyone()
+        ckpt.save_rank_rng(tmp, accelerator.process_index, self.generator)
+        trainable = gather_full(accelerator, self.model, self.named)
         ema = export = None
         if self.ema is not None:
             with self.ema_weights():
-                ema = gather_full(acc, self.model, self.named)
+                ema = gather_full(accelerator, self.model, self.named)
                 if cfg.ema.export_ema:
-                    export = gather_full(acc, self.model, self.export)
+                    export = gather_full(accelerator, self.model, self.export)
         if export is None:
-            export = gather_full(acc, self.model, self.export)
-        opt_state = optimizer_state(acc, self.model, self.optimizer, self.named)
-        if acc.is_main_process:
-            st = {**counters, "step": step, "world_size": acc.num_processes, "accumulation": self.accumulation,
+            export = gather_full(accelerator, self.model, self.export)
+        opt_state = optimizer_state(accelerator, self.model, self.optimizer, self.named)
+        if accelerator.is_main_process:
+            record = {**counters, "step": step, "world_size": accelerator.num_processes, "accumulation": self.accumulation,
                   "ema_optimization_step": self.ema.optimization_step if self.ema else 0,
                   "config_hash": config_hash(cfg), "git_revision": ckpt.git_revision(),
                   "loss_seed": self.loss_seed}
             ckpt.write_payload(tmp, trainable=trainable, ema=ema, optimizer_state=opt_state,
-                               scheduler_state=self.scheduler.state_dict(), state=st, config=config_to_dict(cfg),
-                               scaler_state=acc.scaler.state_dict() if acc.scaler is not None else None)
+                               scheduler_state=self.scheduler.state_dict(), state=record, config=config_to_dict(cfg),
+                               scaler_state=accelerator.scaler.state_dict() if accelerator.scaler is not None else None)
             self.core.save_trackgo(tmp / "trackgo", tensors=export)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
             ckpt.finish_checkpoint(tmp, step, keep=cfg.keep_checkpoints)
-        acc.wait_for_everyone()
+        accelerator.wait_for_everyone()
         return ckpt.checkpoints_root(run_dir) / ckpt.checkpoint_name(step)
 
     def restore(self, path: Path) -> dict[str, Any]:
         """Load checkpoint ``path`` into this state (collective); returns its ``state.json``."""
-        acc = self.acc
-        st = ckpt.load_state(path)
-        written_by = int(st.get("world_size", acc.num_processes))
-        if written_by != acc.num_processes:
+        accelerator = self.accelerator
+        record = ckpt.load_state(path)
+        written_by = int(record.get("world_size", accelerator.num_processes))
+        if written_by != accelerator.num_processes:
             log.warning("%s was written by %d process(es), this run has %d: weights, optimizer and data "
                         "position carry over, but the continuation is not the one the original run would "
-                        "have taken", path, written_by, acc.num_processes)
+                        "have taken", path, written_by, accelerator.num_processes)
         trainable = ckpt.load_tensors(path, "trainable.safetensors")
         if trainable is None or sorted(trainable) != sorted(self.named):
             raise ConfigError(f"{path}: its trainable parameters differ from this config's model.trainable "
@@ -122,17 +122,17 @@ class TrainingState:
             shadow = ckpt.load_tensors(path, "ema.safetensors")
             if shadow is None:
                 raise ConfigError(f"{path} has no EMA weights but ema.enabled is true")
-            load_full(acc, self.model, self.named, shadow)
+            load_full(accelerator, self.model, self.named, shadow)
             self.ema.shadow_params = [p.detach().clone() for p in self.params]
-            self.ema.optimization_step = int(st.get("ema_optimization_step", 0))
-        load_full(acc, self.model, self.named, trainable)
-        load_optimizer_state(acc, self.model, self.optimizer, self.named, ckpt.load_torch(path, "optimizer.pt"))
+            self.ema.optimization_step = int(record.get("ema_optimization_step", 0))
+        load_full(accelerator, self.model, self.named, trainable)
+        load_optimizer_state(accelerator, self.model, self.optimizer, self.named, ckpt.load_torch(path, "optimizer.pt"))
         self.scheduler.load_state_dict(ckpt.load_torch(path, "scheduler.pt"))
-        if acc.scaler is not None and (Path(path) / "scaler.pt").is_file():
-            acc.scaler.load_state_dict(ckpt.load_torch(path, "scaler.pt"))
-        if acc.process_index < written_by:
-            ckpt.restore_rng(ckpt.load_rank_rng(path, acc.process_index), self.generator)
+        if accelerator.scaler is not None and (Path(path) / "scaler.pt").is_file():
+            accelerator.scaler.load_state_dict(ckpt.load_torch(path, "scaler.pt"))
+        if accelerator.process_index < written_by:
+            ckpt.restore_rng(ckpt.load_rank_rng(path, accelerator.process_index), self.generator)
         else:
             log.warning("rank %d has no RNG state in %s: its loss generator starts from its seed",
-                        acc.process_index, path)
-        return st
+                        accelerator.process_index, path)
+        return record

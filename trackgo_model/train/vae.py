@@ -31,8 +31,7 @@ from typing import Any
 
 import torch
 
-from trackgo_data.config import (ConfigError, apply_overrides, atomic_write_json, config_from_dict,
-                                 config_to_dict, load_yaml)
+from trackgo_data.config import ConfigError, apply_overrides, atomic_write_json, config_from_dict, config_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +105,18 @@ class VAETrainConfig:
 
 
 def load_vae_config(name_or_file: str, overrides: list[str] | None = None) -> VAETrainConfig:
-    from trackgo_model.train.config import resolve_config_path
+    """A VAE config by name or path (``base`` chains resolved as for training configs)."""
+    from trackgo_model.train.config import read_config, resolve_config_path
 
-    path = resolve_config_path(name_or_file)
-    data = load_yaml(path)
-    data.setdefault("name", path.stem)
+    data = read_config(resolve_config_path(name_or_file))
     apply_overrides(data, list(overrides or []))
     return config_from_dict(VAETrainConfig, data)
 
 
 def _shards(cfg: VAETrainConfig) -> tuple[list[str], list[str]]:
-    from trackgo_model.train.data import MissingShardsError, _expand
+    from trackgo_model.train.data import MissingShardsError, expand_shards
 
-    urls = _expand(cfg.data.shards)
+    urls = expand_shards(cfg.data.shards)
     if not urls:
         raise MissingShardsError(f"no shards at {cfg.data.shards!r}: build the dataset first (trackgo toy data)")
     n = cfg.data.val_holdout_shards
@@ -128,9 +126,9 @@ def _shards(cfg: VAETrainConfig) -> tuple[list[str], list[str]]:
 def _stream(cfg: VAETrainConfig, urls: list[str], seed: int, batch: int, shuffle: bool = True):
     from trackgo_data.loader import make_dataset
 
-    d = cfg.data
-    return make_dataset(urls, batch_size=batch, num_frames=d.num_frames, size=(d.width, d.height),
-                        shuffle=d.shuffle_buffer if shuffle else 0, resampled=shuffle, seed=seed,
+    data = cfg.data
+    return make_dataset(urls, batch_size=batch, num_frames=data.num_frames, size=(data.width, data.height),
+                        shuffle=data.shuffle_buffer if shuffle else 0, resampled=shuffle, seed=seed,
                         partial_batches=not shuffle, split_by_node=False, split_by_worker=False)
 
 
@@ -164,9 +162,9 @@ def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Genera
 
 def identity_time_conv(vae) -> None:
     """Start the decoder's last layer, a 3-frame temporal convolution on the RGB output, as the
-    identity (centre tap = I, rest 0). Its default random init mixes the colour channels of
-    neighbouring frames: measured from scratch, the decoder then spent its first 1,200 steps
-    rendering every hue as green (held-out PSNR 19.8 dB)."""
+    identity (centre tap = I, rest 0): its default random init mixes the colour channels of
+    neighbouring frames, which a VAE trained from scratch takes long to undo
+    (docs/measurements.md)."""
     conv = vae.decoder.time_conv_out
     with torch.no_grad():
         conv.weight.zero_()

@@ -1,28 +1,10 @@
-"""Triton kernels of ``trackgo_model.fused_attention`` (imported on first use; see there)."""
+"""Triton kernels of :mod:`trackgo_model.fused_attention` (imported on first use; see there).
+
+Triton resolves the functions a kernel calls among this module's globals. ``INTERP`` marks a run
+in Triton's interpreter (CPU tensors), whose bf16 products are wrong (see :func:`_dot`).
+"""
 import triton
 import triton.language as tl
-from triton.language.standard import _elementwise_max, _sum_combine
-
-
-@triton.jit
-def _max(x, axis: tl.constexpr, INTERP: tl.constexpr):
-    """tl.max; under the interpreter a reduce it maps to numpy (its own tl.max only runs when
-    triton itself was imported with TRITON_INTERPRET=1)."""
-    if INTERP:
-        r = tl.reduce(x, axis, _elementwise_max)
-    else:
-        r = tl.max(x, axis)
-    return r
-
-
-@triton.jit
-def _sum(x, axis: tl.constexpr, INTERP: tl.constexpr):
-    """tl.sum, interpreter-safe like :func:`_max`."""
-    if INTERP:
-        r = tl.reduce(x, axis, _sum_combine)
-    else:
-        r = tl.sum(x, axis)
-    return r
 
 
 @triton.jit
@@ -47,15 +29,15 @@ def _maps(q, k, qp, kp, cols, alpha, gap, scale, PRECISION: tl.constexpr, INTERP
     neg = float("-inf")
     sp = _dot(qp, tl.trans(kp), PRECISION, INTERP) * scale
     sp = tl.where(cols, sp, neg)
-    ep = tl.exp(sp - _max(sp, 1, INTERP)[:, None])
-    ap = ep / _sum(ep, 1, INTERP)[:, None]
+    ep = tl.exp(sp - tl.max(sp, 1)[:, None])
+    ap = ep / tl.sum(ep, 1)[:, None]
     hit = (ap >= alpha) & cols
     hg = tl.where(hit, gap, 0.0)
-    am = hg - _max(tl.where(cols, hg, neg), 1, INTERP)[:, None]
+    am = hg - tl.max(tl.where(cols, hg, neg), 1)[:, None]
     s = _dot(q, tl.trans(k), PRECISION, INTERP) * scale + am
     s = tl.where(cols, s, neg)
-    e = tl.exp(s - _max(s, 1, INTERP)[:, None])
-    a = e / _sum(e, 1, INTERP)[:, None]
+    e = tl.exp(s - tl.max(s, 1)[:, None])
+    a = e / tl.sum(e, 1)[:, None]
     return ap, hit, a
 
 
@@ -93,9 +75,9 @@ def track_attention_fwd(Q, K, V, QP, KP, G, O, DIAG, NHIT,
         tl.store(o_ptr, o.to(O.dtype.element_ty), mask=m2)
         row = seq.to(tl.int64) * F + rf
         if WANT_DIAG:
-            tl.store(DIAG + row, _sum(tl.where(eye, a, 0.0), 1, INTERP), mask=fm)
+            tl.store(DIAG + row, tl.sum(tl.where(eye, a, 0.0), 1), mask=fm)
         if WANT_NHIT:
-            tl.store(NHIT + row, _sum(hit.to(tl.int32), 1, INTERP), mask=fm)
+            tl.store(NHIT + row, tl.sum(hit.to(tl.int32), 1), mask=fm)
 
 
 @triton.jit
@@ -137,7 +119,7 @@ def track_attention_bwd(Q, K, V, QP, KP, G, DO, DDIAG, DQ, DK, DV, DQP, DKP, DG,
         if HAS_DDIAG:
             dd = tl.load(DDIAG + row, mask=fm, other=0.0)
             da = da + tl.where(eye, dd[:, None], 0.0)
-        ds = (a * (da - _sum(da * a, 1, INTERP)[:, None])).to(q.dtype)
+        ds = (a * (da - tl.sum(da * a, 1)[:, None])).to(q.dtype)
         dq = _dot(ds, k, PRECISION, INTERP) * scale
         dk = _dot(tl.trans(ds), q, PRECISION, INTERP) * scale
         ptr = (n * H + h) * F * D + rf[:, None] * D + rd[None, :]  # contiguous (N, heads, F, d)
@@ -146,9 +128,9 @@ def track_attention_bwd(Q, K, V, QP, KP, G, DO, DDIAG, DQ, DK, DV, DQP, DKP, DG,
         tl.store(DV + ptr, dv.to(DV.dtype.element_ty), mask=m2)
         if USE_GATE:
             dap = g * dt
-            dsp = (ap * (dap - _sum(dap * ap, 1, INTERP)[:, None])).to(q.dtype)
+            dsp = (ap * (dap - tl.sum(dap * ap, 1)[:, None])).to(q.dtype)
             dqp = _dot(dsp, kp, PRECISION, INTERP) * scale
             dkp = _dot(tl.trans(dsp), qp, PRECISION, INTERP) * scale
             tl.store(DQP + ptr, dqp.to(DQP.dtype.element_ty), mask=m2)
             tl.store(DKP + ptr, dkp.to(DKP.dtype.element_ty), mask=m2)
-            tl.store(DG + seq, _sum(_sum(dt * ap, 1, INTERP), 0, INTERP), mask=live)
+            tl.store(DG + seq, tl.sum(tl.sum(dt * ap, 1), 0), mask=live)
