@@ -60,7 +60,7 @@ def kernel_checks(device, shapes, kernels, dtypes=(torch.float32, torch.bfloat16
                     if mode == "gated":
                         kw["gate"] = gate.clone().requires_grad_(True)
                         leaves.append(kw["gate"])
-                    o, d, _ = track_attention(*leaves[:5], kernel=kernel, with_diag=True, **kw)
+                    o, d = track_attention(*leaves[:5], kernel=kernel, with_diag=True, **kw)[:2]
                     grads = torch.autograd.grad((o.float() * w_out).sum() + (d * w_diag).sum(), leaves)
                     return o, d, grads
 
@@ -93,7 +93,7 @@ def kernel_timings(device, shape, dtype=torch.bfloat16, repeats: int = 10) -> di
             track_attention(*xs, gate=gate, kernel=kernel, with_diag=True)
 
     def fwd_bwd(kernel):
-        o, d, _ = track_attention(*xs, gate=gate, kernel=kernel, with_diag=True)
+        o, d = track_attention(*xs, gate=gate, kernel=kernel, with_diag=True)[:2]
         torch.autograd.grad(o.float().sum() + d.sum(), [*xs, gate])
 
     def ms(fn, kernel):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import track_attention
+from .configs import alpha_at
 
 __all__ = ["AttentionKnobs", "CollectedMap", "ForwardState", "TrackAdapterProcessor", "TrackContext",
            "install_track_adapters", "remove_track_adapters", "restore_track_adapters", "temporal_attn1_paths"]
@@ -43,6 +44,7 @@ class AttentionKnobs:
     [W′_q | W′_k] on f (weights concatenated per call, so each Linear keeps its own gradient)."""
 
     alpha: float = 0.2
+    alpha_frames: int | None = None
     tau: float | None = None
     mode: str = "gated"
     motion: float = 1.0
@@ -59,7 +61,8 @@ class ForwardState:
     feature (B·F, C, h0, w0) — without a trunk the adapters act as diffusers' stock processor;
     ``collect``: record each layer's diag(A) into ``collected`` (layer path → :class:`CollectedMap`);
     ``features``: the encoder features computed so far, (width, h, w) → (B·h·w, F, width), shared
-    by the layers of one width and grid.
+    by the layers of one width and grid; ``hits``: layer path → the fraction of its A′ entries
+    ≥ α in this forward (0-dim tensors, detached).
     """
 
     batch: int
@@ -71,6 +74,7 @@ class ForwardState:
     collect: bool = False
     features: dict[tuple[int, int, int], torch.Tensor] = field(default_factory=dict)
     collected: dict[str, CollectedMap] = field(default_factory=dict)
+    hits: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
@@ -80,7 +84,7 @@ class ForwardState:
         """This state for running a block again (activation checkpointing re-runs it in backward):
         the features computed so far — the same tensors, so the re-run repeats the same operations —
         and a scratch ``collected`` (the loss already holds the first run's maps)."""
-        return dataclasses.replace(self, features=dict(self.features), collected={})
+        return dataclasses.replace(self, features=dict(self.features), collected={}, hits={})
 
     def grid_for(self, sequences: int) -> tuple[int, int]:
         """The (h, w) of a layer whose temporal attention sees ``sequences`` = B·h·w rows."""
@@ -114,20 +118,24 @@ class TrackContext:
     :class:`CollectedMap`) holds the maps of the last forward until the next :meth:`begin`.
     """
 
-    def __init__(self, *, alpha: float = 0.2, tau: float | None = None, mode: str = "gated",
-                 motion: float = 1.0, mask_value: float = -1.0e4) -> None:
-        self.alpha, self.tau, self.mode, self.motion, self.mask_value = alpha, tau, mode, motion, mask_value
+    def __init__(self, *, alpha: float = 0.2, alpha_frames: int | None = None, tau: float | None = None,
+                 mode: str = "gated", motion: float = 1.0, mask_value: float = -1.0e4) -> None:
+        self.alpha, self.alpha_frames, self.tau, self.mode = alpha, alpha_frames, tau, mode
+        self.motion, self.mask_value = motion, mask_value
         self.kernel = "explicit"  # one of attention.KERNELS; benchmarks/gpu_suite.py times the others
         self.fused_projections = False
         self.state: ForwardState | None = None
         self.collected: dict[str, CollectedMap] = {}
+        self.hits: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, cfg) -> "TrackContext":
-        return cls(alpha=cfg.alpha, tau=cfg.tau, mode=cfg.mode, motion=cfg.motion, mask_value=cfg.mask_value)
+        return cls(alpha=cfg.alpha, alpha_frames=cfg.alpha_frames, tau=cfg.tau, mode=cfg.mode, motion=cfg.motion,
+                   mask_value=cfg.mask_value)
 
     def knobs(self) -> AttentionKnobs:
-        return AttentionKnobs(alpha=self.alpha, tau=self.tau, mode=self.mode, motion=self.motion,
+        return AttentionKnobs(alpha=self.alpha, alpha_frames=self.alpha_frames, tau=self.tau, mode=self.mode,
+                              motion=self.motion,
                               mask_value=self.mask_value, kernel=self.kernel,
                               fused_projections=self.fused_projections)
 
@@ -142,9 +150,10 @@ class TrackContext:
                 raise ValueError(f"trajectory feature has (B·F, h, w) = {got}, the sample needs {expect}")
             if encoder is None:
                 raise ValueError("a trunk feature needs the encoder that projects it")
-        self.collected = {}
+        self.collected, self.hits = {}, {}
         self.state = ForwardState(batch=batch, frames=frames, latent_hw=tuple(latent_hw), knobs=self.knobs(),
-                                  encoder=encoder, trunk=trunk, collect=collect, collected=self.collected)
+                                  encoder=encoder, trunk=trunk, collect=collect, collected=self.collected,
+                                  hits=self.hits)
         return self.state
 
     def end(self) -> None:
@@ -171,7 +180,7 @@ class TrackAdapterProcessor(nn.Module):
     processor's, except that ``collect`` also records the plain attention's diag(A).
     """
 
-    def __init__(self, attn, context: TrackContext, *, name: str = "", gate_init: float = 0.0) -> None:
+    def __init__(self, attn, context: TrackContext, *, name: str = "", gate_init: float = 1.0) -> None:
         super().__init__()
         from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -210,10 +219,12 @@ class TrackAdapterProcessor(nn.Module):
             f = state.feature(self.width, grid).to(self.to_q_prime.weight.dtype)
             qp, kp = (split(x).to(q.dtype) for x in _project(f, (self.to_q_prime, self.to_k_prime),
                                                               knobs.fused_projections, self.name))
-            out, diag, _ = track_attention(
-                q, k, v, qp, kp, alpha=knobs.alpha, tau=knobs.tau, mode=knobs.mode,
-                gate=self.gate if knobs.mode == "gated" else None, motion=knobs.motion,
-                mask_value=knobs.mask_value, kernel=knobs.kernel, with_diag=state.collect)
+            result = track_attention(
+                q, k, v, qp, kp, alpha=alpha_at(knobs.alpha, knobs.alpha_frames, frames), tau=knobs.tau,
+                mode=knobs.mode, gate=self.gate if knobs.mode == "gated" else None, motion=knobs.motion,
+                mask_value=knobs.mask_value, kernel=knobs.kernel, with_diag=state.collect, with_hits=True)
+            out, diag = result.out, result.diag
+            state.hits[self.name] = result.hits.detach()
         else:  # collecting without trajectories: plain attention, explicit map
             a = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(q.shape[-1]), dim=-1)
             out, diag = torch.matmul(a.to(v.dtype), v), a.diagonal(dim1=-2, dim2=-1)
@@ -286,7 +297,7 @@ def install_track_adapters(unet, context: TrackContext, cfg=None, *, expected: i
         expected = expected_temporal_layers(dict(unet.config))
     if len(paths) != expected:
         raise ValueError(f"found {len(paths)} temporal attn1 layers, the UNet config implies {expected}")
-    gate_init = 0.0 if cfg is None else cfg.gate_init
+    gate_init = 1.0 if cfg is None else cfg.gate_init
     adapters = {}
     for path in paths:
         attn = unet.get_submodule(path)

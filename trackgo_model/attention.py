@@ -6,10 +6,13 @@ Paper rule (Eq. 2–4):
     A′ = softmax(Q′K′ᵀ/√d),   AM_ij = mask_value (−10⁴) where A′_ij ≥ α, τ elsewhere,
     A  = softmax(QKᵀ/√d + AM),  O = (A + A′)·V                                  (mode="paper")
 
-Default (mode="gated"): O = A·V + g·(A′·V) with a per-head gate g (zero-initialised in the
-adapter). A fresh encoder emits one constant vector (see trackgo_model.encoder), so A′ is exactly
-uniform, its mask row constant, and with g = 0 a freshly wrapped UNet computes exactly what SVD
-computes.
+Gated (mode="gated"): O = A·V + g·(A′ − 1/F)·V with a per-head gate g. The paper's extra term
+A′·V less its value for a uniform A′ (the temporal mean of V): a fresh encoder emits one constant
+vector (see trackgo_model.encoder), so A′ is exactly uniform, its mask row constant, and a freshly
+wrapped UNet computes exactly what SVD computes — whatever g is. The gate starts at 1 (the
+adapter's ``gate_init``), so W′ and the encoder get gradient from the first step; with g = 1 the
+rule is the paper's minus its constant shift, O = (A + A′)·V − mean_j V_j, and the total
+attention A″ = A + g·(A′ − 1/F) keeps rows summing to 1.
 
 Two interpretations, both exact consequences of softmax's shift invariance (spec §9):
 
@@ -20,9 +23,9 @@ Two interpretations, both exact consequences of softmax's shift invariance (spec
   mask_value and τ matters: τ = mask_value turns masking off, τ = 0 is the strongest masking.
 * Unspecified-region motion strength ``motion`` = m ≥ 0. A row i is *unspecified* when its mask
   is constant (for F > 5 that is "no entry of A′ reaches α": the user gave no trajectory there
-  and the literal rule cannot act). In such rows the total attention A″ = A + g·A′ (gated) or
-  A + A′ (paper), whose row sum is s = 1 + g (resp. 2), is blended toward the uniform row of the
-  same mass: A″_i ← m·A″_i + (1 − m)·s/F. The output there becomes m·O_i + (1 − m)·s·mean_j V_j,
+  and the literal rule cannot act). In such rows the total attention A″ = A + g·(A′ − 1/F)
+  (gated) or A + A′ (paper), whose row sum is s = 1 (resp. 2), is blended toward the uniform row
+  of the same mass: A″_i ← m·A″_i + (1 − m)·s/F. The output there becomes m·O_i + (1 − m)·s·mean_j V_j,
   so at a position whose rows are all unspecified the temporal variance of the attention output
   scales by exactly m²: m = 1 is unchanged, m = 0 freezes the unspecified region (every frame gets
   the temporal mean), m > 1 amplifies its motion (extrapolation; weights can turn negative).
@@ -48,11 +51,14 @@ class TrackAttention(NamedTuple):
     out: (B, heads, F, d) in v's dtype. diag: diag(A) (B, heads, F) fp32, differentiable — all the
     attention loss reads — when ``with_diag``. maps: (A, A′), each (B, heads, F, F) fp32, when
     ``with_maps``; A is the masked original-branch map of Eq. 4, before the motion blend.
+    hits: the fraction of A′ entries ≥ α (where the mask acts), a 0-dim fp32 tensor, when
+    ``with_hits``.
     """
 
     out: torch.Tensor
     diag: torch.Tensor | None = None
     maps: tuple[torch.Tensor, torch.Tensor] | None = None
+    hits: torch.Tensor | None = None
 
 
 def track_attention(
@@ -71,6 +77,7 @@ def track_attention(
     kernel: str = "explicit",
     with_diag: bool = False,
     with_maps: bool = False,
+    with_hits: bool = False,
 ) -> TrackAttention:
     """TrackAdapter temporal attention (see the module docstring for the exact rules).
 
@@ -79,8 +86,8 @@ def track_attention(
         q_prime, k_prime: (B, heads, F, d) adapter-branch query/key (from the encoder feature f).
         alpha: A′ threshold of Eq. 3.
         tau: mask value where A′ < α (None → 0).
-        mode: ``"gated"`` (O = A·V + g·A′·V; ``gate=None`` means g = 0 and skips the A′·V term)
-            or ``"paper"`` (O = (A + A′)·V; ``gate`` must be None).
+        mode: ``"gated"`` (O = A·V + g·(A′ − 1/F)·V; ``gate=None`` means g = 0 and skips the
+            term) or ``"paper"`` (O = (A + A′)·V; ``gate`` must be None).
         gate: scalar or (heads,) tensor, gated mode only.
         motion: unspecified-region motion strength m ≥ 0.
         kernel: how it is computed, one of :data:`KERNELS` — the same function, the speed differs
@@ -93,6 +100,7 @@ def track_attention(
             (:mod:`trackgo_model.fused_attention`; no ``with_maps``).
         with_diag: also compute diag(A) (``TrackAttention.diag``).
         with_maps: also return the full maps (``TrackAttention.maps``).
+        with_hits: also return the fraction of A′ entries ≥ α (``TrackAttention.hits``).
 
     Returns:
         :class:`TrackAttention`.
@@ -104,8 +112,9 @@ def track_attention(
     g = 1.0 if mode == "paper" else (None if gate is None else _as_head_gate(gate, heads, v))
     # AM − τ is a constant shift per row: only the gap mask_value − τ matters (module docstring)
     gap = float(mask_value) - (0.0 if tau is None else float(tau))
-    want_hit = motion != 1.0
+    want_hit = motion != 1.0 or with_hits
     diag = maps = None
+    centred = mode == "paper" or g is None  # the gated rule's −g·mean_j V_j still to subtract?
     if kernel == "triton":
         from .fused_attention import triton_track_attention
 
@@ -114,17 +123,22 @@ def track_attention(
     elif kernel != "sdpa" or with_maps or with_diag:
         run = _compiled_kernel() if kernel == "compiled" else _explicit_kernel
         extra = "diag" if with_diag else ("maps" if with_maps else None)
-        out, got, n_hit = run(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale, extra, want_hit)
+        centre = 1.0 / q.shape[2] if mode == "gated" else 0.0
+        out, got, n_hit = run(q, k, v, q_prime, k_prime, g, float(alpha), gap, scale, extra, want_hit, centre)
         diag, maps = (got, None) if with_diag else (None, got)
+        centred = True
     else:
         a_prime, hit, am = _adapter_branch(q_prime, k_prime, float(alpha), gap, scale)
         n_hit = hit.sum(dim=-1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=am.to(q.dtype))
         if g is not None:
             out = out + g * torch.matmul(a_prime.to(v.dtype), v)
-    if want_hit:
-        out = _blend_unspecified(out, v, n_hit, motion, mass=1.0 if g is None else 1.0 + g)
-    return TrackAttention(out, diag, maps)
+    if not centred:  # the triton and SDPA paths computed A·V + g·A′·V
+        out = out - g * v.mean(dim=-2, keepdim=True)
+    if motion != 1.0:
+        out = _blend_unspecified(out, v, n_hit, motion, mass=2.0 if mode == "paper" else 1.0)
+    hits = n_hit.sum().float() / (n_hit.numel() * q.shape[2]) if with_hits else None
+    return TrackAttention(out, diag, maps, hits)
 
 
 def _check_arguments(q, k, v, q_prime, k_prime, *, mode, gate, motion, kernel, with_diag, with_maps) -> None:
@@ -160,7 +174,7 @@ def _blend_unspecified(out: torch.Tensor, v: torch.Tensor, n_hit: torch.Tensor, 
                        mass: torch.Tensor | float) -> torch.Tensor:
     """The motion knob: rows whose mask is constant (every entry on the same side of α; n_hit
     (B, heads, F) is 0 or F) become m·O_i + (1 − m)·mass·mean_j V_j, ``mass`` the row sum of the
-    total attention (1 + g, or 2 in paper mode)."""
+    total attention (1 in gated mode, 2 in paper mode)."""
     frames = v.shape[-2]
     unspecified = ((n_hit == 0) | (n_hit == frames)).unsqueeze(-1)  # (B, heads, F, 1)
     blended = motion * out + (1.0 - motion) * mass * v.mean(dim=-2, keepdim=True)
@@ -181,11 +195,12 @@ def _adapter_branch(q_prime: torch.Tensor, k_prime: torch.Tensor, alpha: float, 
 
 def _explicit_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prime: torch.Tensor,
                      k_prime: torch.Tensor, g: torch.Tensor | float | None, alpha: float, gap: float,
-                     scale: float, extra: str | None = None, want_hit: bool = True):
+                     scale: float, extra: str | None = None, want_hit: bool = True, centre: float = 0.0):
     """Explicit path on (B, heads, F, d) inputs → (out (B, heads, F, d), extra, hits per row
     (B, heads, F) or None).
 
-    A and A′ in fp32; one matmul with A″ = A + g·A′ (just A when g is None). ``extra``: None,
+    A and A′ in fp32; one matmul with A″ = A + g·(A′ − centre) (just A when g is None; centre is
+    1/F in gated mode, 0 in paper mode). ``extra``: None,
     ``"diag"`` (diag(A), (B, heads, F)) or ``"maps"`` ((A, A′), each (B, heads, F, F)); the hit
     counts only with ``want_hit``. A compiled kernel thus writes out no map nobody reads."""
     a_prime, hit, am = _adapter_branch(q_prime, k_prime, alpha, gap, scale)
@@ -193,7 +208,7 @@ def _explicit_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_prime:
     if g is None:
         total = a
     else:
-        total = a + (g.float() if isinstance(g, torch.Tensor) else g) * a_prime
+        total = a + (g.float() if isinstance(g, torch.Tensor) else g) * (a_prime - centre)
     out = torch.matmul(total.to(v.dtype), v)
     n_hit = hit.sum(dim=-1) if want_hit else None
     if extra == "diag":

@@ -174,13 +174,24 @@ class KernelConfig:
             raise ValueError(f"kernels.attention must be one of {ATTENTION_KERNELS}, got {self.attention!r}")
 
 
+def alpha_at(alpha: float, alpha_frames: int | None, frames: int) -> float:
+    """α at ``frames`` frames: ``alpha`` itself, or α·F_ref/F (≤ 1) when ``alpha_frames`` = F_ref."""
+    return alpha if alpha_frames is None else min(1.0, alpha * alpha_frames / frames)
+
+
 @dataclass
 class TrackGoConfig:
     """Everything that turns a SVD UNet into TrackGo.
 
     alpha: threshold on A′ that masks the original branch (paper: 0.2).
-    mode: ``gated`` (default; O = A·V + g·A′·V with a per-head gate g initialised to
-        ``gate_init`` = 0, so a fresh model is exactly SVD) or ``paper`` (O = (A + A′)·V).
+    alpha_frames: None — α is used as given at every clip length F (the paper's rule as written);
+        an int F_ref — α is the threshold at F_ref frames and scales as α·F_ref/F (capped at 1),
+        so the mask picks entries the same multiple of a uniform row (1/F) at every length. The
+        paper trains at 25 frames, where 0.2 is 5× uniform; ``alpha_frames: 25`` keeps that
+        selectivity for shorter clips (at 8 frames: 0.625).
+    mode: ``gated`` (default; O = A·V + g·(A′ − 1/F)·V with a per-head gate g, initialised to
+        ``gate_init`` = 1: a fresh model is exactly SVD whatever g is, since a fresh encoder makes
+        A′ uniform) or ``paper`` (O = (A + A′)·V).
     tau: value of the attention mask where A′ < α (None → 0, the paper's training setting).
     motion: unspecified-region motion strength m ≥ 0 (1 = unchanged; see adapter.track_attention).
     mask_value: the "−∞" of Eq. 3 (−10⁴, safe in fp16/bf16).
@@ -188,11 +199,12 @@ class TrackGoConfig:
     """
 
     alpha: float = 0.2
+    alpha_frames: int | None = None
     mode: str = "gated"
     tau: float | None = None
     motion: float = 1.0
     mask_value: float = -1.0e4
-    gate_init: float = 0.0
+    gate_init: float = 1.0
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     attn_loss: AttnLossConfig = field(default_factory=AttnLossConfig)
     trainable: tuple[str, ...] = TRAINABLE_GROUPS
@@ -205,6 +217,8 @@ class TrackGoConfig:
         self.trainable = tuple(self.trainable)
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+        if self.alpha_frames is not None and self.alpha_frames < 2:
+            raise ValueError(f"alpha_frames must be None or >= 2, got {self.alpha_frames}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.motion < 0:
@@ -212,6 +226,10 @@ class TrackGoConfig:
         unknown = sorted(set(self.trainable) - set(PARAMETER_GROUPS))
         if unknown:
             raise ValueError(f"unknown trainable group(s) {unknown}; known: {PARAMETER_GROUPS}")
+
+    def alpha_at(self, frames: int) -> float:
+        """The threshold α at a clip of ``frames`` frames (see ``alpha_frames``)."""
+        return alpha_at(self.alpha, self.alpha_frames, frames)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "TrackGoConfig":

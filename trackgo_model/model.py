@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "trackgo_config.json"
 WEIGHTS_NAME = "trackgo.safetensors"
-FORMAT = "trackgo-checkpoint-v1"
+FORMAT = "trackgo-checkpoint-v2"
+#: v1 wrote the gated rule as O = A·V + g·A′·V; its paper-mode files compute what v2 computes
+FORMAT_V1 = "trackgo-checkpoint-v1"
 
 
 def build_unet(preset_or_config: str | dict[str, Any] = "tiny", device: str | torch.device = "meta",
@@ -173,6 +175,10 @@ class TrackGoUNet(nn.Module):
     def attention_maps(self) -> list:
         """``CollectedMap``s of the last forward with ``collect_attention=True`` (model order)."""
         return [self.context.collected[p] for p in self.adapters if p in self.context.collected]
+
+    def mask_hits(self) -> dict[str, float]:
+        """{layer path: fraction of its A′ entries ≥ α} in the last forward with trajectories."""
+        return {p: float(self.context.hits[p]) for p in self.adapters if p in self.context.hits}
 
     def attention_loss(self, motion_masks: torch.Tensor | None = None) -> torch.Tensor:
         """Unweighted L_attn (Eq. 8) of the last collected maps; multiply by ``cfg.attn_loss.weight``."""
@@ -338,7 +344,10 @@ def read_trackgo_config(directory: str | Path) -> dict[str, Any]:
             f"(supply a directory written by save_trackgo / `trackgo train`)"
         )
     meta = json.loads((directory / CONFIG_NAME).read_text())
-    if meta.get("format") != FORMAT:
+    if meta.get("format") == FORMAT_V1 and meta.get("trackgo", {}).get("mode") != "paper":
+        raise ValueError(f"{directory}: a {FORMAT_V1} checkpoint of the gated rule O = A·V + g·A′·V, which is now "
+                         f"O = A·V + g·(A′ − 1/F)·V; its weights do not carry over: train it again")
+    if meta.get("format") not in (FORMAT, FORMAT_V1):
         raise ValueError(f"{directory / CONFIG_NAME}: format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
 

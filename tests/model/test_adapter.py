@@ -13,7 +13,9 @@ from trackgo_model.model import build_unet
 
 
 def reference(q, k, v, qp, kp, *, alpha=0.2, tau=None, mode="gated", gate=None, motion=1.0, mask_value=-1.0e4):
-    """Literal rule, python loops over batch/head/i/j, float64. Returns (out, A, A′)."""
+    """Literal rule, python loops over batch/head/i/j, float64. Returns (out, A, A′).
+
+    paper: A″ = A + A′; gated: A″ = A + g·(A′ − 1/F)."""
     q, k, v, qp, kp = (x.detach().double() for x in (q, k, v, qp, kp))
     bsz, heads, frames, d = q.shape
     out = torch.zeros_like(v)
@@ -39,7 +41,8 @@ def reference(q, k, v, qp, kp, *, alpha=0.2, tau=None, mode="gated", gate=None, 
                      for j in range(frames)]
                 e = [math.exp(x - max(s)) for x in s]
                 a = [x / sum(e) for x in e]
-                row = [a[j] + g * ap[j] for j in range(frames)]
+                centre = 0.0 if mode == "paper" else 1.0 / frames
+                row = [a[j] + g * (ap[j] - centre) for j in range(frames)]
                 if motion != 1.0 and all(m == mask[0] for m in mask):  # unspecified row
                     mass = sum(row)
                     row = [motion * x + (1.0 - motion) * mass / frames for x in row]
@@ -187,7 +190,7 @@ def test_adapter_weights_start_as_copies():
         assert torch.equal(proc.to_q_prime.weight, attn.to_q.weight)
         assert torch.equal(proc.to_k_prime.weight, attn.to_k.weight)
         assert proc.to_q_prime.weight.data_ptr() != attn.to_q.weight.data_ptr()
-        assert torch.equal(proc.gate, torch.zeros(attn.heads))
+        assert torch.equal(proc.gate, torch.ones(attn.heads))  # gated rule: g starts at 1
 
 
 def test_grid_inference_with_odd_latents():

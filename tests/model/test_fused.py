@@ -49,7 +49,8 @@ def run(xs, case, kernel, *, weights):
     if isinstance(kw.get("gate"), torch.Tensor):
         kw["gate"] = kw["gate"].to(xs[0].device).clone().requires_grad_(True)
         xs.append(kw["gate"])
-    out, diag, _ = track_attention(*xs[:5], kernel=kernel, with_diag=True, **kw)
+    result = track_attention(*xs[:5], kernel=kernel, with_diag=True, **kw)
+    out, diag = result.out, result.diag
     loss = (out.float() * weights[0]).sum() + (diag * weights[1]).sum()
     grads = torch.autograd.grad(loss, xs, allow_unused=True)
     return out, diag, grads

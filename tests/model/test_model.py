@@ -225,3 +225,57 @@ def test_count_params_svd_xt_and_tiny():
     assert tiny["num_adapters"] == 4
     assert tiny["added_params"] == _expected_added(TrackGoConfig(), [(32, 2, 3), (64, 4, 1)])
     assert tiny["unet_params"] == sum(p.numel() for p in build_unet("tiny", device="meta").parameters())
+
+
+@pytest.mark.parametrize("gate_init, learns", [(1.0, True), (0.0, False)])
+def test_fresh_gated_model_is_exact_and_its_encoder_learns_from_step_one(bare_unet, gate_init, learns):
+    """O = A·V + g·(A′ − 1/F)·V: a fresh encoder makes A′ uniform, so the output is the bare UNet's
+    for any g; with g ≠ 0 the encoder's heads get gradient at once (g = 0 blocks it)."""
+    sample, t, ehs, ati, p = inputs(5)
+    ref = bare_unet(sample, t, ehs, ati).sample.detach()
+    model = wrapped(bare_unet, TrackGoConfig(mode="gated", gate_init=gate_init))
+    out = model(sample, t, ehs, ati, trajectories=p)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    (out * torch.randn_like(out)).sum().backward()
+    head_grad = sum(float(h.weight.grad.abs().sum()) for h in model.encoder.heads.values())
+    assert (head_grad > 1e-6) is learns
+
+
+def test_mask_hits_follow_alpha_and_its_frame_scaling(bare_unet):
+    from trackgo_model.attention import track_attention
+
+    sample, t, ehs, ati, p = inputs(6)
+    model = wrapped(bare_unet, TrackGoConfig(mode="paper"))
+    activate(model)
+    with torch.no_grad():
+        model(sample, t, ehs, ati, trajectories=p)
+    plain = model.mask_hits()
+    assert set(plain) == set(model.adapters) and all(0.0 <= h <= 1.0 for h in plain.values())
+    assert max(plain.values()) > 0.0
+    scaled = wrapped(bare_unet, TrackGoConfig(mode="paper", alpha_frames=8))  # α·8/F = 0.4 at F = 4
+    scaled.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        scaled(sample, t, ehs, ati, trajectories=p)
+    assert all(scaled.mask_hits()[k] <= plain[k] for k in plain) and scaled.mask_hits() != plain
+    assert TrackGoConfig(alpha=0.2, alpha_frames=25).alpha_at(8) == pytest.approx(0.625)
+    assert TrackGoConfig(alpha=0.2, alpha_frames=25).alpha_at(2) == 1.0
+    assert TrackGoConfig(alpha=0.2).alpha_at(8) == 0.2
+    # the hit fraction is the share of A′ entries ≥ α
+    g = torch.Generator().manual_seed(0)
+    q, k, v, qp, kp = (torch.randn(2, 3, 5, 4, generator=g) * 3 for _ in range(5))
+    res = track_attention(q, k, v, qp, kp, mode="paper", alpha=0.3, with_hits=True, with_maps=True)
+    assert float(res.hits) == pytest.approx(float((res.maps[1] >= 0.3).float().mean()))
+
+
+def test_v1_checkpoints_load_in_paper_mode_only(bare_unet, tmp_path):
+    from trackgo_model.model import CONFIG_NAME, FORMAT_V1
+
+    for mode in ("paper", "gated"):
+        model = wrapped(bare_unet, TrackGoConfig(mode=mode))
+        folder = model.save_trackgo(tmp_path / mode)
+        meta = json.loads((folder / CONFIG_NAME).read_text())
+        meta["format"] = FORMAT_V1
+        (folder / CONFIG_NAME).write_text(json.dumps(meta))
+    assert read_trackgo_config(tmp_path / "paper")["format"] == FORMAT_V1
+    with pytest.raises(ValueError, match="train it again"):
+        read_trackgo_config(tmp_path / "gated")

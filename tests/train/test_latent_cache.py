@@ -50,3 +50,21 @@ def test_training_with_the_cache_matches_training_without(tiny_shards, tiny_mode
     b = ck.load_tensors(ck.latest_checkpoint(tmp_path / "cached"), "trainable.safetensors")
     assert sorted(a) == sorted(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_vae_identity_is_the_model_not_the_folder(tiny_model_dir, tmp_path):
+    """The same VAE saved in two folders (a stage's base model and its init model) shares cache
+    entries; other weights do not."""
+    import torch
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    from trackgo_model.train.latent_cache import vae_identity
+
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(tiny_model_dir / "vae")
+    vae.save_pretrained(tmp_path / "elsewhere" / "vae")
+    copy = AutoencoderKLTemporalDecoder.from_pretrained(tmp_path / "elsewhere" / "vae")
+    assert dict(copy.config)["_name_or_path"] != dict(vae.config)["_name_or_path"]
+    assert vae_identity(copy) == vae_identity(vae)
+    with torch.no_grad():
+        next(copy.parameters()).add_(1e-3)
+    assert vae_identity(copy) != vae_identity(vae)

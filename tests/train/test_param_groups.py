@@ -68,3 +68,32 @@ def test_paper_mode_export_has_no_gates_and_loads_older_files(bare_unet, tmp_pat
     assert sorted(load_file(str(tmp_path / "ck2" / "trackgo.safetensors"))) == sorted(tensors)
     with pytest.raises(ValueError, match="keys"):
         model.save_trackgo(tmp_path / "ck3", tensors={**tensors, **model.gates()})
+
+
+@pytest.mark.parametrize("mode", ["paper", "gated"])
+def test_optimizer_groups_carry_their_learning_rates(bare_unet, mode):
+    from types import SimpleNamespace
+
+    from trackgo_model.train.memory import make_optimizer, parameter_groups
+
+    model = _model(bare_unet, mode)
+    params = model.freeze_for_training()
+    groups = parameter_groups(model, model.cfg.trainable, {"temporal_qkv": 1e-2, "gate": 5e-2}, 1e-3)
+    names = [g["name"] for g in groups]
+    assert names == (["encoder", "adapter", "gate", "temporal_qkv"] if mode == "gated"
+                     else ["encoder", "adapter", "temporal_qkv"])
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["encoder"] == lrs["adapter"] == 1e-3 and lrs["temporal_qkv"] == 1e-2
+    assert lrs.get("gate", 5e-2) == 5e-2
+    # every trainable parameter in exactly one group, gates only in "gate", q/k/v only in "temporal_qkv"
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in params)
+    by_id = {id(p): k for k, p in model.named_group_parameters().items()}
+    for g in groups:
+        keys = [by_id[id(p)] for p in g["params"]]
+        assert all(k.endswith(".gate") == (g["name"] == "gate") for k in keys)
+        assert all((".to_q." in k or ".to_k." in k or ".to_v." in k) == (g["name"] == "temporal_qkv") for k in keys)
+    cfg = SimpleNamespace(optim=SimpleNamespace(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, eps=1e-8,
+                                                optimizer="adamw"), distributed="ddp")
+    opt = make_optimizer(groups, cfg)
+    assert [pg["lr"] for pg in opt.param_groups] == [g["lr"] for g in groups]

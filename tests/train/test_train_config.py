@@ -119,6 +119,13 @@ def test_bad_values_are_rejected():
         load_train_config("no-such-config")
     with pytest.raises(ConfigError, match="fsdp_version"):
         load_train_config("tiny-cpu", ["distributed=fsdp", "fsdp_version=3"])
+    with pytest.raises(ConfigError, match="model.trajectories=false"):  # a base model without P
+        load_train_config("tiny-cpu", ["model.trainable=[unet]"])
+    assert load_train_config("tiny-cpu", ["model.trainable=[unet]", "model.trajectories=false"]).model.trainable == ("unet",)
+    with pytest.raises(ConfigError, match="unknown group"):
+        load_train_config("tiny-cpu", ["optim.group_lr={gates: 1.0e-2}"])
+    with pytest.raises(ConfigError, match="> 0"):
+        load_train_config("tiny-cpu", ["optim.group_lr={gate: 0}"])
 
 
 def test_missing_svd_path_is_one_clear_error(monkeypatch, caplog):

@@ -81,6 +81,13 @@ def test_overfit_changes_only_trainable_and_exports(tiny_shards, tiny_model_dir,
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(1, 25))
     assert {"loss", "loss_mse", "loss_attn", "lr", "grad_norm", "samples_per_s"} <= set(lines[0])
+    # per temporal layer: the mask's hit fraction and, in gated mode, the mean gate
+    layers = len(comp.model.adapters)
+    assert {f"mask_hits/{i}" for i in range(layers)} <= set(lines[-1])
+    assert all(0.0 <= lines[-1][f"mask_hits/{i}"] <= 1.0 for i in range(layers))
+    if comp.model.cfg.mode == "gated":
+        gates = [float(a.gate.detach().mean()) for a in comp.model.adapters.values()]
+        assert [lines[-1][f"gate/{i}"] for i in range(layers)] == pytest.approx(gates)
     assert list((run / "tb").glob("events.out.tfevents.*"))
     vids = sorted((run / "val" / "step-000024").glob("*.mp4"))
     assert len(vids) == 2

@@ -29,7 +29,7 @@ from typing import Any
 from trackgo_data.config import ConfigError, apply_overrides, config_from_dict, load_yaml
 from trackgo_model.configs import KernelConfig
 
-from .memory import CHECKPOINTING, OPTIMIZERS
+from .memory import CHECKPOINTING, LR_GROUPS, OPTIMIZERS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SVD_PATH_ENV = "TRACKGO_SVD_PATH"
@@ -76,6 +76,9 @@ class ModelConfig:
             raise ValueError(f"model.checkpointing must be one of {CHECKPOINTING}, got {self.checkpointing!r}")
         if self.checkpointing != "diffusers" and not self.gradient_checkpointing:
             raise ValueError(f"model.checkpointing={self.checkpointing} needs model.gradient_checkpointing=true")
+        if "unet" in self.trainable and self.trajectories:
+            raise ValueError("model.trainable=[unet] trains a plain image-to-video base model: set "
+                             "model.trajectories=false (the adapters would run for nothing and stay untrained)")
 
 
 @dataclass
@@ -140,8 +143,16 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     # "adamw" (torch) or "adamw8bit" (bitsandbytes: 8-bit moments; trackgo_model.train.memory)
     optimizer: str = "adamw"
+    # Learning rate per parameter group (trackgo_model.train.memory.LR_GROUPS: encoder, adapter
+    # (W′_q, W′_k), gate, temporal_qkv, unet); a group not named here uses ``lr``.
+    group_lr: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.group_lr) - set(LR_GROUPS))
+        if unknown:
+            raise ValueError(f"optim.group_lr: unknown group(s) {unknown}; known: {list(LR_GROUPS)}")
+        if any(float(v) <= 0 for v in self.group_lr.values()):
+            raise ValueError("optim.group_lr: learning rates must be > 0")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"optim.scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.optimizer not in OPTIMIZERS:

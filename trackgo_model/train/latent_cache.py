@@ -26,8 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def vae_identity(vae: torch.nn.Module, length: int = 12) -> str:
-    """sha256 over the VAE's config, dtype and parameter bytes (what decides its latents)."""
-    h = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    """sha256 over the VAE's config, dtype and parameter bytes (what decides its latents).
+
+    Config entries that diffusers adds about the file rather than the model (``_name_or_path``,
+    ``_class_name``, … — names starting with ``_``) are left out: the same VAE read from another
+    folder has the same identity."""
+    config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, t in sorted(vae.state_dict().items()):
         h.update(name.encode())
         h.update(str(t.dtype).encode())

@@ -33,7 +33,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import (clip_gradients, fsdp_version, inference_context, make_accelerator, optimizer_step,
                           prepare_model)
-from .memory import make_optimizer
+from .memory import make_optimizer, parameter_groups
 from .state import TrainingState
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,8 @@ def _start(cfg: TrainConfig, resume: bool, components: Any | None) -> _Run:
         with accelerator.main_process_first():  # the main process creates the tiny model, the others then load it
             components = load_components(cfg, run_dir)
     params = prepare_model(components, cfg, device)
-    optimizer = make_optimizer(params, cfg)  # optim.optimizer: AdamW or 8-bit AdamW
+    groups = parameter_groups(components.model, components.model.cfg.trainable, cfg.optim.group_lr, cfg.optim.lr)
+    optimizer = make_optimizer(groups, cfg)  # optim.optimizer: AdamW or 8-bit AdamW
     # Not prepared: accelerate would step it once per process; here it steps once per optimizer step.
     scheduler = get_scheduler(cfg.optim.scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
                               num_training_steps=cfg.max_steps)
@@ -305,9 +306,21 @@ def _metrics(run: _Run, taken: _Step, seconds: float) -> dict[str, float]:
                "nonfinite_skipped": counters["nonfinite_skipped"], "corrupt_samples": counters["corrupt_samples"]}
     if taken.outcome.loss_scale is not None:
         metrics["loss_scale"] = taken.outcome.loss_scale
+    metrics.update(adapter_metrics(run.comp.model))
     if torch.cuda.is_available():
         metrics["gpu_mem_gib"] = torch.cuda.max_memory_allocated(run.accelerator.device) / 2**30
     return metrics
+
+
+def adapter_metrics(core) -> dict[str, float]:
+    """Per temporal layer i (model order): ``mask_hits/i``, the fraction of A′ entries ≥ α in the
+    step's last forward (0 when the mask never acts, and then the ablation without the mask is
+    the same function), and in gated mode ``gate/i``, the mean of its per-head gates."""
+    hits = core.mask_hits()
+    out = {f"mask_hits/{i}": hits[path] for i, path in enumerate(core.adapters) if path in hits}
+    if core.cfg.mode == "gated" and hits:
+        out.update({f"gate/{i}": float(a.gate.detach().float().mean()) for i, a in enumerate(core.adapters.values())})
+    return out
 
 
 def _record(run: _Run, step: int, metrics: dict[str, float], bar, callback) -> None:

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTING = ("diffusers", "temporal", "transformer")
 OPTIMIZERS = ("adamw", "adamw8bit")
+#: parameter groups that can have their own learning rate (optim.group_lr)
+LR_GROUPS = ("encoder", "adapter", "gate", "temporal_qkv", "unet")
 SCOPE_CLASS = {"temporal": "TemporalBasicTransformerBlock", "transformer": "TransformerSpatioTemporalModel"}
 
 
@@ -104,8 +106,22 @@ def disable_extra_checkpointing(model) -> None:
         del block.forward  # the class's forward again
 
 
-def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.Optimizer:
-    """The optimizer of ``cfg.optim`` (a :class:`~trackgo_model.train.config.TrainConfig`)."""
+def parameter_groups(core, groups: tuple[str, ...], group_lr: dict[str, float], lr: float) -> list[dict]:
+    """Optimizer parameter groups of the trainable ``groups`` of ``core`` (a TrackGoUNet), one per
+    entry of :data:`LR_GROUPS` that has parameters (the adapters' gates apart from W′), each with
+    its learning rate: ``group_lr[name]``, else ``lr``."""
+    buckets: dict[str, list[torch.nn.Parameter]] = {}
+    for group in groups:
+        for name, param in core.named_group_parameters((group,)).items():
+            key = "gate" if group == "adapter" and name.endswith(".gate") else group
+            buckets.setdefault(key, []).append(param)
+    return [{"params": buckets[name], "lr": float(group_lr.get(name, lr)), "name": name}
+            for name in LR_GROUPS if name in buckets]
+
+
+def make_optimizer(params: list[torch.nn.Parameter] | list[dict], cfg) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg.optim`` (a :class:`~trackgo_model.train.config.TrainConfig`) over
+    ``params``: parameters, or :func:`parameter_groups`."""
     optim = cfg.optim
     kw = dict(lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay, eps=optim.eps)
     name = getattr(optim, "optimizer", "adamw")
