@@ -12,7 +12,7 @@ diffusion loss's, on the median of ``batches`` training batches:
 
 Both gradients of a batch come from one draw of σ, noise and dropout (the same generator state).
 
-    trackgo train-calibrate --config svd-xt-paper model.svd_path=… data.shards=…
+    trackgo calibrate-attention --config svd-xt-paper model.svd_path=… data.shards=… [--batches 8 --ratio 1]
 """
 from __future__ import annotations
 

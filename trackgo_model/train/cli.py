@@ -45,11 +45,39 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from trackgo_data.config import ConfigError
+
+    from .calibrate import calibrate_attention_weight
+    from .config import load_train_config
+    from .data import MissingShardsError
+
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        if not cfg.model.tiny:
+            cfg.resolved_svd_path()
+        result = calibrate_attention_weight(cfg, batches=args.batches, ratio=args.ratio)
+    except (ConfigError, MissingShardsError) as exc:
+        log.error("%s", exc)
+        return 2
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train TrackGo on webdataset shards (accelerate; resumable)",
                               description="fine-tune TrackGo (encoder + adapters + temporal attention) on shards")
     add_arguments(p)
     p.set_defaults(func=_run)
+    c = subparsers.add_parser("calibrate-attention", help="λ of the attention loss from gradient norms at the "
+                              "model a run starts from (trackgo_model.train.calibrate)",
+                              description="print λ such that λ·‖∇L_attn‖ = ratio·‖∇L_mse‖ on the temporal W_q/W_k "
+                                          "(median over training batches), as one JSON line")
+    c.add_argument("--config", default="tiny-cpu", help="config name or a YAML path")
+    c.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    c.add_argument("--batches", type=int, default=8, help="training batches measured (median)")
+    c.add_argument("--ratio", type=float, default=1.0, help="wanted ‖λ·∇L_attn‖ / ‖∇L_mse‖")
+    c.set_defaults(func=_calibrate)
 
 
 def main(argv: list[str] | None = None) -> int:
