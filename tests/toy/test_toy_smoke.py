@@ -1,6 +1,7 @@
 """The whole toy chain at a few steps: every stage's product exists with the right shapes and keys,
-the results hold every row with finite numbers, a rerun skips every stage, and changed inputs are
-refused. Checks the plumbing, not the outcome (that is `make toy`)."""
+results.json has its schema (rows, references, intervals, paired differences, claims, end-to-end
+seconds), every generated clip and request is on disk, a rerun skips every stage, and changed
+inputs are refused. Checks the plumbing, not the outcome (that is `make toy`)."""
 from __future__ import annotations
 
 import json
@@ -21,17 +22,21 @@ SMOKE = [
     "eval_samples=1, data.val_holdout_shards=0]",
     "base_overrides=[max_steps=2, global_batch_size=2, data.batch_size=2, checkpoint_every=1, log_every=1]",
     "trackgo_overrides=[max_steps=2, global_batch_size=2, data.batch_size=2, checkpoint_every=1, log_every=1]",
-    "eval={num_clips: 2, num_inference_steps: 1, max_guidance_scale: 1.0, curve_clips: 1, side_by_side_clips: 1}",
+    "eval={num_clips: 2, num_inference_steps: 1, max_guidance_scale: 1.0, curve_clips: 1, side_by_side_clips: 1, "
+    "bootstrap_replicates: 100}",
+    "calibrate_batches=1",
 ]
+VARIANTS = ("trackgo", "no_attn_loss", "no_mask_no_loss", "gated")
 
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    from trackgo_model.toy.cli import ORDER, run
+    from trackgo_model.toy.cli import run
+    from trackgo_model.toy.stages import STAGES
     from trackgo_model.toy.config import load_toy_config
 
     cfg = load_toy_config("toy", [f"out={tmp_path_factory.mktemp('toy')}", *SMOKE])
-    return cfg, run(cfg, ORDER)
+    return cfg, run(cfg, STAGES)
 
 
 def test_every_stage_made_its_product(toy_run):
@@ -56,48 +61,75 @@ def test_every_stage_made_its_product(toy_run):
     assert list(unet.config.block_out_channels) == list(cfg.unet["block_out_channels"])
     moved = [k for k, v in unet.state_dict().items() if not np.allclose(v.numpy(), init.state_dict()[k].numpy())]
     assert moved  # the base stage trained the UNet (and exported it)
-    lam = float(load_train_config(cfg.trackgo_config).objective.attn_loss_weight)
+    lam = json.loads((out / "stages" / "calibrate.json").read_text())["product"]["weight"]
     assert lam > 0
-    expect = {"trackgo": ("paper", -1e4, lam), "no_mask": ("paper", 0.0, lam),
-              "no_attn_loss": ("paper", -1e4, 0.0), "gated": ("gated", -1e4, lam)}
-    for v, (mode, mask_value, lam) in expect.items():
+    expect = {"trackgo": ("paper", True, lam), "no_attn_loss": ("paper", True, 0.0),
+              "no_mask_no_loss": ("paper", False, 0.0), "gated": ("gated", True, lam)}
+    for v, (mode, masked, weight) in expect.items():
         steps = sorted((out / "trackgo" / v / "checkpoints").glob("checkpoint-*"))
         assert [p.name for p in steps] == ["checkpoint-000001", "checkpoint-000002"]
         meta = read_trackgo_config(steps[-1] / "trackgo")["trackgo"]
-        assert (meta["mode"], meta["mask_value"], meta["attn_loss"]["weight"]) == (mode, mask_value, lam)
-    for stage in ("videos", "data", "vae", "base", "trackgo", "eval"):
-        rec = json.loads((out / "stages" / f"{stage}.json").read_text())
-        assert rec["wall_s"] >= 0 and rec["cpu_s"] >= 0
+        assert meta["mode"] == mode and (meta["mask_value"] != 0.0) == masked
+        run_config = json.loads((out / "trackgo" / v / "config.json").read_text())
+        assert run_config["objective"]["attn_loss_weight"] == weight
+    walls = {}
+    for stage in ("videos", "data", "vae", "base", "calibrate", "trackgo", "eval"):
+        record = json.loads((out / "stages" / f"{stage}.json").read_text())
+        walls[stage] = record["wall_s"]
+        assert record["wall_s"] > 0 and record["cpu_s"] > 0, stage
+    seconds = json.loads((out / "results.json").read_text())["seconds"]
+    assert sum(walls.values()) - walls["eval"] < seconds <= sum(walls.values()) + 1
 
 
-def test_results_have_every_row(toy_run):
+def test_results_have_their_schema(toy_run):
     cfg, _ = toy_run
     out = cfg.out_path
     res = json.loads((out / "results.json").read_text())
-    assert set(res["rows"]) == {"base", "trackgo", "no_mask", "no_attn_loss", "gated"}
-    for row in res["rows"].values():
-        assert math.isfinite(row["objmc"]) and math.isfinite(row["psnr"]) and row["num_clips"] == 2
+    assert set(res["rows"]) == {"base", *VARIANTS}
+    assert set(res["references"]) == {"static", "vae_roundtrip", "real"}
+    for stats in [*res["rows"].values(), *res["references"].values()]:
+        for name in ("objmc", "gap_closed", "psnr"):
+            lo, hi = stats[f"{name}_ci95"]
+            assert math.isfinite(stats[name]) and lo <= stats[name] <= hi, name
+        assert 0.0 <= stats["lost_points"] <= 1.0 and stats["num_clips"] == 2
+    assert res["references"]["static"]["gap_closed"] == 0.0 and res["references"]["vae_roundtrip"]["gap_closed"] == 1.0
     # the metric itself: the real clip re-tracked sits far below a clip that does not move
-    assert res["reference"]["real"]["objmc"] < 0.5 * res["reference"]["static"]["objmc"]
-    assert set(res["objmc_vs_steps"]) == {"trackgo", "no_mask", "no_attn_loss", "gated"}
+    assert res["references"]["real"]["objmc"] < 0.5 * res["references"]["static"]["objmc"]
+    assert "trackgo-no_attn_loss" in res["differences"] and "trackgo-base" in res["differences"]
+    d = res["differences"]["trackgo-base"]
+    assert d["objmc"] == pytest.approx(res["rows"]["trackgo"]["objmc"] - res["rows"]["base"]["objmc"])
+    assert [c["better"] + ">" + c["than"] for c in res["claims"]] == [
+        "trackgo>no_mask_no_loss", "trackgo>no_attn_loss", "no_attn_loss>no_mask_no_loss"]
+    assert all(c["gap_closed"]["verdict"] in ("confirms", "refutes", "cannot tell") for c in res["claims"])
+    assert set(res["objmc_vs_steps"]) == set(VARIANTS)
     assert [s for s, _ in res["objmc_vs_steps"]["gated"]] == [0, 1, 2]
-    md = (out / "results.md").read_text()
-    assert "ObjMC @ 1" in md and "w/o attention loss" in md
-    for f in ("objmc_vs_steps.png", "side_by_side.mp4"):
-        assert (out / f).stat().st_size > 0
+    assert set(res["target"]) >= {"gap_closed", "gap_closed_ci95", "met", "objmc_ratio_to_base"}
+    keys = [c["key"] for c in res["per_clip"]["static"]]
     from trackgo_data.video import decode_mp4
 
+    for row in ("base", *VARIANTS):
+        for key in keys:
+            assert decode_mp4(out / "eval" / row / f"{key}.mp4").shape == (8, 64, 64, 3)
+    for key in keys:
+        request = np.load(out / "eval" / "requests" / f"{key}.npz")
+        assert request["tracks"].shape[0] == 8 and request["tracks"].shape[2] == 2
+        assert request["visibility"].shape == request["tracks"].shape[:2]
+    md = (out / "results.md").read_text()
+    assert "gap closed" in md and "w/o attention loss" in md and "Table 2" in md
+    for f in ("objmc_vs_steps.png", "gap_closed.png", "side_by_side.mp4"):
+        assert (out / f).stat().st_size > 0
     sbs = decode_mp4(out / "side_by_side.mp4")
     assert sbs.shape[1:] == (64 * 3, 3 * 64 * 3, 3)  # one band: real | base | TrackGo, ×3
 
 
 def test_rerun_skips_and_changed_inputs_are_refused(toy_run):
-    from trackgo_model.toy.cli import ORDER, run
+    from trackgo_model.toy.cli import run
+    from trackgo_model.toy.stages import STAGES
     from trackgo_model.toy.config import load_toy_config
     from trackgo_model.toy.stages import StageMismatch
 
     cfg, _ = toy_run
-    again = run(cfg, ORDER)
+    again = run(cfg, STAGES)
     assert all(r.get("skipped") for r in again.values())
     changed = load_toy_config("toy", [f"out={cfg.out}", *SMOKE, "variants.gated=[model.trackgo.mode=gated, optim.lr=2e-3]"])
     with pytest.raises(StageMismatch, match="trackgo"):

@@ -18,7 +18,7 @@ def _cfg(tmp_path, *over):
 
 def test_config_validation(tmp_path):
     cfg = _cfg(tmp_path)
-    assert set(cfg.variants) >= {"trackgo", "no_mask", "no_attn_loss", "gated"}
+    assert set(cfg.variants) >= {"trackgo", "no_attn_loss", "no_mask_no_loss", "gated"}
     with pytest.raises(ConfigError, match="must differ"):
         _cfg(tmp_path, "heldout_videos.seed=0")
     with pytest.raises(ConfigError, match="variants must include"):
@@ -51,7 +51,7 @@ def test_run_stage_skips_and_refuses_other_inputs(tmp_path):
 
 
 def test_psnr_by_hand():
-    from trackgo_model.toy.evaluate import psnr
+    from trackgo_model.toy.scoring import psnr
 
     a = np.zeros((2, 4, 4, 3), np.uint8)
     b = a.copy()
@@ -60,7 +60,7 @@ def test_psnr_by_hand():
 
 
 def test_ground_truth_tracks_scale_and_follow_the_path():
-    from trackgo_model.toy.evaluate import gt_object_tracks
+    from trackgo_model.toy.scoring import gt_object_tracks
 
     labels = np.zeros((3, 16, 16), np.uint8)
     labels[0, 2:7, 2:7] = 1      # 5×5 square: inscribed-circle centre at (4, 4)
@@ -74,36 +74,8 @@ def test_ground_truth_tracks_scale_and_follow_the_path():
     assert np.allclose(half[2, 0], [(8 + 0.5) / 2 - 0.5, (5 + 0.5) / 2 - 0.5])
 
 
-def test_score_video_and_pooling():
-    """A perfect tracker (an identity 'video' whose tracks are read back) gives ObjMC 0; a shifted
-    one the shift; pooling weights entries, not clips."""
-    from types import SimpleNamespace
-
-    from trackgo_model.toy.evaluate import pool_scores, score_video
-
-    class Fixed:  # returns pre-set tracks, offset by the video's first pixel value
-        def track(self, frames, points):
-            off = float(frames[0, 0, 0, 0])
-            L = len(frames)
-            return np.repeat(np.asarray(points, np.float32)[None], L, 0) + off, np.ones((L, len(points)), bool)
-
-    L, tracks = 3, np.repeat(np.array([[[5.0, 5.0], [7.0, 2.0]]], np.float32), 3, 0)
-    vis = np.ones((L, 2), bool)
-    vis[1, 0] = False
-    video = np.zeros((L, 8, 8, 3), np.uint8)
-    s = SimpleNamespace(tracks=tracks, visibility=vis, video=video)
-    exact = score_video(Fixed(), video, s, tracks[:, :1])
-    assert exact["objmc_sum"] == 0 and exact["objmc_n"] == 5 and exact["path_n"] == 3
-    shifted = video.copy()
-    shifted[0, 0, 0, 0] = 3  # every point off by (3, 3)
-    r = score_video(Fixed(), shifted, s, tracks[:, :1])
-    assert r["objmc_sum"] == pytest.approx(5 * 3 * math.sqrt(2))
-    pooled = pool_scores([exact, r])
-    assert pooled["objmc"] == pytest.approx(3 * math.sqrt(2) / 2) and pooled["num_clips"] == 2
-
-
 def test_vae_windows_and_schedule():
-    from trackgo_model.train.vae import VAETrainConfig, _lr, random_windows
+    from trackgo_model.train.vae import VAETrainConfig, learning_rate, random_windows
 
     g = torch.Generator().manual_seed(0)
     v = torch.arange(2 * 6 * 3 * 16 * 24, dtype=torch.float32).reshape(2, 6, 3, 16, 24)
@@ -116,9 +88,9 @@ def test_vae_windows_and_schedule():
         y, x = divmod(rest, 24)
         assert y % 8 == 0 and x % 8 == 0 and torch.equal(w[i], v[i, t0:t0 + 4, :, y:y + 8, x:x + 8])
     cfg = VAETrainConfig(max_steps=110, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
-    assert _lr(cfg, 0) == pytest.approx(0.1) and _lr(cfg, 9) == pytest.approx(1.0)
-    assert _lr(cfg, 10) == pytest.approx(1.0) and _lr(cfg, 60) == pytest.approx(0.55)
-    assert _lr(cfg, 110) == pytest.approx(0.1)
+    assert learning_rate(cfg, 0) == pytest.approx(0.1) and learning_rate(cfg, 9) == pytest.approx(1.0)
+    assert learning_rate(cfg, 10) == pytest.approx(1.0) and learning_rate(cfg, 60) == pytest.approx(0.55)
+    assert learning_rate(cfg, 110) == pytest.approx(0.1)
     with pytest.raises(ValueError):
         VAETrainConfig(crop=12)
 
@@ -142,3 +114,52 @@ def test_vae_learns_a_constant_clip():
         opt.step()
         first = first if first is not None else parts["l1"]
     assert parts["l1"] < 0.7 * first
+
+
+def test_vae_loss_terms_by_hand():
+    """L1, MSE and the chroma term on a stub VAE that decodes a fixed error: a grey error (equal in
+    the three channels) has no chroma; a hue error does."""
+    from types import SimpleNamespace
+
+    from trackgo_model.train.vae import vae_loss
+
+    class Stub:
+        def __init__(self, error):
+            self.error = error
+
+        def encode(self, x):
+            self.x = x
+            mean = torch.zeros(x.shape[0], 4, 1, 1)
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=mean, std=torch.ones_like(mean),
+                                                               kl=lambda: torch.zeros(x.shape[0])))
+
+        def decode(self, z, num_frames):
+            return SimpleNamespace(sample=self.x + self.error.view(1, 3, 1, 1))
+
+    clips = torch.zeros(1, 2, 3, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    _, grey = vae_loss(Stub(torch.tensor([0.3, 0.3, 0.3])), clips, 0.0, g, mse_weight=1.0, chroma_weight=1.0)
+    assert grey["l1"] == pytest.approx(0.3) and grey["mse"] == pytest.approx(0.09) and grey["chroma"] == pytest.approx(0)
+    loss, hue = vae_loss(Stub(torch.tensor([0.3, -0.3, 0.0])), clips, 0.0, g, mse_weight=1.0, chroma_weight=2.0)
+    assert hue["l1"] == pytest.approx(0.2) and hue["mse"] == pytest.approx(0.06)
+    assert hue["chroma"] == pytest.approx(0.06)  # zero-mean error: chroma = the whole error
+    assert float(loss) == pytest.approx(0.2 + 0.06 + 2 * 0.06)
+
+
+def test_stage_times_are_measured(tmp_path):
+    """A stage's wall and CPU seconds are what it spent (a half-second sleep and a busy loop)."""
+    import time
+
+    from trackgo_model.toy.stages import run_stage
+
+    cfg = _cfg(tmp_path)
+
+    def work():
+        time.sleep(0.3)
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+        return {"made": True}
+
+    record = run_stage(cfg, "videos", {"x": 1}, work)
+    assert 0.6 <= record["wall_s"] < 5.0 and 0.3 <= record["cpu_s"] < 0.3 + record["wall_s"]

@@ -7,8 +7,10 @@ random VAE cannot reconstruct anything::
     trackgo toy vae                          # as the first model stage of the toy reproduction
     python -m trackgo_model.train.vae --config toy-vae data.shards=runs/toy/data/train/shards run_dir=runs/vae
 
-Objective: L1 reconstruction of random ``crop``×``crop`` windows of ``window`` consecutive frames
-(decoded together, so the temporal decoder trains) + ``kl_weight``·KL of the posterior to
+Objective: L1 (+ ``mse_weight``·MSE) reconstruction of random ``crop``×``crop`` windows of
+``window`` consecutive frames (decoded together, so the temporal decoder trains) +
+``chroma_weight``·MSE of the error's chroma — the error minus its mean over the three channels,
+which weighs a wrong hue apart from a wrong brightness — + ``kl_weight``·KL of the posterior to
 N(0, I) per latent element. At the end the diffusion scaling factor is set to 1/std of the
 latents (posterior mode) of ``scale_samples`` training clips, as SVD's 0.18215 was, and the model
 is saved in the diffusers layout under ``<run_dir>/vae``.
@@ -82,6 +84,7 @@ class VAETrainConfig:
     kl_weight: float = 1e-3
     l1_weight: float = 1.0
     mse_weight: float = 0.0      # squared error pulls the large (colour) errors harder than L1
+    chroma_weight: float = 0.0   # MSE of the error's chroma (module docstring)
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -136,7 +139,7 @@ def _unit(video: torch.Tensor) -> torch.Tensor:
     return video.float() / 127.5 - 1.0
 
 
-def _lr(cfg: VAETrainConfig, step: int) -> float:
+def learning_rate(cfg: VAETrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio``·lr at ``max_steps``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -145,19 +148,24 @@ def _lr(cfg: VAETrainConfig, step: int) -> float:
 
 
 def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Generator,
-             sample: bool = True, l1_weight: float = 1.0, mse_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """clips: (B, T, 3, h, w) in [−1, 1] → (l1_weight·L1 + mse_weight·MSE + kl_weight·KL per
-    latent element, parts). ``sample``: decode a posterior sample (else its mean)."""
+             sample: bool = True, l1_weight: float = 1.0, mse_weight: float = 0.0,
+             chroma_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """clips: (B, T, 3, h, w) in [−1, 1] → (l1_weight·L1 + mse_weight·MSE + chroma_weight·MSE of
+    the error's chroma + kl_weight·KL per latent element, parts). ``sample``: decode a posterior
+    sample (else its mean)."""
     b, t = clips.shape[:2]
     x = clips.flatten(0, 1)
     post = vae.encode(x).latent_dist
     z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator) if sample else post.mean
     rec = vae.decode(z, num_frames=t).sample
-    l1 = (rec - x).abs().mean()
-    mse = (rec - x).pow(2).mean()
+    err = rec - x
+    l1 = err.abs().mean()
+    mse = err.pow(2).mean()
+    chroma = (err - err.mean(dim=1, keepdim=True)).pow(2).mean()
     kl = post.kl().mean() / post.mean[0].numel()
-    loss = l1_weight * l1 + mse_weight * mse + kl_weight * kl
-    return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "kl": float(kl.detach())}
+    loss = l1_weight * l1 + mse_weight * mse + chroma_weight * chroma + kl_weight * kl
+    return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "chroma": float(chroma.detach()),
+                  "kl": float(kl.detach())}
 
 
 def identity_time_conv(vae) -> None:
@@ -258,9 +266,9 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
         while step < cfg.max_steps:
             clips = random_windows(_unit(next(stream).video), cfg.window, cfg.crop, gen)
             for group in opt.param_groups:
-                group["lr"] = _lr(cfg, step)
+                group["lr"] = learning_rate(cfg, step)
             loss, parts = vae_loss(vae, clips, cfg.kl_weight, gen, l1_weight=cfg.l1_weight,
-                                   mse_weight=cfg.mse_weight)
+                                   mse_weight=cfg.mse_weight, chroma_weight=cfg.chroma_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.max_grad_norm)
@@ -269,7 +277,7 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 rate = (step - first) / max(time.perf_counter() - t0, 1e-9)
                 metrics.write(json.dumps({"step": step, "loss": float(loss.detach()), **parts,
-                                          "lr": _lr(cfg, step - 1), "steps_per_s": rate}) + "\n")
+                                          "lr": learning_rate(cfg, step - 1), "steps_per_s": rate}) + "\n")
                 metrics.flush()
                 log.info("VAE step %d/%d loss %.4f (l1 %.4f kl %.3f)", step, cfg.max_steps, float(loss.detach()),
                          parts["l1"], parts["kl"])
