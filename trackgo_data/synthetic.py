@@ -64,7 +64,11 @@ class SyntheticConfig:
     pan_prob: float = 0.3
     max_pan_speed: float = 0.5
     texture_contrast: float = 0.5     # texture amplitude of the objects, relative to their colour
-    # HSV saturation and value ranges of the shapes' colours (hues spread over the colour wheel)
+    # HSV saturation and value ranges of the shapes' colours; their hues are spread over the colour
+    # wheel, or, when ``object_hues`` lists hues (in [0, 1)), drawn from those (distinct within a
+    # video while there are enough, each ± ``hue_jitter``)
+    object_hues: tuple[float, ...] = ()
+    hue_jitter: float = 0.03
     object_saturation: tuple[float, float] = (0.35, 0.55)
     object_value: tuple[float, float] = (0.95, 1.0)
     background_contrast: float = 16.0  # grey levels of the background's texture
@@ -97,6 +101,9 @@ class SyntheticConfig:
             if not 0.0 <= lo <= hi <= 1.0:
                 raise ValueError(f"{name} must be a range within [0, 1]")
             setattr(self, name, (lo, hi))
+        self.object_hues = tuple(float(h) for h in self.object_hues)
+        if any(not 0.0 <= h < 1.0 for h in self.object_hues) or not 0.0 <= self.hue_jitter < 0.5:
+            raise ValueError("object_hues must lie in [0, 1) and hue_jitter in [0, 0.5)")
         for name in ("occlusion_prob", "pan_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
@@ -239,13 +246,23 @@ def _sample_patch(patch: np.ndarray, dx: np.ndarray, dy: np.ndarray, inside: np.
     return out
 
 
+def object_hues(cfg: SyntheticConfig, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) hues in [0, 1) of one video's objects: spread over the wheel, or drawn from
+    ``cfg.object_hues`` (distinct while there are enough) with ± ``cfg.hue_jitter``."""
+    if not cfg.object_hues:
+        return (rng.uniform() + np.arange(n) / n + rng.uniform(-0.05, 0.05, n)) % 1.0
+    palette = np.asarray(cfg.object_hues, np.float64)
+    picks = palette[np.resize(rng.permutation(len(palette)), n)]
+    return (picks + rng.uniform(-cfg.hue_jitter, cfg.hue_jitter, n)) % 1.0
+
+
 def make_video(cfg: SyntheticConfig, index: int) -> SyntheticVideo:
     """Render video ``index`` of the world seeded by ``cfg.seed`` (pure and deterministic)."""
     rng = np.random.default_rng([cfg.seed, index])
     L, H, W = cfg.num_frames, cfg.height, cfg.width
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:n]]
-    hues = (rng.uniform() + np.arange(n) / n + rng.uniform(-0.05, 0.05, n)) % 1.0  # spread over the wheel
+    hues = object_hues(cfg, n, rng)
     radius = rng.uniform(cfg.min_radius, cfg.max_radius, n)
     kinds, paths = [], []
     for j in range(n):

@@ -116,3 +116,26 @@ def test_bad_config_rejected():
         SyntheticConfig(min_objects=3, max_objects=2)
     with pytest.raises(FileNotFoundError, match="ground truth"):
         load_ground_truth("/nonexistent/x.npz")
+
+
+def test_object_hues_come_from_the_palette():
+    import colorsys
+
+    from trackgo_data.synthetic import object_hues
+
+    cfg = SyntheticConfig(num_videos=4, seed=3, object_hues=(0.0, 0.5), hue_jitter=0.02, min_objects=2,
+                          max_objects=2, texture_contrast=0.0, object_saturation=(0.9, 0.9), object_value=(0.9, 0.9))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        h = object_hues(cfg, 2, rng)
+        dist = np.minimum(np.abs(h[:, None] - np.array([0.0, 0.5, 1.0])[None]), 1).min(axis=1)
+        assert (dist <= 0.02 + 1e-12).all()
+        assert abs(((h[0] - h[1] + 0.5) % 1.0) - 0.5) > 0.4  # two objects: one of each hue
+    video = make_video(cfg, 1)
+    for j in (1, 2):  # the rendered colour of each object is one of the palette's hues
+        inside = video.labels[0] == j
+        rgb = video.frames[0][inside].mean(axis=0) / 255.0
+        hue = colorsys.rgb_to_hsv(*rgb)[0]
+        assert min(abs(hue - 0.0), abs(hue - 0.5), abs(hue - 1.0)) < 0.06
+    with pytest.raises(ValueError, match="object_hues"):
+        SyntheticConfig(object_hues=(1.2,))
