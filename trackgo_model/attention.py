@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .configs import ATTENTION_KERNELS as KERNELS
-from .configs import MODES
+from .configs import ATTENTION_MODES as MODES
 
 __all__ = ["KERNELS", "MODES", "TrackAttention", "track_attention"]
 

@@ -13,7 +13,11 @@ from typing import Any
 
 from trackgo_data.config import ConfigError, config_from_dict, config_to_dict
 
-MODES = ("gated", "paper")
+#: the TrackAdapter's attention rules (trackgo_model.attention)
+ATTENTION_MODES = ("gated", "paper")
+#: every way a model takes P: the attention rules, and "injection" — the peers' additive
+#: features (trackgo_model.injection), for comparison
+MODES = ATTENTION_MODES + ("injection",)
 TRAINABLE_GROUPS = ("encoder", "adapter", "temporal_qkv")
 #: every parameter group a run may train: TrackGo's, plus "unet" (the whole UNet without the
 #: adapters: training an image-to-video base model from scratch, as the toy reproduction does)
@@ -191,7 +195,8 @@ class TrackGoConfig:
         selectivity for shorter clips (at 8 frames: 0.625).
     mode: ``gated`` (default; O = A·V + g·(A′ − 1/F)·V with a per-head gate g, initialised to
         ``gate_init`` = 1: a fresh model is exactly SVD whatever g is, since a fresh encoder makes
-        A′ uniform) or ``paper`` (O = (A + A′)·V).
+        A′ uniform), ``paper`` (O = (A + A′)·V), or ``injection`` (not TrackGo: the peers'
+        features added to the UNet, :mod:`trackgo_model.injection`; the attention stays stock).
     tau: value of the attention mask where A′ < α (None → 0, the paper's training setting).
     motion: unspecified-region motion strength m ≥ 0 (1 = unchanged; see adapter.track_attention).
     mask_value: the "−∞" of Eq. 3 (−10⁴, safe in fp16/bf16).

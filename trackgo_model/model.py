@@ -23,7 +23,7 @@ from torch import nn
 from trackgo_data.config import atomic_write_bytes, atomic_write_json, config_from_dict
 
 from .adapter import TrackContext, install_track_adapters, remove_track_adapters, restore_track_adapters
-from .configs import MODES, KernelConfig, TrackGoConfig, unet_config
+from .configs import ATTENTION_MODES, KernelConfig, TrackGoConfig, unet_config
 from .encoder import TrajectoryEncoder
 from .losses import attention_loss
 
@@ -88,6 +88,11 @@ class TrackGoUNet(nn.Module):
         p = next(unet.parameters())
         with torch.device(p.device):
             self.encoder = TrajectoryEncoder(widths, cfg.encoder).to(p.dtype)
+        self.injection = None  # mode="injection": the peers' additive features instead of the adapters
+        if cfg.mode == "injection":
+            from .injection import TrajectoryInjection
+
+            self.injection = TrajectoryInjection(unet, self.encoder.trunk_channels, cfg.encoder.pooling)
         self._motion_masks: torch.Tensor | None = None
 
     @classmethod
@@ -157,13 +162,17 @@ class TrackGoUNet(nn.Module):
                 raise ValueError(f"encoded trajectories are for (B, F) = {(enc.batch, enc.frames)}, "
                                  f"the sample is {(bsz, frames)}")
         self._motion_masks = motion_masks
+        adapted = enc is not None and self.injection is None
         self.context.begin(batch=bsz, frames=frames, latent_hw=(h, w), collect=collect_attention,
-                           encoder=self.encoder if enc is not None else None,
-                           trunk=enc.trunk if enc is not None else None)
+                           encoder=self.encoder if adapted else None, trunk=enc.trunk if adapted else None)
+        if self.injection is not None:
+            self.injection.begin(enc.trunk if enc is not None else None)
         try:
             out = self.unet(sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False)[0]
         finally:
             self.context.end()
+            if self.injection is not None:
+                self.injection.end()
         if return_dict is None:
             return out
         if not return_dict:
@@ -192,8 +201,9 @@ class TrackGoUNet(nn.Module):
         """Inference knobs: τ (None → 0), unspecified-region motion strength, and optionally the mode."""
         if motion < 0:
             raise ValueError(f"motion must be >= 0, got {motion}")
-        if mode is not None and mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        modes = ("injection",) if self.injection is not None else ATTENTION_MODES
+        if mode is not None and mode not in modes:
+            raise ValueError(f"mode must be one of {modes} for this model, got {mode!r}")
         self.context.tau, self.context.motion = tau, float(motion)
         if mode is not None:
             self.context.mode = mode
@@ -232,13 +242,18 @@ class TrackGoUNet(nn.Module):
         unused parameter would stall DDP and take optimizer state for nothing, so in ``mode="paper"``
         the gates are neither trained nor saved); temporal_qkv → ``unet.<path>.to_{q,k,v}.*`` of
         every adapted attn1; unet → ``unet.*``, every UNet parameter outside the adapters. The groups
-        follow ``cfg.mode``, not the inference-time mode switch.
+        follow ``cfg.mode``, not the inference-time mode switch. In ``mode="injection"`` the adapter
+        group is the injection's projections (``injection.heads.*``) and the encoder group leaves
+        out the encoder's own heads, which that mode does not use.
         """
         groups = tuple(self.cfg.trainable if groups is None else groups)
         out: dict[str, nn.Parameter] = {}
         for g in groups:
             if g == "encoder":
-                out.update({f"encoder.{n}": p for n, p in self.encoder.named_parameters()})
+                out.update({f"encoder.{n}": p for n, p in self.encoder.named_parameters()
+                            if self.injection is None or not n.startswith("heads.")})
+            elif g == "adapter" and self.injection is not None:
+                out.update({f"injection.{n}": p for n, p in self.injection.named_parameters()})
             elif g == "adapter":
                 for path, a in self.adapters.items():
                     out.update({f"adapters.{path}.{n}": p for n, p in a.named_parameters()

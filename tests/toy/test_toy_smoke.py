@@ -122,6 +122,25 @@ def test_results_have_their_schema(toy_run):
     assert sbs.shape[1:] == (64 * 3, 3 * 64 * 3, 3)  # one band: real | base | TrackGo, ×3
 
 
+def test_compare_trains_and_scores_the_injection_row(toy_run):
+    from trackgo_model.model import read_trackgo_config
+    from trackgo_model.toy.compare import compare
+
+    cfg, _ = toy_run
+    out = cfg.out_path
+    record = compare(cfg)
+    assert not record.get("skipped") and set(record["product"]) == {"base", "trackgo", "injection"}
+    steps = sorted((out / "compare" / "injection" / "checkpoints").glob("checkpoint-*"))
+    assert read_trackgo_config(steps[-1] / "trackgo")["trackgo"]["mode"] == "injection"
+    res = json.loads((out / "compare.json").read_text())
+    assert set(res["rows"]) == {"base", "trackgo", "injection"} and "injection-trackgo" not in res["differences"]
+    assert "trackgo-injection" in res["differences"] and "injection-base" in res["differences"]
+    res_main = json.loads((out / "results.json").read_text())
+    assert res["rows"]["trackgo"]["objmc"] == res_main["rows"]["trackgo"]["objmc"]  # the same videos, same score
+    assert "peers' injection" in (out / "compare.md").read_text()
+    assert compare(cfg).get("skipped")
+
+
 def test_rerun_skips_and_changed_inputs_are_refused(toy_run):
     from trackgo_model.toy.cli import run
     from trackgo_model.toy.stages import STAGES

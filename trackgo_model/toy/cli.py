@@ -23,7 +23,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("toy", help="the toy reproduction: synthetic videos → shards → VAE → base → λ → "
                                           "TrackGo + ablations → evaluation (resumable)",
                               description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=("all", *STAGES, "status"), help="stage to run (all: every stage in order)")
+    p.add_argument("stage", choices=("all", *STAGES, "status", "compare"),
+                   help="stage to run (all: every stage in order; compare: the peers' injection beside "
+                        "TrackGo, after all)")
     p.add_argument("--config", default="toy", help="toy config name (trackgo_model/configs) or YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set out=runs/toy2 (repeatable)")
@@ -62,7 +64,12 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         from .stages import STAGES
 
-        recs = run(cfg, STAGES if args.stage == "all" else (args.stage,))
+        if args.stage == "compare":
+            from .compare import compare
+
+            recs = {"compare": compare(cfg)}
+        else:
+            recs = run(cfg, STAGES if args.stage == "all" else (args.stage,))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -15,6 +15,8 @@ from typing import Any
 from trackgo_data.config import apply_overrides, config_from_dict, load_yaml
 from trackgo_data.synthetic import SyntheticConfig
 
+#: EulerDiscreteScheduler settings a toy config may change (those of SVD's scheduler)
+SCHEDULER_KEYS = ("sigma_min", "sigma_max", "use_karras_sigmas", "timestep_spacing", "steps_offset")
 #: rows of results.json besides the base model; each is a variant of the TrackGo stage: the paper's
 #: recipe, the two ablations of its Table 2 and the gated formula
 REQUIRED_VARIANTS = ("trackgo", "no_attn_loss", "no_mask_no_loss", "gated")
@@ -72,6 +74,10 @@ class ToyConfig:
     # trackgo_model.train.calibrate): the gradient-norm ratio on the temporal W_q/W_k
     calibrate_batches: int = 8
     calibrate_ratio: float = 1.0
+    # `trackgo toy compare`: other ways to take P, fine-tuned like the trackgo row (same recipe and
+    # budget): row name → overrides of the TrackGo config (after the calibrated λ)
+    compare: dict = field(default_factory=lambda: {
+        "injection": ["model.trackgo.mode=injection", "model.attention_mask=false", "objective.attn_loss_weight=0"]})
     # TrackGo variants: row name → overrides of the TrackGo config (after the calibrated λ)
     variants: dict = field(default_factory=lambda: {
         "trackgo": [], "no_attn_loss": ["objective.attn_loss_weight=0"],
@@ -99,6 +105,15 @@ class ToyConfig:
             for name, over in self.variants.items():
                 if not isinstance(over, list) or not all(isinstance(o, str) and "=" in o for o in over):
                     raise ValueError(f"variants.{name} must be a list of dotted key=value strings")
+        for name, over in {**self.compare}.items():
+            if name in self.variants or name == "base" or not isinstance(over, list):
+                raise ValueError(f"compare.{name}: a row name of its own (not a variant or 'base') with a "
+                                 "list of dotted key=value overrides")
+        unknown = sorted(set(self.scheduler) - set(SCHEDULER_KEYS))
+        if unknown:
+            raise ValueError(f"scheduler: unknown key(s) {unknown}; known: {sorted(SCHEDULER_KEYS)}")
+        if self.calibrate_batches < 1 or self.calibrate_ratio <= 0:
+            raise ValueError("calibrate_batches must be >= 1 and calibrate_ratio > 0")
         for name in ("vae_overrides", "base_overrides", "trackgo_overrides"):
             over = getattr(self, name)
             if not isinstance(over, list) or not all(isinstance(o, str) and "=" in o for o in over):

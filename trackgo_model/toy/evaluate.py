@@ -55,24 +55,35 @@ class GenerationJob:
     keys: list[str]
 
 
-def generation_jobs(cfg: ToyConfig, keys: list[str]) -> list[GenerationJob]:
-    """The final model of every row on every clip, and every earlier checkpoint of every variant
-    on the first ``eval.curve_clips`` clips (ObjMC against steps)."""
+def generation_jobs(cfg: ToyConfig, keys: list[str], run_dirs: dict[str, Path] | None = None) -> list[GenerationJob]:
+    """The base model and the final checkpoint of every row (``run_dirs``: row → training folder;
+    default every TrackGo variant) on every clip, and every earlier checkpoint of each row on the
+    first ``eval.curve_clips`` clips (ObjMC against steps)."""
     from trackgo_model.train import checkpoint as ckpt
 
     out, base_model = cfg.out_path, str(cfg.out_path / "base-model")
+    if run_dirs is None:
+        run_dirs = {v: out / "trackgo" / v for v in cfg.variants}
     jobs = [GenerationJob("base", base_model, None, str(out / "eval" / "base"), keys)]
-    for variant in cfg.variants:
-        found = ckpt.list_checkpoints(out / "trackgo" / variant)
+    for row, run_dir in run_dirs.items():
+        found = ckpt.list_checkpoints(run_dir)
         if not found:
-            raise RuntimeError(f"variant {variant} has no checkpoint: run the trackgo stage (trackgo toy trackgo)")
-        jobs.append(GenerationJob(variant, base_model, str(found[-1][1] / "trackgo"), str(out / "eval" / variant), keys))
+            raise RuntimeError(f"{row} has no checkpoint in {run_dir}: run its training stage first")
+        jobs.append(GenerationJob(row, base_model, str(found[-1][1] / "trackgo"), str(out / "eval" / row), keys))
         if cfg.eval.curve_clips:
             for step, path in found[:-1]:
-                jobs.append(GenerationJob(variant, base_model, str(path / "trackgo"),
-                                          str(out / "eval" / "curve" / variant / f"step-{step:06d}"),
+                jobs.append(GenerationJob(row, base_model, str(path / "trackgo"),
+                                          str(out / "eval" / "curve" / row / f"step-{step:06d}"),
                                           keys[: cfg.eval.curve_clips]))
     return sorted(jobs, key=lambda j: -len(j.keys))
+
+
+def generate_all(cfg: ToyConfig, jobs: list[GenerationJob], size: tuple[int, int], num_frames: int) -> int:
+    """Run the jobs in ``cfg.processes`` workers; returns how many clips were generated."""
+    with process_pool(cfg.processes) as pool:
+        made = sum(pool.map(generate, [cfg] * len(jobs), jobs, [size] * len(jobs), [num_frames] * len(jobs)))
+    log.info("toy eval: %d clips generated in %d jobs", made, len(jobs))
+    return made
 
 
 def generate(cfg: ToyConfig, job: GenerationJob, size: tuple[int, int], num_frames: int) -> int:
@@ -137,6 +148,7 @@ def objmc_curve(cfg: ToyConfig, jobs: list[GenerationJob], samples: list, tracke
                 final: dict[str, list[dict]]) -> dict[str, list[list[float]]]:
     """{variant: [[step, ObjMC], …]} on the curve clips; step 0 is the base model."""
     from trackgo_model.eval.bootstrap import pooled
+    from trackgo_model.train import checkpoint as ckpt
 
     sub = samples[: cfg.eval.curve_clips]
 
@@ -146,36 +158,37 @@ def objmc_curve(cfg: ToyConfig, jobs: list[GenerationJob], samples: list, tracke
     curve: dict[str, list[list[float]]] = {}
     for variant in cfg.variants:
         points = [[0, objmc(final["base"][: len(sub)])]]
-        for job in (j for j in jobs if j.row == variant and "/curve/" in j.folder):
+        for job in (j for j in jobs if j.row == variant and Path(j.folder).parent.parent.name == "curve"):
             step = int(Path(job.folder).name.split("-")[1])
             points.append([step, objmc(score_rows(cfg, {variant: Path(job.folder)}, sub, tracker)[variant])])
-        from trackgo_model.train import checkpoint as ckpt
-
         last = ckpt.list_checkpoints(cfg.out_path / "trackgo" / variant)[-1][0]
         points.append([last, objmc(final[variant][: len(sub)])])
         curve[variant] = sorted(points)
     return curve
 
 
-def run_eval(cfg: ToyConfig, size: tuple[int, int], num_frames: int) -> dict[str, Any]:
-    """Generate (in ``cfg.processes`` workers) and score every row, reference and curve point;
-    write the outputs listed in the module docstring; returns results.json's content."""
+def scoring_tools(cfg: ToyConfig):
+    """(the dataset's tracker, the model's VAE) that every score uses."""
     from diffusers import AutoencoderKLTemporalDecoder
 
     from trackgo_data.track import get_tracker
 
+    bcfg = build_config(cfg)
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(cfg.out_path / "base-model" / "vae", local_files_only=True)
+    return get_tracker(bcfg.tracker.name, **bcfg.tracker.options), vae.eval()
+
+
+def run_eval(cfg: ToyConfig, size: tuple[int, int], num_frames: int) -> dict[str, Any]:
+    """Generate (in ``cfg.processes`` workers) and score every row, reference and curve point;
+    returns results.json's content."""
     from . import report
 
     out = cfg.out_path
     samples = heldout_samples(cfg, size, num_frames, cfg.eval.num_clips)
     write_requests(out / "eval" / "requests", samples)
     jobs = generation_jobs(cfg, [s.key for s in samples])
-    with process_pool(cfg.processes) as pool:
-        made = sum(pool.map(generate, [cfg] * len(jobs), jobs, [size] * len(jobs), [num_frames] * len(jobs)))
-    log.info("toy eval: %d clips generated in %d jobs", made, len(jobs))
-    bcfg = build_config(cfg)
-    tracker = get_tracker(bcfg.tracker.name, **bcfg.tracker.options)
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(out / "base-model" / "vae", local_files_only=True).eval()
+    generate_all(cfg, jobs, size, num_frames)
+    tracker, vae = scoring_tools(cfg)
     rows = ["base", *cfg.variants]
     scores = score_rows(cfg, {row: out / "eval" / row for row in rows}, samples, tracker, vae)
     results = summarise(scores, rows, replicates=cfg.eval.bootstrap_replicates, seed=cfg.eval.bootstrap_seed)

@@ -23,6 +23,7 @@ ROW_LABELS = {
     "no_mask_no_loss": "w/o mask and loss",
     "no_mask": "w/o attention mask",
     "gated": "gated formula O = A·V + g·(A′ − 1/F)·V, mask, λ·L_attn",
+    "injection": "peers' injection (P's features added to the UNet, DragAnything/MotionPro-style)",
     STATIC: "*reference: first frame repeated (no motion; G = 0)*",
     FLOOR: "*reference: real clip through the VAE (the floor; G = 1)*",
     REAL: "*reference: real clip (the tracker agreeing with itself)*",
@@ -103,6 +104,18 @@ def results_markdown(results: dict[str, Any], cfg) -> str:
              *(f"| {ROW_LABELS[k]} | {a:.2f} | {b:.2f} | {c:.2f} |" for k, (a, b, c) in PAPER_TABLE2.items()), "",
              f"Sampling: {ev.num_inference_steps} Euler steps, guidance {ev.min_guidance_scale}→{ev.max_guidance_scale}, "
              f"seed {ev.seed} + clip index. Stage times: `stages/*.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def compare_markdown(results: dict[str, Any]) -> str:
+    """compare.md: TrackGo beside other ways to take P, same base, budget, clips and metric."""
+    w, h = results["model_size"]
+    lines = ["# TrackGo against other ways to take the trajectories", "",
+             f"{results['num_clips']} held-out clips, {results['num_frames']} frames at {w}×{h}; every row "
+             "fine-tuned from the same base model with the same recipe, steps and trainable temporal q/k/v; "
+             f"95 % intervals from {results['replicates']} bootstrap resamples of the clips, paired.", "",
+             *table_lines(results), "", "## Paired differences", "", *difference_lines(results), "",
+             "Rows: " + "; ".join(f"`{row}` = {' '.join(over)}" for row, over in results["rows_config"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -175,14 +175,23 @@ def train_config(cfg: ToyConfig, stage: str, variant: str | None = None, attn_lo
     """The TrainConfig of the base stage, or of one TrackGo variant (with the calibrated λ)."""
     from trackgo_model.train.config import load_train_config
 
-    common = [f"data.shards={shards(cfg)}", f"data.latent_cache={cfg.out_path / 'latents'}"]
     if stage == "base":
-        return load_train_config(cfg.base_config, [*common, f"model.svd_path={cfg.out_path / 'init-model'}",
-                                                   f"run_dir={cfg.out_path / 'base'}", *cfg.base_overrides])
+        return load_train_config(cfg.base_config, [
+            f"data.shards={shards(cfg)}", f"data.latent_cache={cfg.out_path / 'latents'}",
+            f"model.svd_path={cfg.out_path / 'init-model'}", f"run_dir={cfg.out_path / 'base'}", *cfg.base_overrides])
+    return finetune_config(cfg, variant, cfg.variants[variant], cfg.out_path / "trackgo" / variant, attn_loss_weight)
+
+
+def finetune_config(cfg: ToyConfig, name: str, overrides: list[str], run_dir: Path,
+                    attn_loss_weight: float | None = None):
+    """``toy-trackgo`` on the base model + the calibrated λ + ``overrides``, training in ``run_dir``."""
+    from trackgo_model.train.config import load_train_config
+
     lam = [] if attn_loss_weight is None else [f"objective.attn_loss_weight={attn_loss_weight}"]
     return load_train_config(cfg.trackgo_config, [
-        *common, f"model.svd_path={cfg.out_path / 'base-model'}", f"run_dir={cfg.out_path / 'trackgo' / variant}",
-        f"name=toy-{variant}", *cfg.trackgo_overrides, *lam, *cfg.variants[variant]])
+        f"data.shards={shards(cfg)}", f"data.latent_cache={cfg.out_path / 'latents'}",
+        f"model.svd_path={cfg.out_path / 'base-model'}", f"run_dir={run_dir}", f"name=toy-{name}",
+        *cfg.trackgo_overrides, *lam, *overrides])
 
 
 def run_training(cfg: ToyConfig, tcfg, name: str, threads: int) -> float:
@@ -285,21 +294,24 @@ def calibrated_lambda(cfg: ToyConfig) -> float:
     return float(read_record(cfg, "calibrate")["product"]["weight"])
 
 
-def train_variant(cfg: ToyConfig, variant: str, tcfg) -> dict[str, Any]:
+def train_variant(cfg: ToyConfig, name: str, tcfg) -> dict[str, Any]:
     threads = cfg.threads_per_process if cfg.processes > 1 else cfg.threads
-    cpu = run_training(cfg, tcfg, f"trackgo-{variant}", threads)
+    cpu = run_training(cfg, tcfg, name, threads)
     return {"run_dir": str(tcfg.run_path), "cpu_s": round(cpu, 2)}
 
 
-def variant_stage(cfg: ToyConfig, variant: str, tcfg, upstream: str) -> dict[str, Any]:
-    """One variant's fine-tuning as a stage of its own (``trackgo-<variant>``): finished variants
-    are kept when the trackgo stage is rerun."""
-    return run_stage(cfg, f"trackgo-{variant}", [upstream, config_to_dict(tcfg)], train_variant, cfg, variant, tcfg)
+def variant_stage(cfg: ToyConfig, name: str, tcfg, upstream: str) -> dict[str, Any]:
+    """One fine-tuning as a stage of its own (``name`` = ``trackgo-<variant>``, ``compare-<row>``):
+    finished ones are kept when their group's stage is rerun."""
+    return run_stage(cfg, name, [upstream, config_to_dict(tcfg)], train_variant, cfg, name, tcfg)
 
 
-def train_variants(cfg: ToyConfig, cfgs: dict[str, Any], upstream: str) -> dict[str, Any]:
+def train_variants(cfg: ToyConfig, cfgs: dict[str, Any], upstream: str, prefix: str = "trackgo") -> dict[str, Any]:
+    """Every config of ``cfgs`` (row → TrainConfig) trained as stage ``<prefix>-<row>``,
+    ``cfg.processes`` at a time."""
+    names = [f"{prefix}-{v}" for v in cfgs]
     with ThreadPoolExecutor(cfg.processes if cfg.subprocesses else 1) as pool:
-        records = dict(zip(cfgs, pool.map(variant_stage, [cfg] * len(cfgs), list(cfgs), list(cfgs.values()),
+        records = dict(zip(cfgs, pool.map(variant_stage, [cfg] * len(cfgs), names, list(cfgs.values()),
                                           [upstream] * len(cfgs))))
     return {v: {"run_dir": str(cfgs[v].run_path), "wall_s": r["wall_s"], "cpu_s": r["product"].get("cpu_s", r["cpu_s"])}
             for v, r in records.items()}
