@@ -3,7 +3,7 @@
 # CI, and the GPU worker image (infra/docker/Dockerfile.gpu-worker) runs `make setup-paper`, so
 # every environment is made by these steps.
 #
-#   scripts/install.sh [--dry-run] base|paper
+# Usage: scripts/install.sh [--dry-run] base|paper
 #
 #   base   a venv with ffmpeg (apt-get, when missing), the pinned torch, and this package with
 #          EXTRAS (default: test), installed editable

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Launch `trackgo train` on 1 GPU, 8 GPUs or several nodes.
+# Usage: infra/train/launch.sh 1gpu|8gpu|multinode|cpu2 [trackgo train arguments]
 #
 #   infra/train/launch.sh 1gpu      --config svd-xt-paper model.svd_path=/weights/svd-xt data.shards=/data/shards
 #   infra/train/launch.sh 8gpu      --config svd-xt-paper … [--resume]
