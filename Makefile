@@ -3,10 +3,10 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU build on the reference machine; GPU hosts may set TORCH_SPEC to the CUDA build they want.
-TORCH_SPEC ?= torch==2.13.0
-# The paper profile needs torchvision (DEVA, SAM): a torch/torchvision pair that imports together.
-TORCHVISION_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Which build of the pinned torch/torchvision pair scripts/install.sh installs: empty = the default
+# index's, or a PyTorch wheel index (https://download.pytorch.org/whl/cpu, …/cu128). The versions
+# themselves are pinned once, in scripts/install.sh.
+TORCH_INDEX ?=
 # A clone of Tracking-Anything-with-DEVA; installed (from a copy) by `make setup-paper`.
 DEVA_SRC ?= $(wildcard ../shared/third_party/deva)
 CONFIG ?= tiny-cpu
@@ -23,39 +23,15 @@ STUDIO_PORT ?= 7860
 
 .PHONY: setup setup-paper dataset dataset-direct server down test test-fast train eval-vipseg bench clean-data studio toy
 
-$(BIN)/python:
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+# One install recipe for laptops, CI and the GPU worker image: scripts/install.sh.
+setup:
+	VENV="$(VENV)" PY="$(PY)" TORCH_INDEX="$(TORCH_INDEX)" bash scripts/install.sh base
 
-setup: $(BIN)/python
-	@command -v ffmpeg >/dev/null 2>&1 || { echo "installing ffmpeg (apt-get)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg) >/dev/null \
-	  || { echo "ffmpeg is required: install it with your package manager"; exit 1; }; }
-	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
-	@echo "setup done: activate with 'source $(BIN)/activate'"
-
-# What the `paper` profile needs on top of `setup`: torch + torchvision, SAM and DEVA's real
-# dependencies, and DEVA itself, built from a copy of DEVA_SRC (the clone stays untouched). DEVA is
-# reinstalled only when the clone's content changed (its hash is kept in build/deva-src.sha256).
-setup-paper: $(BIN)/python
-	@$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCHVISION_SPEC)
-	@$(MAKE) --no-print-directory setup
-	$(BIN)/pip install -q -e ".[test,paper]"
-	@if [ -z "$(DEVA_SRC)" ]; then \
-	  echo "DEVA_SRC not set: clone https://github.com/hkchengrex/Tracking-Anything-with-DEVA and run make setup-paper DEVA_SRC=/path/to/clone"; \
-	else \
-	  sum=$$(cd "$(DEVA_SRC)" && find . -type f -not -path './.git/*' -print0 | LC_ALL=C sort -z \
-	         | xargs -0 sha256sum | sha256sum | cut -d' ' -f1) || exit 1; \
-	  if [ "$$sum" = "$$(cat build/deva-src.sha256 2>/dev/null)" ] \
-	     && $(BIN)/python -c "import deva.ext.automatic_processor" 2>/dev/null; then \
-	    echo "DEVA from $(DEVA_SRC) is installed"; \
-	  else \
-	    rm -rf build/deva-src build/deva-src.sha256 && mkdir -p build && cp -r "$(DEVA_SRC)" build/deva-src \
-	    && chmod -R u+w build/deva-src && $(BIN)/pip install -q --no-deps ./build/deva-src \
-	    && echo "$$sum" > build/deva-src.sha256 && echo "DEVA installed from $(DEVA_SRC)" || exit 1; \
-	  fi; \
-	fi
+# What the `paper` profile needs on top of `setup`: the torch/torchvision pair, SAM and DEVA's real
+# dependencies (extra `paper`), and DEVA itself, built from a copy of DEVA_SRC (the clone stays
+# untouched; reinstalled only when its content changed).
+setup-paper:
+	VENV="$(VENV)" PY="$(PY)" TORCH_INDEX="$(TORCH_INDEX)" DEVA_SRC="$(DEVA_SRC)" bash scripts/install.sh paper
 
 # The main job: build-dataset as a Prefect deployment on the local server (bundled sample videos).
 dataset: setup

@@ -50,7 +50,7 @@ from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
 from trackgo_data import build as B
-from trackgo_data.config import ConfigError
+from trackgo_data.config import ConfigError, merge_overrides, nest_settings
 
 from flows import _common
 from flows.task_runners import make_task_runner
@@ -63,8 +63,11 @@ CACHE_DIR = ".prefect-cache"
 
 def make_build_config(profile: str = "local", num_frames: int | None = None, width: int | None = None,
                       height: int | None = None, shard_maxcount: int | None = None, stride: int | None = None,
-                      clips_per_video: int | None = None) -> B.BuildConfig:
-    """The profile's BuildConfig with the flow's clip/shard overrides (None keeps the profile's)."""
+                      clips_per_video: int | None = None,
+                      settings: dict[str, Any] | None = None) -> B.BuildConfig:
+    """The profile's BuildConfig with ``settings`` (dotted keys, any BuildConfig field, e.g.
+    ``segmenter.options.deva_weights``) and the flow's clip/shard overrides on top (None keeps the
+    profile's)."""
     pairs = (("num_frames", num_frames), ("width", width), ("height", height), ("stride", stride),
              ("max_clips_per_video", clips_per_video))
     clip = {k: v for k, v in pairs if v is not None}
@@ -73,7 +76,7 @@ def make_build_config(profile: str = "local", num_frames: int | None = None, wid
         overrides["clip"] = clip
     if shard_maxcount is not None:
         overrides["shards"] = {"maxcount": shard_maxcount}
-    return B.make_config(profile, overrides)
+    return B.make_config(profile, merge_overrides(nest_settings(settings), overrides))
 
 
 # ------------------------------------------------------------------------------------------ tasks
@@ -126,6 +129,9 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     retry_jitter_factor=0.5,
     retry_condition_fn=_retry_transient,
     task_run_name="batch-{spec.batch_id}",
+    # A Prefect tag concurrency limit on this tag bounds the batches running at once, across flow
+    # runs (`prefect concurrency-limit create trackgo-gpu <GPUs>`; without one, no bound).
+    tags=["trackgo-gpu"],
 )
 def build_batch_task(spec: B.BatchSpec, cfg: B.BuildConfig, output: str, limit: Optional[int] = None) -> Any:
     """Process one batch of source videos (idempotent: a completed batch is returned as recorded)."""
@@ -199,6 +205,7 @@ def build_dataset_flow(
     max_workers: Optional[int] = None,
     previews: int = 4,
     progress_bar: bool = True,
+    settings: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Build TrackGo training shards + manifest from source videos.
 
@@ -217,6 +224,9 @@ def build_dataset_flow(
         max_workers: parallel workers for a local runner (None: the runner's default).
         previews: number of trajectory-overlay previews to publish.
         progress_bar: show a terminal progress bar.
+        settings: any build setting by dotted key, e.g. {"segmenter.options.deva_weights":
+            "/weights/DEVA-propagation.pth", "filters.min_median_motion": 2} (the named parameters
+            above win over the same keys here).
     """
     from tqdm.auto import tqdm
 
@@ -226,7 +236,7 @@ def build_dataset_flow(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_clips is not None and max_clips < 1:
         raise ValueError(f"max_clips must be >= 1, got {max_clips}")
-    cfg = make_build_config(profile, num_frames, width, height, shard_maxcount, stride, clips_per_video)
+    cfg = make_build_config(profile, num_frames, width, height, shard_maxcount, stride, clips_per_video, settings)
     runner = make_task_runner(task_runner, address=address, max_workers=max_workers)
     out = Path(output).expanduser().resolve()
 

@@ -11,6 +11,7 @@
 # the flow run to finish, and prints where the shards, the manifest and the flow-run page are.
 set -euo pipefail
 
+# shellcheck source=scripts/prefect_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/prefect_env.sh"
 SOURCE="${1:-}"
 OUT="${2:-data/sample}"

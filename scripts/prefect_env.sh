@@ -1,8 +1,9 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the names set here are read by the sourcing script
 # Settings shared by scripts/server.sh and scripts/dataset.sh (sourced, not run).
 #   TRACKGO_PREFECT_PORT (4200), TRACKGO_PREFECT_HOST (127.0.0.1; 0.0.0.0 only to expose the
 #   server), TRACKGO_PREFECT_DIR (.prefect), PREFECT_BIN (.venv/bin/prefect)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || return 1
 PORT="${TRACKGO_PREFECT_PORT:-4200}"
 HOST="${TRACKGO_PREFECT_HOST:-127.0.0.1}"
 STATE="${TRACKGO_PREFECT_DIR:-$ROOT/.prefect}"

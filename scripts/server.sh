@@ -16,6 +16,7 @@
 # TRACKGO_WORK_POOL (trackgo-local), PREFECT_BIN (.venv/bin/prefect).
 set -euo pipefail
 
+# shellcheck source=scripts/prefect_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/prefect_env.sh"
 PROFILE="${TRACKGO_PREFECT_PROFILE:-trackgo}"
 POOL="${TRACKGO_WORK_POOL:-trackgo-local}"

@@ -113,6 +113,50 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def nest_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """Dotted-key settings → a nested overrides dict: ``{"a.b": 1, "c": {"d": 2}}`` → ``{"a": {"b": 1},
+    "c": {"d": 2}}``.
+
+    This is how a deployment's ``settings`` parameter reaches a config: values are used as given (a
+    Prefect parameter is already typed JSON). A key set twice, or used both as a value and as a
+    section (``a=1`` and ``a.b=2``), is a :class:`ConfigError`.
+    """
+    out: dict[str, Any] = {}
+    for key, value in (settings or {}).items():
+        if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"setting {key!r}: keys are dotted names such as segmenter.options.device")
+        parts = key.split(".")
+        node = out
+        for i, p in enumerate(parts[:-1]):
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"setting {key!r}: {'.'.join(parts[:i + 1])} is set to a value, not a section")
+        leaf = parts[-1]
+        if leaf in node:
+            if isinstance(node[leaf], dict) and isinstance(value, dict):
+                node[leaf] = merge_overrides(node[leaf], value, strict=True, path=key)
+                continue
+            raise ConfigError(f"setting {key!r} is given twice")
+        node[leaf] = value
+    return out
+
+
+def merge_overrides(base: dict[str, Any], extra: dict[str, Any], *, strict: bool = False,
+                    path: str = "") -> dict[str, Any]:
+    """Nested dicts merged recursively into a new dict; ``extra`` wins where both set a value (with
+    ``strict``, a value set in both is a :class:`ConfigError` naming its dotted ``path``)."""
+    out = dict(base)
+    for key, value in extra.items():
+        where = f"{path}.{key}" if path else key
+        if isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = merge_overrides(out[key], value, strict=strict, path=where)
+        elif strict and key in out:
+            raise ConfigError(f"setting {where!r} is given twice")
+        else:
+            out[key] = value
+    return out
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Launch `trackgo train` on 1 GPU, 8 GPUs or several nodes.
+# Usage: infra/train/launch.sh 1gpu|8gpu|multinode|cpu2 [trackgo train arguments]
 #
 #   infra/train/launch.sh 1gpu      --config svd-xt-paper model.svd_path=/weights/svd-xt data.shards=/data/shards
 #   infra/train/launch.sh 8gpu      --config svd-xt-paper … [--resume]
@@ -9,11 +10,15 @@
 #
 # Every node runs the same command; global_batch_size stays fixed (accumulation adapts to the
 # number of processes). Checkpoints go to run_dir on shared storage; rerun with --resume after a
-# preemption (SIGTERM makes the run write a checkpoint before it exits).
+# preemption: SIGTERM to the launcher (or to every process) makes each process finish its step and
+# the run write a checkpoint; the launcher waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (default
+# here 240, torchrun's own is 30) for that before it kills the processes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+if [ "${1:-}" = -h ] || [ "${1:-}" = --help ]; then awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0; fi
 mode="${1:?usage: launch.sh 1gpu|8gpu|multinode|cpu2 [trackgo train arguments]}"
 shift
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-240}"
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
 NNODES="${NNODES:-1}"
