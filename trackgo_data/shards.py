@@ -9,6 +9,7 @@ byte-identical.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -82,14 +83,20 @@ def write_shards(
 
     def post(fname: str) -> None:
         fh = handles.pop(fname)
-        if failed:  # an exception is unwinding: never publish a partial shard
+        tmp = Path(fname + TMP_SUFFIX)
+        try:
+            if not failed:
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
             fh.close()
-            Path(fname + TMP_SUFFIX).unlink(missing_ok=True)
-            return
-        fh.flush()
-        os.fsync(fh.fileno())
+            tmp.unlink(missing_ok=True)
+            raise
         fh.close()
-        os.replace(fname + TMP_SUFFIX, fname)
+        if failed:  # an exception is unwinding: never publish a partial shard
+            tmp.unlink(missing_ok=True)
+            return
+        os.replace(tmp, fname)
         written.append(Path(fname))
 
     sink = wds.ShardWriter(
@@ -107,17 +114,17 @@ def write_shards(
             sink.write(sample)
             if index is not None:
                 index[sample["__key__"]] = Path(sink.fname).name
+        sink.close()  # publishes the last shard
     except BaseException:
         failed = True
-        raise
-    finally:
-        sink.close()
-        for fname, fh in handles.items():
+        with contextlib.suppress(Exception):
+            sink.close()
+        for fname, fh in list(handles.items()):
             fh.close()
             Path(fname + TMP_SUFFIX).unlink(missing_ok=True)
-        if failed:
-            for p in written:
-                p.unlink(missing_ok=True)
+        for p in written:  # a batch's shards are all published or none
+            p.unlink(missing_ok=True)
+        raise
     log.debug("wrote %d shard(s) with prefix %s", len(written), prefix)
     return written
 
@@ -249,33 +256,38 @@ def read_part(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return table.to_pylist(), json.loads(meta)
 
 
-def merge_parts(out_dir: str | Path, batch_ids: list[str] | None = None) -> dict[str, Any]:
-    """Merge ``out_dir/parts/*.parquet`` (or only ``batch_ids``) into ``out_dir/manifest.parquet``.
+def merge_parts(out_dir: str | Path, batch_ids: list[str] | None = None,
+                selection: dict[str, str] | None = None) -> dict[str, Any]:
+    """Merge batch parts into ``out_dir/manifest.parquet``: with ``selection`` ({source: batch_id})
+    the rows of each selected source from the part that batch wrote, and nothing else (the rows
+    of removed sources and of earlier versions of a source stay out); else every row of the parts
+    ``batch_ids`` (all parts when None).
 
     Raises when a key appears twice. Returns the summary (also written as summary.json):
-    accepted/rejected counts, rejects by reason, clips, seconds per stage, shard bytes per
-    accepted sample, the backends recorded by the batches. Then writes the dataset card
-    (``README.md``, :mod:`trackgo_data.card`).
+    accepted/rejected counts, rejects by reason, clips, seconds per stage, the shards holding the
+    accepted samples and their bytes per sample, the backends recorded by the batches. Then writes
+    the dataset card (``README.md``, :mod:`trackgo_data.card`).
     """
     from .card import write_card
     from .config import atomic_write_json
 
     out = Path(out_dir)
     parts = sorted((out / "parts").glob("*.parquet"))
-    if batch_ids is not None:
-        wanted = set(batch_ids)
+    wanted = set(selection.values()) if selection is not None else None if batch_ids is None else set(batch_ids)
+    if wanted is not None:
         parts = [p for p in parts if p.stem in wanted]
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
-    shards: list[str] = []
     backends: list[dict[str, Any]] = []
     for p in parts:
         prow, info = read_part(p)
+        if selection is not None:
+            prow = [r for r in prow if selection.get(r["source"]) == p.stem]
         rows.extend(prow)
-        shards.extend(info.get("shards", []))
         backends += [b for b in info.get("backends", []) if b not in backends]
         for k, v in info.get("seconds", {}).items():
             seconds[k] = seconds.get(k, 0.0) + float(v)
+    shards = sorted({r["shard"] for r in rows if r["status"] == "accepted" and r.get("shard")})
     seen: set[str] = set()
     dups = sorted({r["key"] for r in rows if r["key"] in seen or seen.add(r["key"])})
     if dups:
@@ -297,7 +309,7 @@ def merge_parts(out_dir: str | Path, batch_ids: list[str] | None = None) -> dict
         "accepted": n_acc,
         "rejected": len(rows) - n_acc,
         "rejected_by_reason": dict(sorted(by_reason.items())),
-        "shards": sorted(shards),
+        "shards": shards,
         "shard_bytes": shard_bytes,
         "shard_bytes_per_sample": shard_bytes / n_acc if n_acc else 0.0,
         "seconds": {k: round(v, 4) for k, v in sorted(seconds.items())},

@@ -103,7 +103,8 @@ def test_vanished_source_is_reported_removed_not_rejected(two_sources, tmp_path)
     assert res.removed == [str(src / "b.mp4")]
     assert [r["video_id"] for r in res.rows] == ["a"]
     summary = B.build_dataset(src, out, tiny_config(), batch_size=4, progress=False)
-    assert summary["rejected"] == 0 and summary["sources"] == 1
+    assert summary["sources"] == 1 and summary["sources_processed"] == 0          # a's record is reused
+    assert [r["video_id"] for r in read_manifest(out / "manifest.parquet")] == ["a"]
 
 
 # ---------------------------------------------------------------------------- backends that cannot load
