@@ -51,7 +51,7 @@ from .timing import STAGES, StageClock  # noqa: F401
 log = logging.getLogger(__name__)
 
 
-def run_capped(plan: BuildPlan, cap: int, run_batch: Callable[[BatchSpec, int], BatchResult]
+def run_capped(plan: BuildPlan, cap: int, run_batch: Callable[[BatchSpec, int], BatchResult | None]
                ) -> dict[str, SourceRecord]:
     """Take the plan's sources in order until ``cap`` clips are accepted; returns the record
     chosen for each source taken.
@@ -60,7 +60,8 @@ def run_capped(plan: BuildPlan, cap: int, run_batch: Callable[[BatchSpec, int], 
     with no more accepted clips than that: :func:`~trackgo_data.records.reusable_record`); runs of
     consecutive sources without one are processed as batches of ≤ ``plan.batch_size`` through
     ``run_batch(spec, left)``, each capped at what is left when it starts. So the cap is exact,
-    and a rerun with the same cap processes nothing.
+    and a rerun with the same cap processes nothing. ``run_batch`` returns None when the batch
+    failed: the walk stops there (the sources from it on get no rows in this run).
     """
     chosen: dict[str, SourceRecord] = {}
     left, i, n = cap, 0, len(plan.sources)
@@ -80,6 +81,8 @@ def run_capped(plan: BuildPlan, cap: int, run_batch: Callable[[BatchSpec, int], 
         (spec,) = make_batches([plan.sources[j] for j in group], [plan.video_ids[j] for j in group],
                                [plan.fingerprints[j] for j in group], plan.config_hash, len(group))
         result = run_batch(spec, left)
+        if result is None:
+            break
         for rec in result.records:
             chosen[rec.source] = rec
             left -= rec.accepted

@@ -91,17 +91,19 @@ def test_artifacts(thread_run):
     assert len(list((out / "previews").glob("*.png"))) == 2
 
 
-def test_rerun_is_served_from_cache(thread_run, flow_sources):
+def test_rerun_runs_no_batch(thread_run, flow_sources):
+    """Every source is recorded: the rerun plans nothing, submits no batch task, rewrites nothing."""
     out, first = thread_run
     parts = {p: p.stat().st_mtime_ns for p in (out / "parts").glob("*.parquet")}
     digests = _digests(out)
     state = build_dataset_flow(**flow_kwargs(flow_sources, out), return_state=True)
     assert state.is_completed()
-    batch_runs = [t for t in _task_runs(state.state_details.flow_run_id) if t.task_key.startswith("build_batch")]
-    assert len(batch_runs) == 3 and {t.state.name for t in batch_runs} == {"Cached"}
+    names = [t.task_key for t in _task_runs(state.state_details.flow_run_id)]
+    assert not [n for n in names if n.startswith("build_batch")] and len(names) == 2   # plan, finalize
     assert {p: p.stat().st_mtime_ns for p in parts} == parts  # nothing rewritten
     assert _digests(out) == digests
-    assert state.result()["accepted"] == first.result()["accepted"]
+    summary = state.result()
+    assert summary["accepted"] == first.result()["accepted"] and summary["sources_processed"] == 0
 
 
 def test_dask_local_cluster_two_workers(tmp_path, flow_sources, thread_run):
@@ -118,8 +120,8 @@ def test_dask_local_cluster_two_workers(tmp_path, flow_sources, thread_run):
                 import os as _os
                 import sys as _sys
 
-                build = _sys.modules.get("trackgo_data.build")
-                return _os.getpid(), len(build._MODELS) if build else 0
+                backends = _sys.modules.get("trackgo_data.backends")
+                return _os.getpid(), len(backends._MODELS) if backends else 0
 
             per_worker = client.run(loaded)
 
@@ -185,7 +187,6 @@ def test_kill_9_then_resume(tmp_path, flow_sources, thread_run, prefect_server):
 def test_failing_batch_is_retried_then_reported(tmp_path, flow_sources, thread_run, monkeypatch):
     """A transient error is retried; a batch that keeps failing fails the run only after the other
     batches finished and the manifest was written, and a rerun completes the missing batch."""
-    import flows.build_dataset as fb
     import trackgo_data.build as tb
 
     real = tb.process_batch
@@ -200,9 +201,9 @@ def test_failing_batch_is_retried_then_reported(tmp_path, flow_sources, thread_r
         return real(spec, cfg, out, limit=limit)
 
     monkeypatch.setattr(tb, "process_batch", flaky)
-    monkeypatch.setattr(fb, "build_batch_task", fb.build_batch_task.with_options(retries=2, retry_delay_seconds=0))
     out = tmp_path / "flaky"
-    state = build_dataset_flow(**flow_kwargs(flow_sources, out, previews=0), return_state=True)
+    state = build_dataset_flow(**flow_kwargs(flow_sources, out, previews=0, retries=2, retry_delay_seconds=0),
+                               return_state=True)
     assert state.is_failed() and "rerun to resume" in state.message
     carphone = next(k for k in calls if "carphone" in k)
     bunny = next(k for k in calls if "bigbuckbunny" in k)
