@@ -112,7 +112,7 @@ def _legacy_records(path: Path, info: dict[str, Any], chash: str,
 
     if not info.get("exhausted", True) or info.get("limit") is not None:
         return []
-    table = pq.read_table(path, columns=["source", "video_id", "status"]).to_pylist()
+    table = pq.ParquetFile(path).read(columns=["source", "video_id", "status"]).to_pylist()
     vids = {r["source"]: r["video_id"] for r in table}
     sources = list(info.get("sources", []))
     prints = [fingerprint_of(s) for s in sources]

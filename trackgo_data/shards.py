@@ -36,11 +36,17 @@ class ShardSpec:
 
 
 def remove_partials(out_dir: str | Path, prefix: str) -> list[Path]:
-    """Delete ``<prefix>-*.tar`` and their temp files (a batch about to be rewritten)."""
+    """Delete ``<prefix>-000000.tar``, ``-000001.tar``, … and their temp files (a batch about to be
+    rewritten). Shards are numbered from 0 without gaps, so this stops at the first number with
+    neither file: a few stat calls, not a listing of a folder that may hold every shard of a corpus."""
     out_dir = Path(out_dir)
     gone = []
-    if out_dir.is_dir():
-        for p in sorted(out_dir.glob(f"{prefix}-*.tar*")):
+    for i in range(1 << 20):
+        found = [p for p in (out_dir / f"{prefix}-{i:06d}.tar", out_dir / f"{prefix}-{i:06d}.tar{TMP_SUFFIX}")
+                 if p.exists()]
+        if not found:
+            break
+        for p in found:
             p.unlink(missing_ok=True)
             gone.append(p)
     return gone
@@ -249,7 +255,7 @@ def read_part(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    table = pq.ParquetFile(path).read()  # one file: none of read_table's dataset machinery
     meta = (table.schema.metadata or {}).get(PART_META_KEY)
     if meta is None:
         raise ValueError(f"{path} is not a batch part file (no {PART_META_KEY.decode()} metadata)")
