@@ -255,7 +255,7 @@ def read_part(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(path).read()  # one file: none of read_table's dataset machinery
+    table = pq.ParquetFile(path).read(use_threads=False)  # a small file: no dataset machinery, no thread pool
     meta = (table.schema.metadata or {}).get(PART_META_KEY)
     if meta is None:
         raise ValueError(f"{path} is not a batch part file (no {PART_META_KEY.decode()} metadata)")
