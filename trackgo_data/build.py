@@ -32,21 +32,31 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from .backends import get_models  # noqa: F401  (re-exported)
-from .buildconfig import PROFILES, BackendConfig, BuildConfig, make_config  # noqa: F401
-from .compact import compact  # noqa: F401
-from .config import ConfigError, config_hash  # noqa: F401
-from .faults import InfrastructureError, SourceGone, is_infrastructure_error  # noqa: F401
-from .plan import (BatchSpec, BuildPlan, discover_sources, file_fingerprint, fingerprints,  # noqa: F401
+from .backends import get_models
+from .buildconfig import PROFILES, BackendConfig, BuildConfig, make_config
+from .compact import compact
+from .config import ConfigError, config_hash
+from .faults import InfrastructureError, SourceGone, is_infrastructure_error
+from .plan import (BatchSpec, BuildPlan, discover_sources, file_fingerprint, fingerprints,
                    make_batches, plan_batches, plan_build, plan_summary, probe_indices, video_ids_for)
-from .process import (PROCESSING_ERROR, BatchResult, clip_seed, iter_video, process_batch,  # noqa: F401
+from .process import (PROCESSING_ERROR, BatchResult, clip_seed, iter_video, process_batch,
                       process_video)
-from .records import (CONFIG_FILE, SourceRecord, current_record, prepare_output, read_records,  # noqa: F401
+from .records import (CONFIG_FILE, SourceRecord, current_record, prepare_output, read_records,
                       reusable_record)
-from .sample import sanitize_video_id  # noqa: F401
-from .timing import STAGES, StageClock  # noqa: F401
+from .sample import sanitize_video_id
+from .timing import STAGES, StageClock
+
+__all__ = [
+    "PROCESSING_ERROR", "PROFILES", "STAGES", "CONFIG_FILE", "BackendConfig", "BatchResult", "BatchSpec",
+    "BuildConfig", "BuildPlan", "ConfigError", "InfrastructureError", "SourceGone", "SourceRecord", "StageClock",
+    "build_dataset", "clip_seed", "compact", "config_hash", "current_record", "discover_sources", "file_fingerprint",
+    "finalize", "finalize_plan", "fingerprints", "get_models", "is_infrastructure_error", "iter_video",
+    "make_batches", "make_config", "plan_batches", "plan_build", "plan_summary", "prepare_output", "probe_indices",
+    "process_batch", "process_video", "read_records", "reusable_record", "run_capped", "run_counts",
+    "sanitize_video_id", "selection_of", "video_ids_for",
+]
 
 log = logging.getLogger(__name__)
 

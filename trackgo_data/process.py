@@ -22,11 +22,9 @@ rerun after the fix processes it again. A source that vanished after planning is
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +33,15 @@ from typing import Any
 from .backends import get_models
 from .buildconfig import BuildConfig
 from .config import config_hash
-from .faults import (CircuitBreaker, InfrastructureError, SourceGone, is_gone,  # noqa: F401  (re-exported)
-                     is_infrastructure_error)
+from .faults import CircuitBreaker, InfrastructureError, SourceGone, is_gone, is_infrastructure_error
 from .plan import BatchSpec, fingerprints
-from .records import SourceRecord, prepare_output
+from .records import SourceRecord, batch_lock, prepare_output
 from .sample import sanitize_video_id
-from .timing import STAGES, StageClock  # noqa: F401  (re-exported)
+from .timing import StageClock
+
+__all__ = ["PROCESSING_ERROR", "BatchResult", "InfrastructureError", "SourceContext", "SourceGone", "StageClock",
+           "batch_lock", "clip_seed", "is_infrastructure_error", "iter_video", "process_batch", "process_clip",
+           "process_video"]
 
 log = logging.getLogger(__name__)
 
@@ -234,42 +235,6 @@ def _reusable(info: dict[str, Any], limit: int | None) -> bool:
     if info.get("limit") == limit:
         return True
     return bool(info.get("exhausted")) and (limit is None or info["counts"]["accepted"] <= limit)
-
-
-@contextlib.contextmanager
-def batch_lock(out: Path, batch_id: str):
-    """Hold ``parts/.<batch_id>.lock`` exclusively (``fcntl.flock``; blocks while another process
-    holds it). A task whose flow run died can still be running on a worker when a rerun hands
-    the same batch to another one; the lock makes the second wait and then find the batch
-    done, instead of both writing the same shard names. The kernel drops the lock of a killed
-    process. The file is removed on release (a waiter that then holds a removed file retries).
-    Works on local file systems and NFS (flock is emulated with POSIX locks there)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no cross-process exclusion
-        yield
-        return
-    path = out / "parts" / f".{batch_id}.lock"
-    while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("batch %s is being processed by another process; waiting", batch_id)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # the holder removed the file after we opened it: lock the new one
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
 
 
 def _recorded(out: Path, part: Path, batch_id: str, limit: int | None) -> BatchResult | None:

@@ -1,6 +1,7 @@
 """The output folder and its record of what was built: one record per source.
 
     prepare_output(out_dir, cfg) -> Path          create it, record the config, refuse another config
+    batch_lock(out_dir, batch_id)                 one process at a time writes a batch
     SourceRecord                                   what one batch did with one version of one source
     read_records(out_dir, config_hash, fingerprint_of) -> {source: [SourceRecord]}
     current_record(records, fingerprint) -> SourceRecord | None
@@ -20,6 +21,7 @@ such part records nothing, so its sources are processed again once.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -159,3 +161,39 @@ def reusable_record(records: list[SourceRecord], fingerprint: str, left: int) ->
     same = [r for r in records if r.fingerprint == fingerprint]
     hits = [r for r in same if r.limit == left] or [r for r in same if r.complete and r.accepted <= left]
     return min(hits, key=lambda r: r.batch_id) if hits else None
+
+
+@contextlib.contextmanager
+def batch_lock(out: Path, batch_id: str):
+    """Hold ``parts/.<batch_id>.lock`` exclusively (``fcntl.flock``; blocks while another process
+    holds it). A task whose flow run died can still be running on a worker when a rerun hands
+    the same batch to another one; the lock makes the second wait and then find the batch
+    done, instead of both writing the same shard names. The kernel drops the lock of a killed
+    process. The file is removed on release (a waiter that then holds a removed file retries).
+    Works on local file systems and NFS (flock is emulated with POSIX locks there)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process exclusion
+        yield
+        return
+    path = out / "parts" / f".{batch_id}.lock"
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("batch %s is being processed by another process; waiting", batch_id)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file after we opened it: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)

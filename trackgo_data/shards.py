@@ -52,6 +52,47 @@ def remove_partials(out_dir: str | Path, prefix: str) -> list[Path]:
     return gone
 
 
+class _Publisher:
+    """``ShardWriter``'s opener and post hooks: a shard is written to ``<name>.tmp``, and when it
+    is complete fsynced and renamed to its name; while ``failed`` it is discarded instead."""
+
+    def __init__(self):
+        self.handles: dict[str, Any] = {}
+        self.written: list[Path] = []
+        self.failed = False
+
+    def open(self, fname: str):
+        fh = open(fname + TMP_SUFFIX, "wb")
+        self.handles[fname] = fh
+        return fh
+
+    def post(self, fname: str) -> None:
+        fh = self.handles.pop(fname)
+        tmp = Path(fname + TMP_SUFFIX)
+        try:
+            if not self.failed:
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        fh.close()
+        if self.failed:  # an exception is unwinding: never publish a partial shard
+            tmp.unlink(missing_ok=True)
+            return
+        os.replace(tmp, fname)
+        self.written.append(Path(fname))
+
+    def discard(self) -> None:
+        """Remove what is open and what was published: a batch's shards are all there or none."""
+        for fname, fh in list(self.handles.items()):
+            fh.close()
+            Path(fname + TMP_SUFFIX).unlink(missing_ok=True)
+        for p in self.written:
+            p.unlink(missing_ok=True)
+
+
 def write_shards(
     samples: Iterable[dict[str, Any]],
     out_dir: str | Path,
@@ -66,7 +107,8 @@ def write_shards(
     ``index``, when given, is filled with ``key -> shard file name``.
 
     Existing shards of the same prefix are removed first, so a rerun never leaves a stale
-    ``-000003.tar`` of a longer earlier write. Each shard is fsynced and renamed when complete.
+    ``-000003.tar`` of a longer earlier write. Each shard is fsynced and renamed when complete;
+    when anything fails (the samples' generator, a write, an fsync) no shard of the prefix is left.
     """
     import webdataset as wds
 
@@ -78,43 +120,10 @@ def write_shards(
     first = next(it, None)
     if first is None:
         return []
-    handles: dict[str, Any] = {}
-    written: list[Path] = []
-    failed = False
-
-    def opener(fname: str):
-        fh = open(fname + TMP_SUFFIX, "wb")
-        handles[fname] = fh
-        return fh
-
-    def post(fname: str) -> None:
-        fh = handles.pop(fname)
-        tmp = Path(fname + TMP_SUFFIX)
-        try:
-            if not failed:
-                fh.flush()
-                os.fsync(fh.fileno())
-        except BaseException:
-            fh.close()
-            tmp.unlink(missing_ok=True)
-            raise
-        fh.close()
-        if failed:  # an exception is unwinding: never publish a partial shard
-            tmp.unlink(missing_ok=True)
-            return
-        os.replace(tmp, fname)
-        written.append(Path(fname))
-
-    sink = wds.ShardWriter(
-        str(out_dir / f"{prefix}-%06d.tar"),
-        maxcount=int(spec.maxcount),
-        maxsize=int(spec.maxsize),
-        opener=opener,
-        post=post,
-        verbose=0,
-        mtime=mtime,
-        encoder=False,
-    )
+    files = _Publisher()
+    sink = wds.ShardWriter(str(out_dir / f"{prefix}-%06d.tar"), maxcount=int(spec.maxcount),
+                           maxsize=int(spec.maxsize), opener=files.open, post=files.post, verbose=0, mtime=mtime,
+                           encoder=False)
     try:
         for sample in _chain(first, it):
             sink.write(sample)
@@ -122,17 +131,13 @@ def write_shards(
                 index[sample["__key__"]] = Path(sink.fname).name
         sink.close()  # publishes the last shard
     except BaseException:
-        failed = True
+        files.failed = True
         with contextlib.suppress(Exception):
             sink.close()
-        for fname, fh in list(handles.items()):
-            fh.close()
-            Path(fname + TMP_SUFFIX).unlink(missing_ok=True)
-        for p in written:  # a batch's shards are all published or none
-            p.unlink(missing_ok=True)
+        files.discard()
         raise
-    log.debug("wrote %d shard(s) with prefix %s", len(written), prefix)
-    return written
+    log.debug("wrote %d shard(s) with prefix %s", len(files.written), prefix)
+    return files.written
 
 
 def _chain(first, rest):

@@ -29,7 +29,12 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .faults import STORAGE_ERRNOS
-from .video_encode import encode_lossless_rgb, encode_mp4  # noqa: F401  (re-exported)
+from .video_encode import encode_lossless_rgb, encode_mp4
+
+__all__ = ["EMPTY_FILE", "TOO_SHORT", "TOO_SMALL", "UNDECODABLE", "VIDEO_REASONS", "VideoError", "VideoInfo",
+           "cover_size", "decode_mp4", "encode_lossless_rgb", "encode_mp4", "get_decode_threads", "is_storage_error",
+           "iter_frames", "probe", "pyav_threads_scaler", "read_frames", "read_windows", "resize_crop",
+           "set_decode_threads"]
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from flows.build_dataset import (
     plan_task,
 )
 from flows.task_runners import TASK_RUNNER_NAMES, make_task_runner
-from trackgo_data.build import BatchSpec
 from trackgo_data.config import ConfigError
 
 
