@@ -312,13 +312,13 @@ def build_dataset_flow(
 def _finish(out: Path, plan: B.BuildPlan, summary: dict[str, Any], progress: Progress,
             failures: list[tuple[str, str]], wall: float, task_runner: str, previews: int) -> dict[str, Any]:
     """Artifacts, the run's summary (logged and returned); raises when batches failed."""
-    _publish(out, summary, wall, previews)
     c = progress.counts
     summary = {**summary, "wall_seconds": round(wall, 3), "task_runner": task_runner,
                "manifest": str(out / "manifest.parquet"), "shards_dir": str(out / "shards"),
                "failed_batches": [b for b, _ in failures], "sources_processed": c["sources_processed"],
                "batches_run": c["batches_run"], "sources_removed": len(plan.removed) + c["sources_removed"],
                "sources_missing": len(plan.missing)}
+    _publish(out, summary, wall, previews)
     _logger().info("build-dataset: %s", json.dumps({k: v for k, v in summary.items() if k != "shards"},
                                                    sort_keys=True, default=str))
     if failures:

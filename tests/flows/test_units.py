@@ -105,9 +105,10 @@ def test_ray_backend_names_the_missing_extra():
 def test_summary_table_hand_computed():
     summary = {"sources": 3, "batches": 2, "clips": 10, "accepted": 6, "rejected": 4,
                "rejected_by_reason": {"scene_cut": 1, "empty_file": 3}, "shard_bytes_per_sample": 1234.6,
-               "seconds": {"decode": 1.5, "track": 0.25}}
+               "seconds": {"decode": 1.5, "track": 0.25}, "sources_processed": 1, "sources_removed": 2}
     rows = {r["item"]: r["value"] for r in _common.summary_table(summary, wall_seconds=4.0)}
     assert rows["accepted"] == 6 and rows["rejected"] == 4
+    assert rows["sources processed by this run"] == 1 and rows["sources removed (rows left the manifest)"] == 2
     assert rows["rejected: empty_file"] == 3 and rows["rejected: scene_cut"] == 1
     assert rows["clips/s (wall)"] == 2.5
     assert rows["stage decode (s, summed over workers)"] == 1.5
