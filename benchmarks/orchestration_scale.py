@@ -10,14 +10,15 @@ milliseconds, so what is measured is the orchestration around it:
 
 - **per-task-run overhead** = (wall time of the flow, ``python -m flows.build_dataset`` with the
   thread runner, process start included − wall time of the same batches in the plain loop,
-  ``trackgo_data.build.build_dataset``) / N;
+  ``trackgo_data.build.build_dataset``) / N; and the same with CPU seconds (user + system of the
+  process), which a loaded machine inflates less; the server's CPU seconds per batch beside;
 - **peak memory** of the flow process (RSS), of the Prefect server (RSS of its process tree) and
   of PostgreSQL (PSS of the cluster's processes: shared buffers counted once), sampled every
   0.5 s, with the flow's RSS when 10 %, 50 % and 90 % of the batches were done (flat = growth
   from 10 % to 90 % small against the peak);
 - **task runs lost** = N − build-batch task runs the server holds in state Completed once its
   event pipeline has drained (waited for up to ``--drain`` s after the flow ended; the time it
-  took is printed);
+  took is printed), with the number of events the server's queue dropped (its log's warnings);
 - **flow-run page**: headless Chromium (Playwright, the system's ``chromium``) opens the run's
   page in the Prefect UI; seconds until the load event, until the run's name is shown, and until
   the network is idle (every API call the page makes answered), cold and again;
@@ -162,39 +163,63 @@ def make_sources(root: Path, n: int) -> Path:
     return listing
 
 
-def plain_loop(listing: Path, out: Path) -> float:
+def child_cpu() -> float:
+    """User + system seconds of this process's waited-for children so far."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def tree_cpu(pid: int | None) -> float:
+    """User + system seconds of ``pid`` and its live descendants (0 for None)."""
+    import psutil
+
+    if pid is None:
+        return 0.0
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    return sum(sum(p.cpu_times()[:2]) for p in procs if p.is_running())
+
+
+def plain_loop(listing: Path, out: Path) -> tuple[float, float]:
     """The same batches without Prefect, in a child process (as the flow runs in one)."""
     code = ("import sys, time; t0 = time.perf_counter(); "
             "from trackgo_data.build import build_dataset, make_config; "
             "s = build_dataset(sys.argv[1], sys.argv[2], make_config('local'), batch_size=1, progress=False); "
             "print(time.perf_counter() - t0, s['clips'])")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), child_cpu()
     done = subprocess.run([sys.executable, "-c", code, str(listing), str(out)], env=env, capture_output=True,
                           text=True)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, child_cpu() - c0
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
-    return wall
+    return wall, cpu
 
 
-def run_flow(server: Server, listing: Path, out: Path, logfile: Path) -> tuple[float, Sampler]:
+def run_flow(server: Server, listing: Path, out: Path, logfile: Path) -> tuple[float, float, float, Sampler]:
+    """(wall s, flow CPU s, server CPU s, memory samples) of one flow run."""
     env = {**server.env, "PREFECT_API_URL": server.api,
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "flows.build_dataset", "--source", str(listing), "--output", str(out),
            "--batch-size", "1", "--previews", "0", "--no-progress"]
-    t0 = time.perf_counter()
+    s0 = tree_cpu(server.server_pid()) + tree_cpu(server.postgres_pid())
+    t0, c0 = time.perf_counter(), child_cpu()
     with logfile.open("wb") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
         sampler = Sampler(proc.pid, server, out / "parts")
         sampler.start()
         rc = proc.wait()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, child_cpu() - c0
+    server_cpu = tree_cpu(server.server_pid()) + tree_cpu(server.postgres_pid()) - s0
     sampler.stop.set()
     sampler.join()
     if rc:
         raise RuntimeError(f"the flow failed (exit {rc}); see {logfile}:\n" + logfile.read_text()[-3000:])
-    return wall, sampler
+    return wall, cpu, server_cpu, sampler
 
 
 def drain(server: Server, n: int, wait: float) -> tuple[str, int, int, float]:
@@ -254,22 +279,28 @@ def page_load(server: Server, flow_run_id: str) -> dict[str, object]:
     return result
 
 
-def measure(db: str, n: int, listing: Path, plain_wall: float, root: Path, drain_wait: float) -> dict[str, object]:
+def measure(db: str, n: int, listing: Path, plain: tuple[float, float], root: Path, drain_wait: float
+            ) -> dict[str, object]:
     server = Server(db, root / db)
     server.up()
     try:
         out = root / db / "out"
         log.info("%s: flow with %d batches (load %s)", db, n, loadavg())
-        wall, sampler = run_flow(server, listing, out, root / db / "flow.log")
+        wall, cpu, server_cpu, sampler = run_flow(server, listing, out, root / db / "flow.log")
         run_id, completed, total, waited = drain(server, n, drain_wait)
         artifacts = server.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
         page = page_load(server, run_id)
         peak = [max(s[i] for s in sampler.samples) for i in (2, 3, 4)]
         return {
-            "db": db, "batches": n, "flow_wall_s": round(wall, 1), "plain_wall_s": round(plain_wall, 1),
-            "overhead_ms_per_batch": round(1000 * (wall - plain_wall) / n, 2),
+            "db": db, "batches": n, "flow_wall_s": round(wall, 1), "plain_wall_s": round(plain[0], 1),
+            "overhead_ms_per_batch": round(1000 * (wall - plain[0]) / n, 2),
+            "flow_cpu_s": round(cpu, 1), "plain_cpu_s": round(plain[1], 1),
+            "cpu_overhead_ms_per_batch": round(1000 * (cpu - plain[1]) / n, 2),
+            "server_cpu_ms_per_batch": round(1000 * server_cpu / n, 2),
             "task_runs_completed": completed, "task_runs_total": total, "task_runs_lost": n - completed,
             "drain_s": round(waited, 1), "artifacts": len(artifacts),
+            "events_dropped_by_server": (root / db / "state" / "logs" / "server.log").read_text(
+                errors="replace").count("Subscription queue is full"),
             "flow_rss_peak_mib": round(peak[0] / 2**20), "server_rss_peak_mib": round(peak[1] / 2**20),
             "postgres_pss_peak_mib": round(peak[2] / 2**20) if db == "postgres" else None,
             "flow_rss_at_10_50_90_mib": [round(sampler.at(f, n) / 2**20) for f in (0.1, 0.5, 0.9)],
@@ -290,21 +321,26 @@ def main() -> None:
     p.add_argument("--keep", action="store_true")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     root = Path(a.root or tempfile.mkdtemp(prefix="trackgo-orch-scale-"))
     try:
         listing = make_sources(root / "videos", a.batches)
         log.info("plain loop over %d batches (load %s)", a.batches, loadavg())
         plain = plain_loop(listing, root / "plain")
-        log.info("plain loop: %.1f s (%.2f ms per batch)", plain, 1000 * plain / a.batches)
-        results = [measure(db, a.batches, listing, plain, root, a.drain) for db in a.dbs.split(",")]
+        log.info("plain loop: %.1f s, %.1f CPU-s (%.2f ms per batch)", plain[0], plain[1], 1000 * plain[0] / a.batches)
+        results = []
+        for db in a.dbs.split(","):
+            results.append(measure(db, a.batches, listing, plain, root, a.drain))
+            log.info("%s: %s", db, json.dumps(results[-1]))
     finally:
         if a.keep:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    keys = ["overhead_ms_per_batch", "task_runs_lost", "flow_rss_peak_mib", "flow_rss_at_10_50_90_mib",
+    keys = ["overhead_ms_per_batch", "cpu_overhead_ms_per_batch", "server_cpu_ms_per_batch", "task_runs_lost",
+            "events_dropped_by_server", "flow_rss_peak_mib", "flow_rss_at_10_50_90_mib",
             "server_rss_peak_mib", "server_rss_at_10_50_90_mib", "postgres_pss_peak_mib", "flow_wall_s",
-            "plain_wall_s", "drain_s", "artifacts"]
+            "plain_wall_s", "flow_cpu_s", "plain_cpu_s", "drain_s", "artifacts", "load_average"]
     print(f"\n{'':30s}" + "".join(f"{r['db']:>24s}" for r in results))
     for k in keys:
         print(f"{k:30s}" + "".join(f"{str(r[k]):>24s}" for r in results))

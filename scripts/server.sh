@@ -62,11 +62,23 @@ pf() {  # prefect CLI against this server, with the project's Prefect home
   PREFECT_HOME="$STATE" PREFECT_PROFILES_PATH="$PROFILES_PATH" PREFECT_API_URL="$API_URL" "$PREFECT" "$@"
 }
 
+# The server records task runs and events from the events its clients send, through an in-memory
+# queue of 10,000 messages per consumer that drops what overflows. Prefect's defaults write task
+# runs one per transaction (and events 20 at a time, flushed every 5 s): a flow submitting
+# thousands of batches outruns that, the queue overflows and task runs are lost. Batched writes
+# (any of these can be overridden from the environment) keep up with 10,000 batch task runs.
+SERVER_TUNING=(
+  PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE="${PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE:-200}"
+  PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL="${PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL:-1}"
+  PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE="${PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE:-200}"
+  PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL="${PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL:-1}"
+  PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
+)
+
 start_bg() {  # start_bg NAME CMD... : detached, own session, pid recorded
   local name="$1"; shift
   setsid nohup env PREFECT_HOME="$STATE" PREFECT_PROFILES_PATH="$PROFILES_PATH" PREFECT_API_URL="$API_URL" \
-    PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}" \
-    "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
+    "${SERVER_TUNING[@]}" "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
   echo $! > "$RUN/$name.pid"
 }
 
