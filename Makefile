@@ -13,6 +13,8 @@ CONFIG ?= tiny-cpu
 SOURCE ?=
 OUT ?= data/sample
 PROFILE ?= local
+# the Prefect server's database: sqlite (embedded, default) | postgres (a private cluster)
+DB ?= sqlite
 VIPSEG ?=
 CHECKPOINT ?=
 SVD ?=
@@ -34,16 +36,18 @@ setup-paper:
 	VENV="$(VENV)" PY="$(PY)" TORCH_INDEX="$(TORCH_INDEX)" DEVA_SRC="$(DEVA_SRC)" bash scripts/install.sh paper
 
 # The main job: build-dataset as a Prefect deployment on the local server (bundled sample videos).
+# DB=postgres runs the server on a private PostgreSQL cluster (scripts/postgres.sh) instead of SQLite.
 dataset: setup
-	bash scripts/dataset.sh "$(SOURCE)" "$(OUT)" "$(PROFILE)"
+	TRACKGO_PREFECT_DB=$(DB) bash scripts/dataset.sh "$(SOURCE)" "$(OUT)" "$(PROFILE)"
 
 # The same stages in-process, without Prefect.
 dataset-direct: setup
 	$(BIN)/trackgo data build --source "$(or $(SOURCE),samples)" --out "$(OUT)" --profile $(PROFILE)
 
 server: setup
-	bash scripts/server.sh up
+	TRACKGO_PREFECT_DB=$(DB) bash scripts/server.sh up
 
+# stops the server, the worker and, when `make server DB=postgres` started it, PostgreSQL
 down:
 	bash scripts/server.sh down
 

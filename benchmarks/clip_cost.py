@@ -46,7 +46,7 @@ def full_path(src: Path, cfg: B.BuildConfig, seg, trk, out: Path) -> tuple[float
     Only the first window is processed (the bare operations run on it): when the filters reject
     it, the measurement stops with the reason instead of going on to later windows.
     """
-    clock = P._Clock()
+    clock = P.StageClock()
     t0 = time.perf_counter()
     clips = P.iter_video(src, cfg, seg, trk, clock=clock, limit=1)
     members, row = next(clips)

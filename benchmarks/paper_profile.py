@@ -78,7 +78,7 @@ def build_config(args, device: str) -> B.BuildConfig:
 
 
 def one_clip(src: Path, cfg: B.BuildConfig, seg, trk) -> tuple[float, dict, dict]:
-    clock = P._Clock()
+    clock = P.StageClock()
     t0 = time.perf_counter()
     clips = P.iter_video(src, cfg, seg, trk, clock=clock, limit=1)
     members, row = next(clips)

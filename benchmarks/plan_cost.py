@@ -5,9 +5,9 @@ batches already done, probe 32 sources to estimate the clips). Goal: ≤ 60 s an
 The sources are sparse files of realistic sizes (log-normal, median 25 MB, 1 MB – 2 GB: reading
 a hole costs what reading data from the page cache costs, but no disk) in folders of 1000, as a
 crawl would store them; the 32 sources the plan probes are real videos (hard links to a bundled
-sample), so the estimate does real probing. Half of the batches are marked done (empty part
-files), as after an interrupted build. Then one source is touched and the batches are planned
-again: exactly one batch id must change.
+sample), so the estimate does real probing. Half of the sources are recorded done (part files
+with one record and one row per source), as after an interrupted build. Then one source is
+touched and the build is planned again: exactly one more source must be to run.
 
 The plan runs in a child process (the real command line: ``python -m trackgo_model.cli data
 plan``); its wall time, CPU time and peak memory (max RSS) are printed with the bytes it read.
@@ -58,6 +58,21 @@ def make_sources(root: Path, n: int, seed: int = 0) -> tuple[int, float]:
     return total, time.perf_counter() - t0
 
 
+def record_done(out: Path, spec) -> None:
+    """A part file recording ``spec``'s sources as processed (one rejected row each)."""
+    from trackgo_data.records import PART_FORMAT
+    from trackgo_data.shards import manifest_row, write_part
+
+    rows = [{**manifest_row(f"{v}-000000", s, v, 0, "rejected", "too_short"), "batch_id": spec.batch_id}
+            for s, v in zip(spec.sources, spec.video_ids)]
+    records = [{"source": s, "video_id": v, "fingerprint": fp, "accepted": 0, "complete": True, "limit": None}
+               for s, v, fp in zip(spec.sources, spec.video_ids, spec.fingerprints)]
+    write_part(out / "parts" / f"{spec.batch_id}.parquet", rows,
+               {"format": PART_FORMAT, "batch_id": spec.batch_id, "shards": [], "seconds": {}, "counts":
+                {"accepted": 0, "rejected": len(rows)}, "limit": None, "exhausted": True, "sources": spec.sources,
+                "backends": [], "records": records, "removed": []})
+
+
 def child(root: str, out: str) -> None:
     """The measured process: the real ``trackgo data plan`` command, then what it read."""
     from trackgo_model.cli import main
@@ -86,9 +101,11 @@ def main() -> None:
         print(f"created {a.sources} sources ({total / 2**40:.2f} TiB apparent, sparse) in {t_make:.1f} s")
         cfg = B.make_config("local")
         specs = B.plan_batches(B.discover_sources(src), cfg, 4)          # to mark half of them done
-        (out / "parts").mkdir(parents=True)
+        B.prepare_output(out, cfg)
+        t0 = time.perf_counter()
         for s in specs[: len(specs) // 2]:
-            (out / "parts" / f"{s.batch_id}.parquet").touch()
+            record_done(out, s)
+        print(f"recorded {len(specs) // 2} batches as done in {time.perf_counter() - t0:.1f} s")
 
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                              os.environ.get("PYTHONPATH", "")])}
@@ -105,7 +122,7 @@ def main() -> None:
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         rss_gib = after.ru_maxrss / 2**20                                # KiB → GiB (max over children)
         print(f"plan: {json.dumps(plan, sort_keys=True)}")
-        assert plan["sources"] == a.sources and plan["batches_done"] == len(specs) // 2
+        assert plan["sources"] == a.sources and plan["sources_done"] == 4 * (len(specs) // 2)
         print(f"planning {a.sources} sources: {wall:.1f} s wall (goal <= 60), {cpu:.1f} CPU-s, "
               f"max RSS {rss_gib:.2f} GiB (goal <= 2), read {io['rchar'] / 2**30:.2f} GiB in "
               f"{io['syscr']} read calls ({io['rchar'] / a.sources / 1024:.1f} KiB per source, "
@@ -115,10 +132,10 @@ def main() -> None:
         st = victim.stat()
         os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
         t0 = time.perf_counter()
-        again = B.plan_batches(B.discover_sources(src), cfg, 4)
-        changed = [i for i, (x, y) in enumerate(zip(specs, again)) if x.batch_id != y.batch_id]
-        print(f"after touching one source: {len(changed)} of {len(specs)} batch ids changed "
-              f"(the batch holding it: {changed == [len(specs) // 3]}); in-process re-plan "
+        again = B.plan_build(src, out, cfg, 4)
+        print(f"after touching one source: {again.sources_to_run} sources to run (was "
+              f"{plan['sources_to_run']}; the touched one among them: "
+              f"{str(victim) in {x for b in again.batches for x in b.sources}}); in-process re-plan "
               f"{time.perf_counter() - t0:.1f} s")
     finally:
         if a.keep:

@@ -6,7 +6,8 @@ they are unit-testable and the flow bodies stay thin:
     histogram_png(values, title, xlabel, bins) -> PNG bytes
     png_data_uri(png) -> "data:image/png;base64,…"   (markdown images the UI renders inline)
     histograms_markdown(rows) -> markdown             motion, points per clip, components per clip
-    summary_table(summary, wall_seconds) -> [dict]    accepted/rejected by reason, clips/s, stage s
+    summary_table(summary, wall_seconds) -> [dict]    sources (processed, removed), accepted/rejected by
+                                                      reason, clips/s, stage s
     preview_images(out_dir, rows, limit, max_width) -> [(key, PNG bytes)]   first frame + tracks
     previews_markdown(images) -> markdown
 """
@@ -92,6 +93,8 @@ def summary_table(summary: dict[str, Any], wall_seconds: float) -> list[dict[str
     clips = int(summary.get("clips", 0))
     rows: list[dict[str, Any]] = [
         {"item": "sources", "value": summary.get("sources", 0)},
+        {"item": "sources processed by this run", "value": summary.get("sources_processed", 0)},
+        {"item": "sources removed (rows left the manifest)", "value": summary.get("sources_removed", 0)},
         {"item": "batches", "value": summary.get("batches", 0)},
         {"item": "candidate clips", "value": clips},
         {"item": "accepted", "value": summary.get("accepted", 0)},

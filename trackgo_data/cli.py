@@ -1,8 +1,9 @@
-"""``trackgo data build|plan|inspect`` (registered into the ``trackgo`` console command).
+"""``trackgo data build|plan|compact|inspect`` (registered into the ``trackgo`` console command).
 
-Exit codes of ``build``: 0 done; 1 no clip accepted; 2 bad arguments or config; 3 the machine
-cannot run the backends (missing weights or package, unreachable hub, CUDA error, out of
-memory, storage): nothing was recorded for the failing batch, fix it and rerun to resume.
+Exit codes of ``build``: 0 done; 1 no clip accepted; 2 bad arguments or config; 3 the batch could
+not run as set up — a backend that cannot load (any typo in its name, options or paths; missing
+weights or package, unreachable hub), CUDA error, out of memory, storage errors, a backend failing
+on every clip: nothing was recorded for the failing batch, fix it and rerun to resume.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def register(subparsers) -> None:
     sub = data.add_subparsers(dest="data_command", required=True)
 
     b = sub.add_parser("build", help="videos → shards + manifest.parquet, in this process")
-    pl = sub.add_parser("plan", help="what a build would do (sources, batches, batches done, estimated "
-                                     "clips), without processing anything")
+    pl = sub.add_parser("plan", help="what a build would do (sources done, to run, removed, batches, "
+                                     "estimated clips), without processing anything")
     for q in (b, pl):
         q.add_argument("--source", required=True,
                        help="folder, glob, list-file (.txt), a video file, or 'samples' (bundled clips)")
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
         q.add_argument("--width", type=int, default=None, help="clip width (default 1024)")
         q.add_argument("--height", type=int, default=None, help="clip height (default 576)")
         q.add_argument("--stride", type=int, default=None, help="frames between window starts")
-        q.add_argument("--batch-size", type=int, default=4, help="sources per batch (unit of resumption)")
+        q.add_argument("--batch-size", type=int, default=4, help="sources per batch (a unit of work; the source is the unit of record)")
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="config override, e.g. --set filters.min_median_motion=2 (repeatable)")
     b.add_argument("--max-clips", type=int, default=None, help="stop after this many accepted clips")
@@ -38,6 +39,11 @@ def register(subparsers) -> None:
     b.set_defaults(func=_cmd_build)
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=_cmd_plan)
+
+    c = sub.add_parser("compact", help="rewrite the shards that still hold samples of removed sources "
+                                        "(the manifest no longer lists them)")
+    c.add_argument("--out", required=True, help="a build output folder")
+    c.set_defaults(func=_cmd_compact)
 
     i = sub.add_parser("inspect", help="validate shards and print a summary; non-zero exit on problems")
     i.add_argument("shards", nargs="+", help="shard files, globs or build output folders")
@@ -61,7 +67,7 @@ def build_config_from_args(args: argparse.Namespace):
 def _cmd_build(args: argparse.Namespace) -> int:
     from .build import build_dataset
     from .config import ConfigError
-    from .process import InfrastructureError, is_infrastructure_error
+    from .faults import is_infrastructure_error
 
     try:
         cfg = build_config_from_args(args)
@@ -71,16 +77,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
     try:
         summary = build_dataset(args.source, args.out, cfg, max_clips=args.max_clips,
                                 batch_size=args.batch_size, progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"trackgo data build: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - only the machine's problems get the one-line treatment
-        if not isinstance(exc, InfrastructureError) and not is_infrastructure_error(exc):
-            raise
-        print(f"trackgo data build: cannot run on this machine: {exc}. Nothing was recorded for the "
-              f"failing batch (finished batches in {args.out} are kept); fix this and rerun to resume.",
-              file=sys.stderr)
-        return 3
+    except Exception as exc:  # noqa: BLE001 - the machine's problems get the one-line treatment
+        if is_infrastructure_error(exc):
+            print(f"trackgo data build: a batch cannot run as set up: {exc}. Nothing was recorded for it "
+                  f"(finished batches in {args.out} are kept); fix this and rerun to resume.", file=sys.stderr)
+            return 3
+        if isinstance(exc, (ConfigError, FileNotFoundError)):
+            print(f"trackgo data build: {exc}", file=sys.stderr)
+            return 2
+        raise
     print(json.dumps(summary, indent=2, sort_keys=True))
     if summary["accepted"] == 0:
         log.error("no clip was accepted (see %s/manifest.parquet for the reasons)", args.out)
@@ -101,12 +106,28 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(plan, indent=2, sort_keys=True))
         return 0
     est = plan["estimated_clips"]
-    print(f"sources          {plan['sources']} ({plan['source_bytes'] / 2**30:.2f} GiB)")
-    print(f"batches          {plan['batches']} of <= {plan['batch_size']} sources")
-    print(f"already done     {plan['batches_done']} (to run: {plan['batches_to_run']})")
+    print(f"sources          {plan['sources']} ({plan['source_bytes'] / 2**30:.2f} GiB), "
+          f"{plan['sources_missing']} listed but missing")
+    print(f"already done     {plan['sources_done']} sources")
+    print(f"to run           {plan['sources_to_run']} sources in {plan['batches_to_run']} batches of "
+          f"<= {plan['batch_size']}")
+    print(f"removed          {plan['sources_removed']} recorded sources no longer listed (their rows leave "
+          "the manifest; trackgo data compact drops their samples)")
     print(f"estimated clips  {'unknown' if est is None else f'~{est}'} candidate clips (from "
           f"{plan['probed']} probed sources, {plan['probed_unusable']} of them unusable)")
     print(f"config hash      {plan['config_hash']}; output folder: {plan['output']}")
+    return 0
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from .build import compact
+
+    try:
+        result = compact(args.out)
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"trackgo data compact: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 
 

@@ -10,11 +10,17 @@ draws shards with replacement — for multi-node training, combine with ``with_e
 sample (missing member, undecodable mp4, inconsistent shape) or a corrupt tar is skipped by a
 webdataset handler that counts it in :class:`LoaderStats` and logs a warning; iteration goes on.
 Counts live in the process that iterates (per DataLoader worker).
+
+Shards of a build output folder are read as its ``manifest.parquet`` has them
+(:func:`follow_manifests`): a source removed from the corpus leaves the manifest at the next
+build, and its samples, still in their shards until ``trackgo data compact``, are skipped.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import logging
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -87,6 +93,52 @@ def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str] | str:
             raise FileNotFoundError(f"no shards match {text!r}")
         return found
     return [str(u) for u in urls]
+
+
+@functools.lru_cache(maxsize=16)
+def _listed_keys(manifest: str, mtime_ns: int) -> dict[str, frozenset[str]]:
+    """{shard path as in the folder: keys of the accepted samples} of a build's manifest."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(manifest, columns=["key", "status", "shard"]).to_pylist()
+    out: dict[str, set[str]] = {}
+    root = Path(manifest).parent
+    for r in table:
+        if r["status"] == "accepted" and r["shard"]:
+            out.setdefault(os.path.normpath(root / r["shard"]), set()).add(r["key"])
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+class ManifestFilter:
+    """Keeps a sample when its shard lies outside any build folder, or the folder's manifest
+    lists it (``select`` predicate; picklable for DataLoader workers)."""
+
+    def __init__(self, listed: dict[str, frozenset[str]]):
+        self.listed = listed
+
+    def __call__(self, sample: dict[str, Any]) -> bool:
+        keys = self.listed.get(sample.get("__url__", ""))
+        return keys is None or sample["__key__"] in keys
+
+
+def follow_manifests(urls: list[str]) -> tuple[list[str], ManifestFilter | None]:
+    """Shards of a build output folder (``<out>/shards/*.tar`` beside ``<out>/manifest.parquet``)
+    as its manifest has them: shards it does not reference are left out, and the returned filter
+    drops the samples it does not list (those of sources removed since the shards were written,
+    until ``trackgo data compact``). Other paths pass unchanged; no filter when none applies."""
+    listed: dict[str, frozenset[str]] = {}
+    kept: list[str] = []
+    for url in urls:
+        folder = Path(url).parent
+        manifest = folder.parent / "manifest.parquet"
+        if folder.name != "shards" or not manifest.is_file():
+            kept.append(url)
+            continue
+        keys = _listed_keys(str(manifest), manifest.stat().st_mtime_ns).get(os.path.normpath(url))
+        if keys:
+            kept.append(url)
+            listed[url] = keys
+    return kept, (ManifestFilter(listed) if listed else None)
 
 
 def resize_sample(s: Sample, size: tuple[int, int]) -> Sample:
@@ -210,8 +262,14 @@ def make_dataset(
     import webdataset as wds
 
     stats = stats or LoaderStats()
+    urls = expand_urls(urls)
+    keep = None
+    if isinstance(urls, list):
+        urls, keep = follow_manifests(urls)
+        if not urls:
+            raise FileNotFoundError("the manifest of these shards lists no accepted sample")
     ds = wds.WebDataset(
-        expand_urls(urls),
+        urls,
         handler=stats.handler,
         resampled=resampled,
         shardshuffle=False if resampled or not shardshuffle else int(shardshuffle),
@@ -220,6 +278,8 @@ def make_dataset(
         seed=seed,
         empty_check=False,
     )
+    if keep is not None:
+        ds = ds.select(keep)
     if shuffle:
         ds = ds.shuffle(int(shuffle), seed=seed)
     ds = ds.map(partial(to_sample, num_frames=num_frames, size=size), handler=stats.handler)

@@ -9,6 +9,7 @@ byte-identical.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -35,14 +36,61 @@ class ShardSpec:
 
 
 def remove_partials(out_dir: str | Path, prefix: str) -> list[Path]:
-    """Delete ``<prefix>-*.tar`` and their temp files (a batch about to be rewritten)."""
+    """Delete ``<prefix>-000000.tar``, ``-000001.tar``, … and their temp files (a batch about to be
+    rewritten). Shards are numbered from 0 without gaps, so this stops at the first number with
+    neither file: a few stat calls, not a listing of a folder that may hold every shard of a corpus."""
     out_dir = Path(out_dir)
     gone = []
-    if out_dir.is_dir():
-        for p in sorted(out_dir.glob(f"{prefix}-*.tar*")):
+    for i in range(1 << 20):
+        found = [p for p in (out_dir / f"{prefix}-{i:06d}.tar", out_dir / f"{prefix}-{i:06d}.tar{TMP_SUFFIX}")
+                 if p.exists()]
+        if not found:
+            break
+        for p in found:
             p.unlink(missing_ok=True)
             gone.append(p)
     return gone
+
+
+class _Publisher:
+    """``ShardWriter``'s opener and post hooks: a shard is written to ``<name>.tmp``, and when it
+    is complete fsynced and renamed to its name; while ``failed`` it is discarded instead."""
+
+    def __init__(self):
+        self.handles: dict[str, Any] = {}
+        self.written: list[Path] = []
+        self.failed = False
+
+    def open(self, fname: str):
+        fh = open(fname + TMP_SUFFIX, "wb")
+        self.handles[fname] = fh
+        return fh
+
+    def post(self, fname: str) -> None:
+        fh = self.handles.pop(fname)
+        tmp = Path(fname + TMP_SUFFIX)
+        try:
+            if not self.failed:
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        fh.close()
+        if self.failed:  # an exception is unwinding: never publish a partial shard
+            tmp.unlink(missing_ok=True)
+            return
+        os.replace(tmp, fname)
+        self.written.append(Path(fname))
+
+    def discard(self) -> None:
+        """Remove what is open and what was published: a batch's shards are all there or none."""
+        for fname, fh in list(self.handles.items()):
+            fh.close()
+            Path(fname + TMP_SUFFIX).unlink(missing_ok=True)
+        for p in self.written:
+            p.unlink(missing_ok=True)
 
 
 def write_shards(
@@ -59,7 +107,8 @@ def write_shards(
     ``index``, when given, is filled with ``key -> shard file name``.
 
     Existing shards of the same prefix are removed first, so a rerun never leaves a stale
-    ``-000003.tar`` of a longer earlier write. Each shard is fsynced and renamed when complete.
+    ``-000003.tar`` of a longer earlier write. Each shard is fsynced and renamed when complete;
+    when anything fails (the samples' generator, a write, an fsync) no shard of the prefix is left.
     """
     import webdataset as wds
 
@@ -71,55 +120,24 @@ def write_shards(
     first = next(it, None)
     if first is None:
         return []
-    handles: dict[str, Any] = {}
-    written: list[Path] = []
-    failed = False
-
-    def opener(fname: str):
-        fh = open(fname + TMP_SUFFIX, "wb")
-        handles[fname] = fh
-        return fh
-
-    def post(fname: str) -> None:
-        fh = handles.pop(fname)
-        if failed:  # an exception is unwinding: never publish a partial shard
-            fh.close()
-            Path(fname + TMP_SUFFIX).unlink(missing_ok=True)
-            return
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
-        os.replace(fname + TMP_SUFFIX, fname)
-        written.append(Path(fname))
-
-    sink = wds.ShardWriter(
-        str(out_dir / f"{prefix}-%06d.tar"),
-        maxcount=int(spec.maxcount),
-        maxsize=int(spec.maxsize),
-        opener=opener,
-        post=post,
-        verbose=0,
-        mtime=mtime,
-        encoder=False,
-    )
+    files = _Publisher()
+    sink = wds.ShardWriter(str(out_dir / f"{prefix}-%06d.tar"), maxcount=int(spec.maxcount),
+                           maxsize=int(spec.maxsize), opener=files.open, post=files.post, verbose=0, mtime=mtime,
+                           encoder=False)
     try:
         for sample in _chain(first, it):
             sink.write(sample)
             if index is not None:
                 index[sample["__key__"]] = Path(sink.fname).name
+        sink.close()  # publishes the last shard
     except BaseException:
-        failed = True
+        files.failed = True
+        with contextlib.suppress(Exception):
+            sink.close()
+        files.discard()
         raise
-    finally:
-        sink.close()
-        for fname, fh in handles.items():
-            fh.close()
-            Path(fname + TMP_SUFFIX).unlink(missing_ok=True)
-        if failed:
-            for p in written:
-                p.unlink(missing_ok=True)
-    log.debug("wrote %d shard(s) with prefix %s", len(written), prefix)
-    return written
+    log.debug("wrote %d shard(s) with prefix %s", len(files.written), prefix)
+    return files.written
 
 
 def _chain(first, rest):
@@ -242,40 +260,45 @@ def read_part(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    table = pq.ParquetFile(path).read(use_threads=False)  # a small file: no dataset machinery, no thread pool
     meta = (table.schema.metadata or {}).get(PART_META_KEY)
     if meta is None:
         raise ValueError(f"{path} is not a batch part file (no {PART_META_KEY.decode()} metadata)")
     return table.to_pylist(), json.loads(meta)
 
 
-def merge_parts(out_dir: str | Path, batch_ids: list[str] | None = None) -> dict[str, Any]:
-    """Merge ``out_dir/parts/*.parquet`` (or only ``batch_ids``) into ``out_dir/manifest.parquet``.
+def merge_parts(out_dir: str | Path, batch_ids: list[str] | None = None,
+                selection: dict[str, str] | None = None) -> dict[str, Any]:
+    """Merge batch parts into ``out_dir/manifest.parquet``: with ``selection`` ({source: batch_id})
+    the rows of each selected source from the part that batch wrote, and nothing else (the rows
+    of removed sources and of earlier versions of a source stay out); else every row of the parts
+    ``batch_ids`` (all parts when None).
 
     Raises when a key appears twice. Returns the summary (also written as summary.json):
-    accepted/rejected counts, rejects by reason, clips, seconds per stage, shard bytes per
-    accepted sample, the backends recorded by the batches. Then writes the dataset card
-    (``README.md``, :mod:`trackgo_data.card`).
+    accepted/rejected counts, rejects by reason, clips, seconds per stage, the shards holding the
+    accepted samples and their bytes per sample, the backends recorded by the batches. Then writes
+    the dataset card (``README.md``, :mod:`trackgo_data.card`).
     """
     from .card import write_card
     from .config import atomic_write_json
 
     out = Path(out_dir)
     parts = sorted((out / "parts").glob("*.parquet"))
-    if batch_ids is not None:
-        wanted = set(batch_ids)
+    wanted = set(selection.values()) if selection is not None else None if batch_ids is None else set(batch_ids)
+    if wanted is not None:
         parts = [p for p in parts if p.stem in wanted]
     rows: list[dict[str, Any]] = []
     seconds: dict[str, float] = {}
-    shards: list[str] = []
     backends: list[dict[str, Any]] = []
     for p in parts:
         prow, info = read_part(p)
+        if selection is not None:
+            prow = [r for r in prow if selection.get(r["source"]) == p.stem]
         rows.extend(prow)
-        shards.extend(info.get("shards", []))
         backends += [b for b in info.get("backends", []) if b not in backends]
         for k, v in info.get("seconds", {}).items():
             seconds[k] = seconds.get(k, 0.0) + float(v)
+    shards = sorted({r["shard"] for r in rows if r["status"] == "accepted" and r.get("shard")})
     seen: set[str] = set()
     dups = sorted({r["key"] for r in rows if r["key"] in seen or seen.add(r["key"])})
     if dups:
@@ -297,7 +320,7 @@ def merge_parts(out_dir: str | Path, batch_ids: list[str] | None = None) -> dict
         "accepted": n_acc,
         "rejected": len(rows) - n_acc,
         "rejected_by_reason": dict(sorted(by_reason.items())),
-        "shards": sorted(shards),
+        "shards": shards,
         "shard_bytes": shard_bytes,
         "shard_bytes_per_sample": shard_bytes / n_acc if n_acc else 0.0,
         "seconds": {k: round(v, 4) for k, v in sorted(seconds.items())},

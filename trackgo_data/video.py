@@ -1,27 +1,40 @@
-"""Video IO on PyAV (libav/ffmpeg): probe, decode with resize + centre crop, lossy/lossless encode.
+"""Video IO on PyAV (libav/ffmpeg): probe, decode with resize + centre crop.
 
-Frames are RGB uint8 arrays ``(T, H, W, 3)``. Every failure to read a source raises
+Frames are RGB uint8 arrays ``(T, H, W, 3)``. What the codec says about a source's bytes raises
 :class:`VideoError` whose ``reason`` is machine readable (the same strings the filters and the
-manifest use): ``empty_file``, ``undecodable``, ``too_short``, ``too_small``.
+manifest use): ``empty_file``, ``undecodable``, ``too_short``, ``too_small``. What the storage
+says is not about the bytes: an ``OSError`` whose errno is a storage, resource or network error
+(:data:`trackgo_data.faults.STORAGE_ERRNOS`: EIO, ESTALE, ENOSPC, EMFILE, ETIMEDOUT, ENOENT, …),
+raised by the file system or by libav (``av.error.OSError`` and kin carry the errno), propagates
+as it is — when opening, probing or in the middle of decoding — never as a VideoError and never
+as a quietly shorter video.
 
 Decoding resizes inside libswscale while converting each frame to RGB (one pass, no full-size
 RGB copy), then crops the centre with a numpy slice. A truncated file that decodes partially
 returns what decoded; the caller decides whether that is too short.
 
-Encodes are byte-reproducible: the same frames give the same bytes in any process on a machine
-(x264 runs without its AVX-512 code, see :func:`x264_asm_without_avx512`).
+Encoding (``encode_mp4``, ``encode_lossless_rgb``) lives in :mod:`trackgo_data.video_encode` and
+is re-exported here.
 """
 from __future__ import annotations
 
-import functools
 import io
 import logging
+import os
+import stat
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from .faults import STORAGE_ERRNOS
+from .video_encode import encode_lossless_rgb, encode_mp4
+
+__all__ = ["EMPTY_FILE", "TOO_SHORT", "TOO_SMALL", "UNDECODABLE", "VIDEO_REASONS", "VideoError", "VideoInfo",
+           "cover_size", "decode_mp4", "encode_lossless_rgb", "encode_mp4", "get_decode_threads", "is_storage_error",
+           "iter_frames", "probe", "pyav_threads_scaler", "read_frames", "read_windows", "resize_crop",
+           "set_decode_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +83,15 @@ class VideoInfo:
     duration: float  # seconds
 
 
+def is_storage_error(exc: BaseException) -> bool:
+    """An OSError whose errno is the storage's, the process's or the network's (not the codec's
+    verdict on the bytes): it must propagate, never become a :class:`VideoError`."""
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
 def _open(path: str | Path | bytes):
+    """(container, name) of a source; raises VideoError for what the codec says about its
+    bytes, and the OSError itself for storage errors (ENOENT when the file is gone)."""
     import av
 
     if isinstance(path, (bytes, bytearray, memoryview)):
@@ -79,16 +100,17 @@ def _open(path: str | Path | bytes):
         src = io.BytesIO(bytes(path))
         name = "<bytes>"
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"no such video file: {p}")
-        if p.stat().st_size == 0:
-            raise VideoError(EMPTY_FILE, f"{p} has zero bytes")
-        src = str(p)
-        name = str(p)
+        src = name = str(path)
+        st = os.stat(src)                      # storage errors and ENOENT propagate with their errno
+        if not stat.S_ISREG(st.st_mode):
+            raise VideoError(UNDECODABLE, f"{name} is not a regular file")
+        if st.st_size == 0:
+            raise VideoError(EMPTY_FILE, f"{name} has zero bytes")
     try:
         container = av.open(src, mode="r")
     except (av.error.FFmpegError, ValueError, OSError) as exc:
+        if is_storage_error(exc):
+            raise
         raise VideoError(UNDECODABLE, f"{name}: {exc}") from exc
     if not container.streams.video:
         container.close()
@@ -115,7 +137,9 @@ def probe(path: str | Path | bytes) -> VideoInfo:
         if n <= 0:
             try:
                 n = sum(1 for pkt in container.demux(stream) if pkt.size > 0)
-            except av.error.FFmpegError:
+            except av.error.FFmpegError as exc:
+                if is_storage_error(exc):
+                    raise
                 n = 0
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
@@ -187,7 +211,9 @@ def iter_frames(path: str | Path | bytes, start: int = 0, size: tuple[int, int] 
             try:
                 container.seek(target, stream=stream, backward=True, any_frame=False)
                 seeked = True
-            except av.error.FFmpegError:
+            except av.error.FFmpegError as exc:
+                if is_storage_error(exc):
+                    raise
                 container.seek(0)
         counter = 0
         produced = 0
@@ -209,6 +235,8 @@ def iter_frames(path: str | Path | bytes, start: int = 0, size: tuple[int, int] 
                     produced += 1
                     yield img
         except (av.error.FFmpegError, ValueError) as exc:
+            if is_storage_error(exc):
+                raise
             if produced == 0 and start == 0:
                 raise VideoError(UNDECODABLE, f"{name}: {exc}") from exc
             log.warning("%s: decoding stopped after %d frames: %s", name, produced, exc)
@@ -279,7 +307,9 @@ def _iter_sequential(path, size):
         try:
             for frame in container.decode(stream):
                 yield to_rgb(frame)
-        except (av.error.FFmpegError, ValueError):
+        except (av.error.FFmpegError, ValueError) as exc:
+            if is_storage_error(exc):
+                raise
             return
     finally:
         container.close()
@@ -328,131 +358,6 @@ def read_windows(path: str | Path | bytes, starts: Sequence[int], count: int,
                 del buf[i]
         if idx + 1 >= last:
             break
-
-
-def _fps_fraction(fps: float) -> Fraction:
-    return Fraction(fps).limit_denominator(1001)
-
-
-def _libx264_path() -> str | None:
-    """File of the libx264 that libavcodec loaded: from the process's memory map (Linux), else
-    the copy bundled in the PyAV wheel (``av.libs`` / ``av/.dylibs``); None when not found."""
-    import av  # loads libavcodec and with it libx264
-
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                parts = line.split(None, 5)
-                if len(parts) == 6 and Path(parts[5].strip()).name.startswith("libx264"):
-                    return parts[5].strip()
-    except OSError:
-        pass
-    pkg = Path(av.__file__).resolve().parent
-    for folder in (pkg.parent / "av.libs", pkg / ".dylibs"):
-        found = sorted(folder.glob("libx264*")) if folder.is_dir() else []
-        if found:
-            return str(found[0])
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def x264_asm_without_avx512() -> str | None:
-    """x264's ``asm`` option for this machine: every CPU feature x264 detects except AVX-512.
-
-    x264's AVX-512 ``mbtree_propagate_list`` handles eight macroblocks per step and does not mask
-    the tail of a row: for frames whose width is not a multiple of 128 px, the last lookahead row
-    adds costs read from uninitialised memory into the MB-tree, so the same frames can encode to
-    different bytes in one process (libx264 build 164/165). The AVX2 path stops at the row's end
-    and is as fast. None when x264 uses no AVX-512 here (nothing to change) or its library cannot
-    be inspected (logged).
-    """
-    import ctypes
-
-    class _CpuName(ctypes.Structure):  # x264_cpu_name_t
-        _fields_ = [("name", ctypes.c_char_p), ("flags", ctypes.c_uint32)]
-
-    path = _libx264_path()
-    try:
-        if path is None:
-            raise OSError("library not found")
-        lib = ctypes.CDLL(path)
-        lib.x264_cpu_detect.restype = ctypes.c_uint32
-        table = ctypes.cast(ctypes.addressof(_CpuName.in_dll(lib, "x264_cpu_names")),
-                            ctypes.POINTER(_CpuName))
-    except (OSError, AttributeError, ValueError) as exc:
-        log.warning("cannot inspect libx264 (%s): H.264 encodes keep x264's own CPU choice and may "
-                    "differ between runs on AVX-512 machines", exc)
-        return None
-    flags, i = {}, 0
-    while table[i].flags:
-        flags[table[i].name.decode()] = table[i].flags
-        i += 1
-    avx512 = flags.get("AVX512", 0) & ~flags.get("AVX2", 0)
-    detected = lib.x264_cpu_detect()
-    if not detected & avx512:
-        return None
-    return str(detected & ~avx512)
-
-
-def _encode(frames: np.ndarray, fps: float, codec: str, pix_fmt: str, options: dict[str, str],
-            in_format: str) -> bytes:
-    """frames (T,H,W,3) uint8 → mp4 bytes. x264 runs without its AVX-512 code
-    (:func:`x264_asm_without_avx512`), so identical frames always give identical bytes."""
-    import av
-
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (T,H,W,3) uint8, got {frames.shape} {frames.dtype}")
-    t, h, w, _ = frames.shape
-    if t == 0:
-        raise ValueError("cannot encode zero frames")
-    if pix_fmt == "yuv420p" and (h % 2 or w % 2):
-        raise ValueError(f"yuv420p needs even width and height, got {w}×{h}")
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=_fps_fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-        options = dict(options)
-        asm = x264_asm_without_avx512() if codec.startswith("libx264") else None
-        if asm is not None:
-            extra = options.get("x264-params")
-            options["x264-params"] = f"{extra}:asm={asm}" if extra else f"asm={asm}"
-        stream.options = options
-        for f in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format=in_format)
-            for pkt in stream.encode(frame):
-                container.mux(pkt)
-        for pkt in stream.encode():
-            container.mux(pkt)
-    return buf.getvalue()
-
-
-def _maybe_write(data: bytes, path: str | Path | None) -> bytes:
-    if path is not None:
-        from trackgo_data.config import atomic_write_bytes
-
-        atomic_write_bytes(path, data)
-    return data
-
-
-def encode_mp4(frames: np.ndarray, path: str | Path | None = None, fps: float = 25.0, crf: int = 17,
-               preset: str = "veryfast") -> bytes:
-    """frames (T,H,W,3) uint8 → H.264 yuv420p mp4 (visually lossless at crf 17).
-
-    Returns the file bytes; also writes them atomically to ``path`` when given. H and W must be even.
-    """
-    opts = {"crf": str(crf), "preset": preset, "threads": "1"}
-    return _maybe_write(_encode(frames, fps, "libx264", "yuv420p", opts, "rgb24"), path)
-
-
-def encode_lossless_rgb(frames: np.ndarray, path: str | Path | None = None, fps: float = 25.0,
-                        preset: str = "ultrafast") -> bytes:
-    """frames (T,H,W,3) uint8 → libx264rgb qp 0 mp4 whose decode equals ``frames`` bit for bit.
-
-    Mostly-black trajectory renders compress very well even with the fastest preset.
-    """
-    opts = {"qp": "0", "preset": preset, "threads": "1"}
-    return _maybe_write(_encode(frames, fps, "libx264rgb", "rgb24", opts, "rgb24"), path)
 
 
 def decode_mp4(path_or_bytes: str | Path | bytes) -> np.ndarray:

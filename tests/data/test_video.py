@@ -233,12 +233,12 @@ def test_h264_encode_drops_only_avx512_from_x264s_cpu_choice():
 
 
 def test_x264_library_not_found_keeps_encoding(monkeypatch, caplog):
-    from trackgo_data import video
+    from trackgo_data import video_encode as video
 
     monkeypatch.setattr(video, "_libx264_path", lambda: None)
     video.x264_asm_without_avx512.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="trackgo_data.video"):
+        with caplog.at_level(logging.WARNING, logger="trackgo_data.video_encode"):
             data = encode_mp4(_blocky_frames(), fps=7)
         assert "cannot inspect libx264 (library not found)" in caplog.text
         assert decode_mp4(data).shape == (5, 64, 64, 3)

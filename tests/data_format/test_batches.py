@@ -117,8 +117,8 @@ def test_cli_build_with_unloadable_backend_exits_with_one_message(tmp_path, samp
                               "--no-progress"])
     assert args.func(args) == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("trackgo data build: cannot run on this machine")
-    assert "hubconf.py" in err[0] and "rerun to resume" in err[0]
+    assert len(err) == 1 and err[0].startswith("trackgo data build: a batch cannot run as set up")
+    assert "hubconf.py" in err[0] and "tracker.options.repo" in err[0] and "rerun to resume" in err[0]
     assert not list((tmp_path / "out" / "parts").iterdir())
 
 

@@ -93,7 +93,10 @@ def test_rerun_adds_nothing(built, bad_source_dir):
     before = _snapshot(out)
     again = B.build_dataset(bad_source_dir, out, small_config(), batch_size=4, progress=False)
     assert _snapshot(out) == before  # every file byte-identical and untouched (no recomputation)
-    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in summary.items() if k != "seconds"}
+    run = ("seconds", "sources_processed", "batches_run")
+    assert {k: v for k, v in again.items() if k not in run} == {k: v for k, v in summary.items() if k not in run}
+    assert (again["sources_processed"], again["batches_run"]) == (0, 0)
+    assert (summary["sources_processed"], summary["batches_run"]) == (6, 2)
 
 
 def test_other_config_on_same_output_is_refused(built, bad_source_dir):
@@ -244,8 +247,8 @@ def test_plan_summary_and_cli_plan_write_nothing(built, bad_source_dir, tmp_path
 
     out, summary = built
     plan = B.plan_summary(bad_source_dir, out, small_config(), batch_size=4)
-    assert plan["sources"] == 6 and plan["batches"] == 2 and plan["batches_done"] == 2
-    assert plan["batches_to_run"] == 0 and plan["output"] == "same config"
+    assert plan["sources"] == 6 and plan["sources_done"] == 6 and plan["sources_to_run"] == 0
+    assert plan["batches_to_run"] == 0 and plan["sources_removed"] == 0 and plan["output"] == "same config"
     # 6 probed sources: carphone gives 2 windows (max_clips_per_video 2), the 5 others are unusable
     assert (plan["probed"], plan["probed_unusable"]) == (6, 5)
     assert plan["estimated_clips"] == round(2 / 6 * 6) == 2
@@ -258,7 +261,8 @@ def test_plan_summary_and_cli_plan_write_nothing(built, bad_source_dir, tmp_path
                               "--set", "clip.max_clips_per_video=2", "--set", "filters.min_median_motion=1.0"])
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["batches_done"] == 0 and printed["output"] == "new" and printed["batches"] == 2
+    assert printed["sources_done"] == 0 and printed["output"] == "new" and printed["batches_to_run"] == 2
+    assert printed["sources_to_run"] == 6
     assert printed["config_hash"] == B.config_hash(small_config())
     assert not fresh.exists()
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,12 +32,19 @@ def _digests(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "shards").iterdir())}
 
 
-def _task_runs(flow_run_id) -> list:
+def _task_runs(flow_run_id, expect: int = 0, wait: float = 60.0) -> list:
+    """The flow run's task runs as the server has them; task runs reach it as events, a little
+    after the flow run ends: wait up to ``wait`` s for ``expect`` of them."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    deadline = time.monotonic() + wait
     with get_client(sync_client=True) as client:
-        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if len(runs) >= expect or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +72,7 @@ def test_flow_equals_plain_loop(thread_run, reference_build):
     assert [(r["status"], r["reason"]) for r in broken] == [("rejected", "empty_file")]
     assert summary["failed_batches"] == []
     # one task run per batch (3 sources, batch_size 1), not per clip or stage
-    names = sorted(t.task_key.split("-")[0] for t in _task_runs(state.state_details.flow_run_id))
+    names = sorted(t.task_key.split("-")[0] for t in _task_runs(state.state_details.flow_run_id, 5))
     assert [n for n in names if n.startswith("build_batch")] == ["build_batch_task"] * 3
 
 
@@ -91,17 +99,71 @@ def test_artifacts(thread_run):
     assert len(list((out / "previews").glob("*.png"))) == 2
 
 
-def test_rerun_is_served_from_cache(thread_run, flow_sources):
+def test_rerun_runs_no_batch(thread_run, flow_sources):
+    """Every source is recorded: the rerun plans nothing, submits no batch task, rewrites nothing."""
     out, first = thread_run
     parts = {p: p.stat().st_mtime_ns for p in (out / "parts").glob("*.parquet")}
     digests = _digests(out)
     state = build_dataset_flow(**flow_kwargs(flow_sources, out), return_state=True)
     assert state.is_completed()
-    batch_runs = [t for t in _task_runs(state.state_details.flow_run_id) if t.task_key.startswith("build_batch")]
-    assert len(batch_runs) == 3 and {t.state.name for t in batch_runs} == {"Cached"}
+    names = [t.task_key for t in _task_runs(state.state_details.flow_run_id, 2)]
+    assert not [n for n in names if n.startswith("build_batch")] and len(names) == 2   # plan, finalize
     assert {p: p.stat().st_mtime_ns for p in parts} == parts  # nothing rewritten
     assert _digests(out) == digests
-    assert state.result()["accepted"] == first.result()["accepted"]
+    summary = state.result()
+    assert summary["accepted"] == first.result()["accepted"] and summary["sources_processed"] == 0
+
+
+def _batch_runs(state, expect: int = 0) -> list:
+    """The run's build-batch task runs (``expect`` of them + plan and finalize awaited)."""
+    runs = _task_runs(state.state_details.flow_run_id, expect + 2)
+    return [t for t in runs if t.task_key.startswith("build_batch")]
+
+
+def test_added_and_removed_sources_through_the_flow(thread_run, flow_sources, sample_videos, tmp_path):
+    """A built folder; one more source → one batch task run processing it alone; one source
+    fewer → no batch task run, its rows leave the manifest, no shard rewritten."""
+    out0, _ = thread_run
+    out = tmp_path / "out"
+    shutil.copytree(out0, out)
+    listing = tmp_path / "videos.txt"
+    sources = flow_sources.read_text().split()
+    listing.write_text("\n".join([str(sample_videos["bikes"]), *sources]) + "\n")
+    state = build_dataset_flow(**flow_kwargs(listing, out, previews=0), return_state=True)
+    assert state.is_completed(), state.message
+    (run,) = _batch_runs(state, 1)
+    summary = state.result()
+    assert (summary["sources_processed"], summary["batches_run"], summary["sources"]) == (1, 1, 4)
+    assert {r["source"] for r in _rows(out)} == {str(sample_videos["bikes"]), *sources}
+    shards = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+
+    listing.write_text("\n".join(s for s in [str(sample_videos["bikes"]), *sources] if "bigbuckbunny" not in s))
+    state = build_dataset_flow(**flow_kwargs(listing, out, previews=0), return_state=True)
+    assert state.is_completed() and _batch_runs(state) == []
+    summary = state.result()
+    assert (summary["sources_processed"], summary["sources_removed"], summary["sources"]) == (0, 1, 3)
+    assert not [r for r in _rows(out) if "bigbuckbunny" in r["source"]]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == shards
+
+
+def test_artifacts_stay_four_however_many_batches(tmp_path):
+    """30 batches (zero-byte sources: rejected at once) → still the four artifacts of a run, the
+    progress one at 100 %."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"v{i:02d}.mp4").write_bytes(b"")
+    state = build_dataset_flow(**flow_kwargs(src, tmp_path / "out", previews=1, max_in_flight=4), return_state=True)
+    assert state.is_completed(), state.message
+    assert len(_batch_runs(state, 30)) == 30 and state.result()["rejected_by_reason"] == {"empty_file": 30}
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert sorted(a.type for a in arts) == ["markdown", "markdown", "progress", "table"]
+    assert [float(a.data) for a in arts if a.type == "progress"] == [100.0]
 
 
 def test_dask_local_cluster_two_workers(tmp_path, flow_sources, thread_run):
@@ -118,8 +180,8 @@ def test_dask_local_cluster_two_workers(tmp_path, flow_sources, thread_run):
                 import os as _os
                 import sys as _sys
 
-                build = _sys.modules.get("trackgo_data.build")
-                return _os.getpid(), len(build._MODELS) if build else 0
+                backends = _sys.modules.get("trackgo_data.backends")
+                return _os.getpid(), len(backends._MODELS) if backends else 0
 
             per_worker = client.run(loaded)
 
@@ -185,7 +247,6 @@ def test_kill_9_then_resume(tmp_path, flow_sources, thread_run, prefect_server):
 def test_failing_batch_is_retried_then_reported(tmp_path, flow_sources, thread_run, monkeypatch):
     """A transient error is retried; a batch that keeps failing fails the run only after the other
     batches finished and the manifest was written, and a rerun completes the missing batch."""
-    import flows.build_dataset as fb
     import trackgo_data.build as tb
 
     real = tb.process_batch
@@ -200,9 +261,9 @@ def test_failing_batch_is_retried_then_reported(tmp_path, flow_sources, thread_r
         return real(spec, cfg, out, limit=limit)
 
     monkeypatch.setattr(tb, "process_batch", flaky)
-    monkeypatch.setattr(fb, "build_batch_task", fb.build_batch_task.with_options(retries=2, retry_delay_seconds=0))
     out = tmp_path / "flaky"
-    state = build_dataset_flow(**flow_kwargs(flow_sources, out, previews=0), return_state=True)
+    state = build_dataset_flow(**flow_kwargs(flow_sources, out, previews=0, retries=2, retry_delay_seconds=0),
+                               return_state=True)
     assert state.is_failed() and "rerun to resume" in state.message
     carphone = next(k for k in calls if "carphone" in k)
     bunny = next(k for k in calls if "bigbuckbunny" in k)

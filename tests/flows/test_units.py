@@ -13,14 +13,13 @@ from PIL import Image
 from flows import _common
 from flows.build_dataset import (
     _retry_transient,
-    batch_cache_key,
+    batch_task_with,
     build_batch_task,
     finalize_task,
     make_build_config,
-    plan_batches_task,
+    plan_task,
 )
 from flows.task_runners import TASK_RUNNER_NAMES, make_task_runner
-from trackgo_data.build import BatchSpec
 from trackgo_data.config import ConfigError
 
 
@@ -40,12 +39,17 @@ def test_make_build_config_overrides_only_given_fields():
         make_build_config("nope")
 
 
-def test_batch_cache_key_is_batch_id_and_limit():
-    spec = BatchSpec("b0123456789abcdef", ["/x/a.mp4"], ["a"])
-    assert batch_cache_key(None, {"spec": spec, "limit": None}) == "build-batch-b0123456789abcdef-all"
-    assert batch_cache_key(None, {"spec": spec, "limit": 5}) == "build-batch-b0123456789abcdef-5"
-    other = BatchSpec("b0123456789abcdee", ["/x/a.mp4"], ["a"])
-    assert batch_cache_key(None, {"spec": other, "limit": None}) != batch_cache_key(None, {"spec": spec, "limit": None})
+def test_batch_settings_retries_backoff_and_concurrency_tag():
+    """Retries and the concurrency tag are run settings; results are never cached by Prefect (the
+    library's per-source records are the cache) nor persisted."""
+    from prefect.cache_policies import NO_CACHE
+
+    t = batch_task_with(retries=5, retry_delay_seconds=2.0, concurrency_tag="trackgo-gpu")
+    assert t.retries == 5 and t.retry_delay_seconds == [2.0, 4.0, 8.0, 16.0, 32.0]
+    assert t.tags == {"trackgo-gpu"} and t.retry_jitter_factor == 0.5
+    assert t.cache_policy is NO_CACHE and not t.persist_result
+    plain = batch_task_with(retries=0, retry_delay_seconds=1.0, concurrency_tag=None)
+    assert plain.retries == 0 and plain.tags == set()
 
 
 def test_retry_only_transient_errors():
@@ -101,9 +105,10 @@ def test_ray_backend_names_the_missing_extra():
 def test_summary_table_hand_computed():
     summary = {"sources": 3, "batches": 2, "clips": 10, "accepted": 6, "rejected": 4,
                "rejected_by_reason": {"scene_cut": 1, "empty_file": 3}, "shard_bytes_per_sample": 1234.6,
-               "seconds": {"decode": 1.5, "track": 0.25}}
+               "seconds": {"decode": 1.5, "track": 0.25}, "sources_processed": 1, "sources_removed": 2}
     rows = {r["item"]: r["value"] for r in _common.summary_table(summary, wall_seconds=4.0)}
     assert rows["accepted"] == 6 and rows["rejected"] == 4
+    assert rows["sources processed by this run"] == 1 and rows["sources removed (rows left the manifest)"] == 2
     assert rows["rejected: empty_file"] == 3 and rows["rejected: scene_cut"] == 1
     assert rows["clips/s (wall)"] == 2.5
     assert rows["stage decode (s, summed over workers)"] == 1.5
@@ -139,8 +144,9 @@ def test_tasks_via_fn_and_previews(tmp_path, flow_sources, build_cfg, reference_
     """plan → one batch → rerun (reused) → finalize, called as plain functions; previews match a
     second decoding of the shard done with tarfile."""
     out = tmp_path / "out"
-    specs = plan_batches_task.fn(str(flow_sources), str(out), build_cfg, 1)
-    assert len(specs) == 3 and (out / "build_config.json").is_file()
+    plan = plan_task.fn(str(flow_sources), str(out), build_cfg, 1)
+    specs = plan.batches
+    assert len(specs) == 3 and (out / "build_config.json").is_file() and plan.sources_to_run == 3
     ref_out, _ = reference_build
     assert {s.batch_id for s in specs} == {p.stem for p in (ref_out / "parts").glob("*.parquet")}
     carphone = next(s for s in specs if "carphone" in s.sources[0])
@@ -148,7 +154,8 @@ def test_tasks_via_fn_and_previews(tmp_path, flow_sources, build_cfg, reference_
     assert not res.reused and res.rows and all(r["batch_id"] == carphone.batch_id for r in res.rows)
     again = build_batch_task.fn(carphone, build_cfg, str(out))
     assert again.reused and [r["key"] for r in again.rows] == [r["key"] for r in res.rows]
-    summary = finalize_task.fn(str(out), [carphone.batch_id])
+    assert plan_task.fn(str(flow_sources), str(out), build_cfg, 1).sources_to_run == 2
+    summary = finalize_task.fn(str(out), plan)
     assert summary["clips"] == len(res.rows) and summary["accepted"] == res.counts["accepted"]
     for shard in res.shards:  # byte-identical to the plain loop's shard of the same batch
         assert (out / shard).read_bytes() == (ref_out / shard).read_bytes()

@@ -38,6 +38,16 @@ def get_segmenter(name: str, **cfg) -> Segmenter:
     return load_backend("segmenter", _BACKENDS, name)(**cfg)
 
 
+def load_segmenter(name: str, **cfg) -> Segmenter:
+    """:func:`get_segmenter`, then the backend's ``load()`` when it has one (code and weights
+    now, not at the first clip): a backend that cannot run fails here, before any video."""
+    segmenter = get_segmenter(name, **cfg)
+    load = getattr(segmenter, "load", None)
+    if callable(load):
+        load()
+    return segmenter
+
+
 def check_frames(frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) < 2:

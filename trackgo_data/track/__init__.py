@@ -44,6 +44,16 @@ def get_tracker(name: str, **cfg) -> Tracker:
     return klass(**cfg)
 
 
+def load_tracker(name: str, **cfg) -> Tracker:
+    """:func:`get_tracker`, then the backend's ``load()`` when it has one (code and weights now,
+    not at the first clip): a backend that cannot run fails here, before any video."""
+    tracker = get_tracker(name, **cfg)
+    load = getattr(tracker, "load", None)
+    if callable(load):
+        load()
+    return tracker
+
+
 def check_inputs(frames: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     frames = np.asarray(frames)
     points = np.asarray(points, np.float32).reshape(-1, 2) if np.size(points) else np.zeros((0, 2), np.float32)
