@@ -46,8 +46,7 @@ def contract(name_part: str, **marks):
 @pytest.mark.parametrize("name_part", [
     contract("layers:"),
     contract("never import prefect or gradio"),
-    contract("no import cycle in trackgo_data", marks=pytest.mark.xfail(
-        strict=True, reason="build↔process cycle removed on branch issue-20")),
+    contract("no import cycle in trackgo_data"),
     contract("no import cycle in trackgo_model"),
     contract("no import cycle in flows"),
     contract("no import cycle in studio"),
