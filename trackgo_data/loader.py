@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .render import render_trajectories
-from .sample import MASK_STRIDE, Sample, SampleError, decode_sample
+from .sample import MASK_STRIDE, Sample, SampleError, decode_sample, rescale_tracks
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def expand_urls(urls: str | Path | Sequence[str | Path]) -> list[str] | str:
 
 def resize_sample(s: Sample, size: tuple[int, int]) -> Sample:
     """Resize to ``size=(W, H)``: image/video with area (down) or bilinear (up) interpolation,
-    tracks rescaled with the pixel-centre convention x' = (x + 0.5)·W/W0 − 0.5, the trajectory
-    video P rendered again from the rescaled tracks by the one renderer
+    tracks rescaled with the pixel-centre convention (:func:`trackgo_data.sample.rescale_tracks`),
+    the trajectory video P rendered again from the rescaled tracks by the one renderer
     (:func:`trackgo_data.render.render_trajectories`, same square size as at inference — a
     resized P would shrink or drop the squares), masks with nearest (labels stay exact)."""
     import cv2
@@ -108,16 +108,14 @@ def resize_sample(s: Sample, size: tuple[int, int]) -> Sample:
     def each(frames, interp, out_size):
         return np.stack([cv2.resize(f, out_size, interpolation=interp) for f in frames])
 
-    tracks = s.tracks.copy()
-    tracks[..., 0] = (tracks[..., 0] + 0.5) * (W / W0) - 0.5
-    tracks[..., 1] = (tracks[..., 1] + 0.5) * (H / H0) - 0.5
+    tracks = rescale_tracks(s.tracks, (W0, H0), (W, H))
     meta = {**s.meta, "width": W, "height": H}
     return Sample(
         key=s.key,
         image=cv2.resize(s.image, (W, H), interpolation=smooth),
         video=each(s.video, smooth, (W, H)),
         trajectory=render_trajectories(tracks, s.visibility, s.components, H, W),
-        tracks=tracks.astype(np.float32),
+        tracks=tracks,
         visibility=s.visibility,
         components=s.components,
         masks=each(s.masks, cv2.INTER_NEAREST, (W // MASK_STRIDE, H // MASK_STRIDE)),

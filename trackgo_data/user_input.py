@@ -27,6 +27,7 @@ import numpy as np
 
 from trackgo_data.points import sample_points
 from trackgo_data.render import COLOURS, overlay_labels, overlay_tracks, render_trajectories
+from trackgo_data.sample import rescale_tracks
 from trackgo_data.segment import MAX_COMPONENTS, relabel_by_area
 
 MAX_OBJECTS = MAX_COMPONENTS  # the most components a training sample ever holds
@@ -294,7 +295,9 @@ def prepare(image_path: str | Path, mask_paths: Sequence[str | Path], arrows: Se
             num_frames: int, height: int | None = None, width: int | None = None, seed: int = 0,
             max_objects: int = MAX_OBJECTS) -> Prepared:
     """Image file + mask files (several binary masks, or one label PNG) + arrows → :class:`Prepared`.
-    The output size defaults to the image's; tracks are scaled to it before P is rendered."""
+    The output size defaults to the image's; the image is resized to it and the tracks are
+    rescaled with the pixel-centre convention of training data
+    (:func:`trackgo_data.sample.rescale_tracks`) before P is rendered."""
     from PIL import Image
 
     image = load_image(image_path)
@@ -306,7 +309,7 @@ def prepare(image_path: str | Path, mask_paths: Sequence[str | Path], arrows: Se
     tracks, visibility = motion.tracks, motion.visibility
     if (width, height) != (w0, h0):
         image = np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
-        tracks = tracks * np.array([width / w0, height / h0], np.float32)
+        tracks = rescale_tracks(tracks, (w0, h0), (width, height))
         visibility = visibility & in_image(tracks, width, height)
     P = render_trajectories(tracks, visibility, motion.components, height, width)
     return Prepared(image, tracks, visibility, P, motion)

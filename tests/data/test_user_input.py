@@ -13,6 +13,7 @@ from trackgo_data.segment import relabel_by_area
 from trackgo_data.user_input import (MAX_OBJECTS, UserInputError, arrow_displacements, arrows_to_tracks,
                                      build_motion, checkpoint_max_objects, load_masks, parse_arrow, prepare,
                                      preview_image, split_arrows)
+from trackgo_data.sample import rescale_tracks
 
 
 def _mask(h=40, w=60, box=(10, 10, 30, 25)):
@@ -164,7 +165,9 @@ def test_prepare_scales_to_the_output_and_preview_draws_it(tmp_path):
     Image.fromarray(_mask().astype(np.uint8) * 255).save(tmp_path / "m.png")
     prep = prepare(tmp_path / "img.png", [tmp_path / "m.png"], ["15,15,25,15"], 5, height=80, width=90, seed=2)
     assert prep.image.shape == (80, 90, 3) and prep.P.shape == (5, 80, 90, 3)
-    np.testing.assert_allclose(prep.tracks, prep.motion.tracks * np.array([1.5, 2.0], np.float32), atol=1e-4)
+    # pixel-centre convention, as the loader rescales training tracks: x' = (x + 0.5)·1.5 − 0.5, y' = (y + 0.5)·2 − 0.5
+    np.testing.assert_allclose(prep.tracks, (prep.motion.tracks + 0.5) * np.array([1.5, 2.0], np.float32) - 0.5,
+                               atol=1e-4)
     np.testing.assert_allclose(prep.tracks[-1, :, 0] - prep.tracks[0, :, 0], 15.0, atol=1e-4)
     prev = preview_image(prep.image, prep.tracks, prep.visibility, prep.components, prep.motion.labels)
     assert prev.shape == prep.image.shape
@@ -181,3 +184,32 @@ def test_prepare_scales_to_the_output_and_preview_draws_it(tmp_path):
     np.testing.assert_allclose(prev[plain], expect, atol=1)            # float32 blend rounding
     outside = ~inside & ~lines & ~drawn
     np.testing.assert_array_equal(prev[outside], prep.image[outside])
+
+
+def test_rescale_tracks_maps_pixel_centres_to_pixel_centres():
+    tracks = np.array([[[0.0, 0.0], [59.0, 39.0], [-0.5, -0.5], [10.0, 20.0]]], np.float32)
+    # 60×40 → 90×80: x' = (x + 0.5)·1.5 − 0.5, y' = (y + 0.5)·2 − 0.5 (the image edge −0.5 stays the edge)
+    np.testing.assert_allclose(rescale_tracks(tracks, (60, 40), (90, 80)),
+                               [[[0.25, 0.5], [88.75, 78.5], [-0.5, -0.5], [15.25, 40.5]]], atol=1e-6)
+    assert rescale_tracks(tracks, (60, 40), (90, 80)).dtype == np.float32
+
+
+def test_prepare_rescales_user_tracks_like_the_loader(tmp_path):
+    """A one-pixel object at (10, 20) moved by the arrow to (16, 20), asked for at 96×80 from a
+    60×40 image: by hand (10.5·1.6 − 0.5, 20.5·2 − 0.5) = (16.3, 40.5) → (25.9, 40.5)."""
+    from trackgo_data.loader import resize_sample
+    from trackgo_data.sample import Sample
+
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "img.png")
+    mask = np.zeros((40, 60), np.uint8)
+    mask[20, 10] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    prep = prepare(tmp_path / "img.png", [tmp_path / "m.png"], ["10,20,16,20"], 5, height=80, width=96)
+    np.testing.assert_allclose(prep.tracks[:, 0], [[16.3 + 2.4 * t, 40.5] for t in range(5)], atol=1e-5)
+    # the loader's resize of a training sample holding the same tracks gives the same coordinates
+    L, N = prep.motion.tracks.shape[:2]
+    sample = Sample(key="v-000000", image=np.zeros((40, 60, 3), np.uint8), video=np.zeros((L, 40, 60, 3), np.uint8),
+                    trajectory=np.zeros((L, 40, 60, 3), np.uint8), tracks=prep.motion.tracks,
+                    visibility=prep.motion.visibility, components=prep.motion.components,
+                    masks=np.zeros((L, 5, 7), np.uint8), meta={"width": 60, "height": 40})
+    np.testing.assert_array_equal(resize_sample(sample, (96, 80)).tracks, prep.tracks)
