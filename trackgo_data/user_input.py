@@ -62,13 +62,18 @@ def load_image(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+#: image modes whose values are exact labels (palette indices, integers); other modes are read as grey
+EXACT_LABEL_MODES = ("P", "I", "I;16")
+
+
 def load_masks(paths: str | Path | Sequence[str | Path], size: tuple[int, int] | None = None
                ) -> list[np.ndarray]:
     """Masks from images → list of (H,W) bool, ``size = (W, H)`` the image size to check against.
 
-    One path: a label PNG (0 background, 1..s one value per mask, palette or grey; an RGB image is
-    read as grey) giving s masks in id order — unless it only holds 0 and one other value, then it
-    is one binary mask. Several paths: one binary mask each (non-zero = inside).
+    Several paths: one binary mask each (non-zero = inside). One path: a label image, read by
+    :func:`label_image_masks` (one binary mask when it holds a single non-zero value; a palette or
+    16-bit image holds exact labels; any other image is read as grey levels, anti-aliased edges
+    included).
     """
     from PIL import Image
 
@@ -77,30 +82,98 @@ def load_masks(paths: str | Path | Sequence[str | Path], size: tuple[int, int] |
     if not plist:
         raise UserInputError("no mask given: give one mask per object (camera motion: one "
                              "mask covering the whole image)")
-    arrays = []
-    for p in plist:
-        if not p.is_file():
-            raise UserInputError(f"mask file not found: {p}")
-        with Image.open(p) as im:
-            if im.mode not in ("P", "L", "1", "I", "I;16"):
+    arrays, exact = [], []
+    for path in plist:
+        if not path.is_file():
+            raise UserInputError(f"mask file not found: {path}")
+        with Image.open(path) as im:
+            exact.append(im.mode in EXACT_LABEL_MODES)
+            if im.mode not in (*EXACT_LABEL_MODES, "L", "1"):
                 im = im.convert("L")
             arrays.append(np.asarray(im).astype(np.int64))
     which = [f"mask {p.name}" if single else f"object {j + 1}: mask {p.name}" for j, p in enumerate(plist)]
-    for w, a in zip(which, arrays):
-        if size is not None and (a.shape[1], a.shape[0]) != tuple(size):
-            raise UserInputError(f"{w} is {a.shape[1]}×{a.shape[0]} but the image is "
+    for name, array in zip(which, arrays):
+        if size is not None and (array.shape[1], array.shape[0]) != tuple(size):
+            raise UserInputError(f"{name} is {array.shape[1]}×{array.shape[0]} but the image is "
                                  f"{size[0]}×{size[1]}: draw the masks on this image")
     if single:
-        ids = [int(i) for i in np.unique(arrays[0]) if i != 0]
-        masks = [arrays[0] == i for i in ids]
+        masks = label_image_masks(arrays[0], exact=exact[0], name=which[0])
         if not masks:
             raise UserInputError(f"{which[0]} is empty (no non-zero pixel)")
-    else:
-        masks = [a != 0 for a in arrays]
-        for w, m in zip(which, masks):
-            if not m.any():
-                raise UserInputError(f"{w} is empty (no non-zero pixel): paint at least one pixel of the object")
+        return masks
+    masks = [array != 0 for array in arrays]
+    for name, mask in zip(which, masks):
+        if not mask.any():
+            raise UserInputError(f"{name} is empty (no non-zero pixel): paint at least one pixel of the object")
     return masks
+
+
+def flat_cores(labels: np.ndarray) -> np.ndarray:
+    """labels (H,W) int → (H,W) bool: the pixel is the centre of a 3×3 square of one value."""
+    H, W = labels.shape
+    core = np.zeros((H, W), bool)
+    if H < 3 or W < 3:
+        return core
+    centre = labels[1:-1, 1:-1]
+    uniform = np.ones(centre.shape, bool)
+    for dy in range(3):
+        for dx in range(3):
+            uniform &= labels[dy:dy + H - 2, dx:dx + W - 2] == centre
+    core[1:-1, 1:-1] = uniform
+    return core
+
+
+#: how far (pixels) an anti-aliased edge pixel looks for the objects and background it lies between
+EDGE_REACH = 2.0
+
+
+def label_image_masks(labels: np.ndarray, exact: bool, name: str = "mask") -> list[np.ndarray]:
+    """A label image (H,W) int (0 = background) → one (H,W) bool mask per object, in value order.
+
+    A single non-zero value is one object, whatever its size. With several, an object is a value
+    that fills at least one 3×3 square somewhere (objects smaller than that: give one binary mask
+    per object instead).
+
+    * Exact images (``exact=True``: palette, 16-bit): every pixel of an object's value is the
+      object's; any other non-zero value is one error that names it.
+    * Grey images: anti-aliased edges are expected. An object's pixels are the connected regions
+      of its value that hold a 3×3 square; the background's are the zeros. Every other pixel is
+      an edge pixel and joins, of the objects and background with pixels within
+      :data:`EDGE_REACH` of it (else the closest ones), the one nearest in value (ties to the
+      lower value): a smooth white-on-black mask is one object bounded at mid-grey, and the edge
+      where two objects meet is split between them. A value above every object's cannot be an
+      edge between them: one error that names it.
+    """
+    from scipy import ndimage
+
+    values = [int(v) for v in np.unique(labels) if v != 0]
+    if len(values) <= 1:
+        return [labels == v for v in values]
+    core = flat_cores(labels)
+    objects = sorted({int(v) for v in np.unique(labels[core])} - {0})
+    stray = [v for v in values if v not in objects]
+    if stray and (exact or not objects or max(stray) > objects[-1]):
+        shown = ", ".join(map(str, stray[:8])) + (" …" if len(stray) > 8 else "")
+        raise UserInputError(
+            f"{name}: value(s) {shown} fill no 3×3 square, so they are neither objects nor "
+            "anti-aliased edges between objects: save the label image with exact values (no "
+            "anti-aliasing), or give one binary mask per object")
+    if exact:
+        return [labels == v for v in objects]
+    owned = [labels == 0]
+    for v in objects:
+        regions, _ = ndimage.label(labels == v)
+        owned.append(np.isin(regions, np.unique(regions[core & (labels == v)])))
+    edge = ~np.any(owned, axis=0)
+    if edge.any():
+        levels = np.array([0, *objects])
+        distance = np.stack([ndimage.distance_transform_edt(~own) if own.any() else np.full(labels.shape, np.inf)
+                             for own in owned])[:, edge]                      # (levels, edge pixels)
+        near = distance <= np.maximum(EDGE_REACH, distance.min(0))
+        cost = np.where(near, np.abs(labels[edge][None, :] - levels[:, None]), np.inf)
+        labels = labels.copy()
+        labels[edge] = levels[cost.argmin(0)]
+    return [labels == v for v in objects]
 
 
 def parse_arrow(text: str) -> np.ndarray:

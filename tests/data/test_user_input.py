@@ -213,3 +213,82 @@ def test_prepare_rescales_user_tracks_like_the_loader(tmp_path):
                     visibility=prep.motion.visibility, components=prep.motion.components,
                     masks=np.zeros((L, 5, 7), np.uint8), meta={"width": 60, "height": 40})
     np.testing.assert_array_equal(resize_sample(sample, (96, 80)).tracks, prep.tracks)
+
+
+def _anti_aliased(shapes, size=(60, 40), factor=8):
+    """shapes: [(kind, box, grey)] drawn at ``factor``× and reduced with a box filter → (grey image
+    (H,W) uint8 with anti-aliased edges, the hard masks drawn at 1× for comparison)."""
+    from PIL import ImageDraw
+
+    big = Image.new("L", (size[0] * factor, size[1] * factor), 0)
+    draw = ImageDraw.Draw(big)
+    hard = []
+    for kind, (x0, y0, x1, y1), grey in shapes:
+        getattr(draw, kind)([x0 * factor, y0 * factor, x1 * factor - 1, y1 * factor - 1], fill=grey)
+        small = Image.new("L", size, 0)
+        getattr(ImageDraw.Draw(small), kind)([x0, y0, x1 - 1, y1 - 1], fill=255)
+        hard.append(np.asarray(small) > 0)
+    return np.asarray(big.resize(size, Image.BOX)), hard
+
+
+def test_anti_aliased_label_image_gives_its_objects(tmp_path):
+    """A label image saved from a drawing program with smooth edges: the grey levels of the edges
+    are not objects; each edge pixel joins the object or background next to it nearest in value."""
+    grey, hard = _anti_aliased([("ellipse", (5, 4, 27, 30), 255), ("rectangle", (33.5, 10.25, 55.75, 35.5), 120)])
+    assert len(np.unique(grey)) > 20                               # many edge levels
+    Image.fromarray(grey).save(tmp_path / "labels.png")
+    masks = load_masks(tmp_path / "labels.png", size=(60, 40))
+    assert len(masks) == 2                                         # value order: 120 (rectangle), 255 (ellipse)
+    rect, ellipse = masks
+    # by hand: the ellipse (x < 30) lies between 0 and 255, so it is bounded at 127.5; the
+    # rectangle (x ≥ 30) between 0 and 120, bounded at 60 (a tie goes to the lower value)
+    left = np.arange(60)[None, :] < 30
+    np.testing.assert_array_equal(ellipse, (grey > 127) & left)
+    np.testing.assert_array_equal(rect, (grey > 60) & ~left)
+    for mask, drawn in zip((ellipse, rect), hard):
+        assert (mask & drawn).sum() / (mask | drawn).sum() > 0.85
+    # two objects that meet: their shared edge column 30 (half 200, half 100 → 150) is split
+    # between them, none of it becomes background; halfway is a tie, which goes to 100
+    grey, _ = _anti_aliased([("rectangle", (5, 5, 30.5, 35), 200), ("rectangle", (30.5, 5, 55, 35), 100)])
+    assert set(np.unique(grey)) == {0, 100, 150, 200}
+    Image.fromarray(grey).save(tmp_path / "touching.png")
+    low, high = load_masks(tmp_path / "touching.png")
+    want_low, want_high = np.zeros((40, 60), bool), np.zeros((40, 60), bool)
+    want_high[5:35, 5:30] = True
+    want_low[5:35, 30:55] = True
+    np.testing.assert_array_equal(high, want_high)
+    np.testing.assert_array_equal(low, want_low)
+    # one smooth white-on-black mask is one object, bounded at mid-grey
+    grey, _ = _anti_aliased([("ellipse", (5, 4, 27, 30), 255)])
+    Image.fromarray(grey).save(tmp_path / "one.png")
+    (one,) = load_masks(tmp_path / "one.png")
+    np.testing.assert_array_equal(one, grey > 127)
+
+
+def test_label_image_values_that_are_neither_objects_nor_edges_are_one_error(tmp_path):
+    lab = np.zeros((40, 60), np.uint8)
+    lab[5:15, 5:15] = 1
+    lab[20:30, 30:40] = 2
+    lab[35, 50] = 3                                                # one pixel above every object value
+    Image.fromarray(lab).save(tmp_path / "grey.png")
+    with pytest.raises(UserInputError, match=r"mask grey.png: value\(s\) 3 fill no 3×3 square"):
+        load_masks(tmp_path / "grey.png")
+    lab[35, 50] = 0
+    lab[14, 5] = 2                                                 # a stray pixel inside a palette image
+    pal = Image.fromarray(lab, mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    pal.save(tmp_path / "palette.png")
+    assert len(load_masks(tmp_path / "palette.png")) == 2           # exact values: stray 2 is object 2's
+    lab[14, 5] = 1
+    lab[25, 35] = 7                                                # a palette value too small to be an object
+    pal = Image.fromarray(lab, mode="P")
+    pal.putpalette([0] * 768)
+    pal.save(tmp_path / "palette.png")
+    with pytest.raises(UserInputError, match="value\\(s\\) 7 fill no 3×3 square.*exact values"):
+        load_masks(tmp_path / "palette.png")
+    # a single value is one object whatever its size
+    one = np.zeros((40, 60), np.uint8)
+    one[3, 4] = 9
+    Image.fromarray(one).save(tmp_path / "dot.png")
+    (dot,) = load_masks(tmp_path / "dot.png")
+    assert dot.sum() == 1 and dot[3, 4]
