@@ -113,9 +113,6 @@ def small_grey(frames: np.ndarray, long_side: int) -> np.ndarray:
     return np.stack(out)
 
 
-_small_grey = small_grey  # the name earlier callers used
-
-
 def scene_cut_score(grey: np.ndarray, min_jump: float = 10.0, floor: float = 2.0) -> tuple[float, int]:
     """grey (L,h,w) uint8 → (score, frame index t of the strongest cut between t−1 and t).
 

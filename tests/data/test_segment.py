@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trackgo_data.filters import small_grey
 from trackgo_data.segment import available_segmenters, get_segmenter, relabel_by_area
 from trackgo_data.video import read_frames
 
@@ -404,7 +405,7 @@ def test_segmenter_keeps_its_grey_frames_for_the_filters():
     seg = get_segmenter("flow", flow_long_side=128)
     seg.segment(frames)
     assert seg.last_grey.shape == (4, 72, 128) and seg.last_grey.dtype == np.uint8
-    np.testing.assert_array_equal(seg.last_grey, seg._small(frames))
+    np.testing.assert_array_equal(seg.last_grey, small_grey(frames, 128))
 
 
 def test_threads_may_share_a_segmenter():
@@ -423,5 +424,5 @@ def test_threads_may_share_a_segmenter():
         results = list(pool.map(run, range(4)))
     for (labels, grey, coarse), frames, exp in zip(results, scenes, expected):
         np.testing.assert_array_equal(labels, exp)
-        np.testing.assert_array_equal(grey, seg._small(frames))
+        np.testing.assert_array_equal(grey, small_grey(frames, seg.cfg.flow_long_side))
         np.testing.assert_array_equal(coarse, exp)       # 256×144 frames: flow resolution = clip

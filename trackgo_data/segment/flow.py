@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trackgo_data.filters import small_grey
 from trackgo_data.segment import MAX_COMPONENTS, check_frames, relabel_by_area
 
 
@@ -79,7 +80,7 @@ class FlowSegmenter:
         self._local = threading.local()
 
     @property
-    def _dis(self):
+    def dis(self):
         """The DIS optical flow of the calling thread (one per thread: it keeps work buffers)."""
         dis = getattr(self._local, "dis", None)
         if dis is None:
@@ -101,22 +102,14 @@ class FlowSegmenter:
                            doc="(L,h,w) int32 labels at the flow resolution (upscaled: the result)")
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _small(self, frames: np.ndarray) -> np.ndarray:
-        """(L,H,W,3) uint8 → grey (L,h,w) uint8 at the flow resolution."""
-        import cv2
-
-        H, W = frames.shape[1:3]
-        s = min(1.0, self.cfg.flow_long_side / max(H, W))
-        w, h = max(8, round(W * s)), max(8, round(H * s))
-        out = np.empty((len(frames), h, w), np.uint8)
-        for i, f in enumerate(frames):
-            g = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
-            out[i] = g if (w, h) == (W, H) else cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA)
-        return out
+    def grey_frames(self, frames: np.ndarray) -> np.ndarray:
+        """(L,H,W,3) uint8 → grey (L,h,w) uint8 at the flow resolution (longer side
+        ``flow_long_side``, the clip filters' reduction)."""
+        return small_grey(frames, self.cfg.flow_long_side)
 
     def flows(self, grey: np.ndarray) -> np.ndarray:
         """grey (L,h,w) uint8 → forward flows (L−1,h,w,2) float32 (frame t → t+1)."""
-        return np.stack([self._dis.calc(grey[t], grey[t + 1], None) for t in range(len(grey) - 1)])
+        return np.stack([self.dis.calc(grey[t], grey[t + 1], None) for t in range(len(grey) - 1)])
 
     def camera_flow(self, flow: np.ndarray) -> np.ndarray:
         """flow (h,w,2) → flow explained by one homography (h,w,2) (RANSAC on a sparse grid)."""
@@ -154,7 +147,7 @@ class FlowSegmenter:
     def residual_magnitude(self, frames: np.ndarray) -> np.ndarray:
         """frames (L,H,W,3) uint8 → |flow − camera flow| (L−1,h,w) float32, px/frame at the flow
         resolution (longer side ``flow_long_side``)."""
-        flows = self.flows(self._small(check_frames(frames)))
+        flows = self.flows(self.grey_frames(check_frames(frames)))
         out = np.empty(flows.shape[:3], np.float32)
         for t, f in enumerate(flows):
             r = f - self.camera_flow(f)
@@ -168,10 +161,10 @@ class FlowSegmenter:
 
         frames = check_frames(frames)
         L, H, W = frames.shape[:3]
-        grey = self._small(frames)
+        grey = self.grey_frames(frames)
         self._local.grey, self._local.labels, self._local.evidence = grey, None, None
         h, w = grey.shape[1:]
-        dis = self._dis
+        dis = self.dis
         # (L−1,h,w,4): forward flow t → t+1 and its camera-compensated residual, remapped together;
         # (L−1,h,w,3): backward flow t+1 → t and the blurred grey of frame t+1, sampled together
         fr = np.empty((L - 1, h, w, 4), np.float32)
