@@ -81,10 +81,10 @@ def test_features_shape_and_weight_file_loading(inception, tmp_path, monkeypatch
 
 
 def test_tf_pooling_variants(inception):
-    from trackgo_model.eval.metrics.fid import _tf_avgpool
+    from trackgo_model.eval.metrics.fid import tf_avg_pool
 
     ones = torch.ones(1, 1, 4, 4)
-    assert torch.equal(_tf_avgpool(ones), ones)  # zero padding not counted at the borders
+    assert torch.equal(tf_avg_pool(ones), ones)  # zero padding not counted at the borders
     assert inception.Mixed_7c.max_pool and not inception.Mixed_7b.max_pool
 
 
