@@ -35,5 +35,5 @@ def test_tiny_preset_both_precisions_json(bench, monkeypatch, tmp_path, capsys):
     assert fp16["mixed_precision"] == "fp16" and fp16["loss_scaler"] and fp16["final_loss_scale"] > 0
     assert bf16["mixed_precision"] == "bf16" and not bf16["loss_scaler"] and "final_loss_scale" not in bf16
     for r in (fp16, bf16):
-        assert r["step_s"] > 0 and len(r["step_s_all"]) == 1 and r["trainable_params"] > 0
+        assert r["step_s_all"] == [pytest.approx(r["step_s"], abs=1e-4)] and r["trainable_params"] > 0
         assert 0 <= r["skipped_steps"] <= 4
