@@ -1,5 +1,6 @@
 """The whole protocol end-to-end on a tiny VIPSeg-layout fixture with the tiny random model."""
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def test_protocol_end_to_end(evaluated, monkeypatch):
     assert m2["objmc_ours"]["value"] == pytest.approx(m["objmc_ours"]["value"])
     assert "Missing metrics" in (out / "results.md").read_text()
     with pytest.raises(ValueError, match="different num_frames"):
-        run(EvalConfig(**{**cfg.__dict__, "num_frames": 5}))
+        run(dataclasses.replace(cfg, num_frames=5))
 
 
 def _rescore_with(evaluated, tmp_path, make_generated) -> tuple[dict, Path]:
@@ -123,7 +124,7 @@ def _rescore_with(evaluated, tmp_path, make_generated) -> tuple[dict, Path]:
     shutil.copytree(cfg.out, out)
     for video in sorted((out / "real").glob("*.mp4")):
         encode_lossless_rgb(make_generated(decode_mp4(video)), out / "generated" / video.name, fps=cfg.save_fps)
-    again = EvalConfig(**{**cfg.__dict__, "out": str(out)})
+    again = dataclasses.replace(cfg, out=str(out))
     return run(again, score_only=True, fid_model=TinyFIDNet().eval(), i3d_model=torch.jit.script(TinyI3D())), out
 
 
@@ -169,8 +170,7 @@ def test_draganything_protocol_rescores_saved_videos(evaluated):
     """Score-only rerun with DragAnything's protocol (grid tracking, snapped centres), LK standing in
     for Co-Tracker2: the real clip's moving patch is followed, the value is the files' flat mean."""
     cfg, first = evaluated
-    da = EvalConfig(**{**cfg.__dict__, "objmc_protocol": "draganything", "objmc_tracker": "lk",
-                       "objmc_grid_size": 12})
+    da = dataclasses.replace(cfg, objmc_protocol="draganything", objmc_tracker="lk", objmc_grid_size=12)
     res = run(da, score_only=True)
     out = Path(cfg.out)
     proto = res["objmc_protocol"]

@@ -78,6 +78,8 @@ class FlowSegmenter:
         self.cfg = config_from_dict(FlowSegConfig, cfg)
         self.version = f"1-opencv-{cv2.__version__}"
         self._local = threading.local()
+        self._sparse_cache: tuple = (None,)   # ((h, w, step), grid points) of camera_flow's RANSAC
+        self._grid_cache: tuple = (None,)     # ((h, w), gx, gy) pixel grids
 
     @property
     def dis(self):
@@ -116,13 +118,13 @@ class FlowSegmenter:
         import cv2
 
         h, w = flow.shape[:2]
-        st = self.cfg.grid_step
-        key = (h, w, st)
-        if getattr(self, "_sparse_cache", (None,))[0] != key:
-            ys, xs = np.mgrid[st // 2:h:st, st // 2:w:st]
+        step = self.cfg.grid_step
+        key = (h, w, step)
+        if self._sparse_cache[0] != key:
+            ys, xs = np.mgrid[step // 2:h:step, step // 2:w:step]
             self._sparse_cache = (key, np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32))
         src = self._sparse_cache[1]
-        dst = src + flow[st // 2::st, st // 2::st].reshape(-1, 2)
+        dst = src + flow[step // 2::step, step // 2::step].reshape(-1, 2)
         Hm = None
         if len(src) >= 8:
             Hm, _ = cv2.findHomography(src, dst, cv2.RANSAC, self.cfg.ransac_threshold,
@@ -139,7 +141,7 @@ class FlowSegmenter:
         return out
 
     def _grid(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        if getattr(self, "_grid_cache", (None,))[0] != (h, w):
+        if self._grid_cache[0] != (h, w):
             gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
             self._grid_cache = ((h, w), gx, gy)
         return self._grid_cache[1], self._grid_cache[2]
