@@ -49,7 +49,8 @@ class SharedContextSSL(types.ModuleType):
 
     def __init__(self) -> None:
         super().__init__("ssl")
-        self._contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
+        # (purpose, cafile, capath, cadata) → the one context shared by every client asking for it
+        self.contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
         self._lock = threading.Lock()
         self.created = 0  # contexts actually built (for tests and diagnostics)
 
@@ -64,10 +65,10 @@ class SharedContextSSL(types.ModuleType):
         key = (purpose, os.fspath(cafile) if cafile is not None else None,
                os.fspath(capath) if capath is not None else None, cadata)
         with self._lock:
-            ctx = self._contexts.get(key)
+            ctx = self.contexts.get(key)
             if ctx is None:
                 ctx = ssl.create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
-                self._contexts[key] = ctx
+                self.contexts[key] = ctx
                 self.created += 1
             return ctx
 

@@ -142,25 +142,26 @@ def to_sample(members: dict[str, Any], num_frames: int | None = None,
     the stored size for validation — by the format's contract that is what the member holds —
     and again at ``size`` by :func:`resize_sample`."""
     resize = size is not None and tuple(size) != members_size(members)
-    s = decode_sample(members, decode_trajectory=not resize)
-    L = s.video.shape[0]
-    counts = {"trajectory": L if resize else s.trajectory.shape[0], "masks": s.masks.shape[0],
-              "tracks": s.tracks.shape[0]}
-    if any(n != L for n in counts.values()):
-        raise SampleError(f"sample {s.key}: frame counts differ (video {L}, "
+    sample = decode_sample(members, decode_trajectory=not resize)
+    L = sample.video.shape[0]
+    counts = {"trajectory": L if resize else sample.trajectory.shape[0], "masks": sample.masks.shape[0],
+              "tracks": sample.tracks.shape[0]}
+    if any(count != L for count in counts.values()):
+        raise SampleError(f"sample {sample.key}: frame counts differ (video {L}, "
                           + ", ".join(f"{k} {n}" for k, n in counts.items()) + ")")
     if num_frames is not None:
         if L < num_frames:
-            raise SampleError(f"sample {s.key}: {L} frames < num_frames {num_frames}")
-        s.video, s.trajectory = s.video[:num_frames], s.trajectory[:num_frames]
-        s.masks, s.tracks = s.masks[:num_frames], s.tracks[:num_frames]
-        s.visibility = s.visibility[:num_frames]
+            raise SampleError(f"sample {sample.key}: {L} frames < num_frames {num_frames}")
+        sample.video, sample.trajectory = sample.video[:num_frames], sample.trajectory[:num_frames]
+        sample.masks, sample.tracks = sample.masks[:num_frames], sample.tracks[:num_frames]
+        sample.visibility = sample.visibility[:num_frames]
     if resize:
-        s.trajectory = render_trajectories(s.tracks, s.visibility, s.components, *s.image.shape[:2])
-    s.validate()
+        sample.trajectory = render_trajectories(sample.tracks, sample.visibility, sample.components,
+                                                *sample.image.shape[:2])
+    sample.validate()
     if size is not None:
-        s = resize_sample(s, tuple(size))
-    return s
+        sample = resize_sample(sample, tuple(size))
+    return sample
 
 
 def collate(samples: list[Sample]) -> Batch:

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from trackgo_data.label_image import LabelImageError, label_image_masks
 from trackgo_data.points import sample_points
 from trackgo_data.render import COLOURS, overlay_labels, overlay_tracks, render_trajectories
 from trackgo_data.sample import rescale_tracks
@@ -71,9 +72,9 @@ def load_masks(paths: str | Path | Sequence[str | Path], size: tuple[int, int] |
     """Masks from images → list of (H,W) bool, ``size = (W, H)`` the image size to check against.
 
     Several paths: one binary mask each (non-zero = inside). One path: a label image, read by
-    :func:`label_image_masks` (one binary mask when it holds a single non-zero value; a palette or
-    16-bit image holds exact labels; any other image is read as grey levels, anti-aliased edges
-    included).
+    :func:`trackgo_data.label_image.label_image_masks` (one binary mask when it holds a single
+    non-zero value; a palette or 16-bit image holds exact labels; any other image is read as
+    grey levels, anti-aliased edges included).
     """
     from PIL import Image
 
@@ -97,7 +98,10 @@ def load_masks(paths: str | Path | Sequence[str | Path], size: tuple[int, int] |
             raise UserInputError(f"{name} is {array.shape[1]}×{array.shape[0]} but the image is "
                                  f"{size[0]}×{size[1]}: draw the masks on this image")
     if single:
-        masks = label_image_masks(arrays[0], exact=exact[0], name=which[0])
+        try:
+            masks = label_image_masks(arrays[0], exact=exact[0], name=which[0])
+        except LabelImageError as exc:
+            raise UserInputError(str(exc)) from None
         if not masks:
             raise UserInputError(f"{which[0]} is empty (no non-zero pixel)")
         return masks
@@ -106,74 +110,6 @@ def load_masks(paths: str | Path | Sequence[str | Path], size: tuple[int, int] |
         if not mask.any():
             raise UserInputError(f"{name} is empty (no non-zero pixel): paint at least one pixel of the object")
     return masks
-
-
-def flat_cores(labels: np.ndarray) -> np.ndarray:
-    """labels (H,W) int → (H,W) bool: the pixel is the centre of a 3×3 square of one value."""
-    H, W = labels.shape
-    core = np.zeros((H, W), bool)
-    if H < 3 or W < 3:
-        return core
-    centre = labels[1:-1, 1:-1]
-    uniform = np.ones(centre.shape, bool)
-    for dy in range(3):
-        for dx in range(3):
-            uniform &= labels[dy:dy + H - 2, dx:dx + W - 2] == centre
-    core[1:-1, 1:-1] = uniform
-    return core
-
-
-#: how far (pixels) an anti-aliased edge pixel looks for the objects and background it lies between
-EDGE_REACH = 2.0
-
-
-def label_image_masks(labels: np.ndarray, exact: bool, name: str = "mask") -> list[np.ndarray]:
-    """A label image (H,W) int (0 = background) → one (H,W) bool mask per object, in value order.
-
-    A single non-zero value is one object, whatever its size. With several, an object is a value
-    that fills at least one 3×3 square somewhere (objects smaller than that: give one binary mask
-    per object instead).
-
-    * Exact images (``exact=True``: palette, 16-bit): every pixel of an object's value is the
-      object's; any other non-zero value is one error that names it.
-    * Grey images: anti-aliased edges are expected. An object's pixels are the connected regions
-      of its value that hold a 3×3 square; the background's are the zeros. Every other pixel is
-      an edge pixel and joins, of the objects and background with pixels within
-      :data:`EDGE_REACH` of it (else the closest ones), the one nearest in value (ties to the
-      lower value): a smooth white-on-black mask is one object bounded at mid-grey, and the edge
-      where two objects meet is split between them. A value above every object's cannot be an
-      edge between them: one error that names it.
-    """
-    from scipy import ndimage
-
-    values = [int(v) for v in np.unique(labels) if v != 0]
-    if len(values) <= 1:
-        return [labels == v for v in values]
-    core = flat_cores(labels)
-    objects = sorted({int(v) for v in np.unique(labels[core])} - {0})
-    stray = [v for v in values if v not in objects]
-    if stray and (exact or not objects or max(stray) > objects[-1]):
-        shown = ", ".join(map(str, stray[:8])) + (" …" if len(stray) > 8 else "")
-        raise UserInputError(
-            f"{name}: value(s) {shown} fill no 3×3 square, so they are neither objects nor "
-            "anti-aliased edges between objects: save the label image with exact values (no "
-            "anti-aliasing), or give one binary mask per object")
-    if exact:
-        return [labels == v for v in objects]
-    owned = [labels == 0]
-    for v in objects:
-        regions, _ = ndimage.label(labels == v)
-        owned.append(np.isin(regions, np.unique(regions[core & (labels == v)])))
-    edge = ~np.any(owned, axis=0)
-    if edge.any():
-        levels = np.array([0, *objects])
-        distance = np.stack([ndimage.distance_transform_edt(~own) if own.any() else np.full(labels.shape, np.inf)
-                             for own in owned])[:, edge]                      # (levels, edge pixels)
-        near = distance <= np.maximum(EDGE_REACH, distance.min(0))
-        cost = np.where(near, np.abs(labels[edge][None, :] - levels[:, None]), np.inf)
-        labels = labels.copy()
-        labels[edge] = levels[cost.argmin(0)]
-    return [labels == v for v in objects]
 
 
 def parse_arrow(text: str) -> np.ndarray:
@@ -239,45 +175,45 @@ def check_input(masks: Sequence[np.ndarray], arrows: Sequence[np.ndarray | str],
         image_size = (masks[0].shape[-1], masks[0].shape[0]) if masks[0].ndim == 2 else (0, 0)
     W, H = int(image_size[0]), int(image_size[1])
     out_masks = []
-    for j, m in enumerate(masks):
-        if m.ndim != 2 or m.shape != (H, W):
-            got = f"{m.shape[1]}×{m.shape[0]}" if m.ndim == 2 else f"of shape {m.shape}"
+    for j, mask in enumerate(masks):
+        if mask.ndim != 2 or mask.shape != (H, W):
+            got = f"{mask.shape[1]}×{mask.shape[0]}" if mask.ndim == 2 else f"of shape {mask.shape}"
             raise UserInputError(f"object {j + 1}: mask is {got} but the image is {W}×{H}: "
                                  "draw the masks on this image (sizes differ)")
-        m = m.astype(bool)
-        if not m.any():
+        mask = mask.astype(bool)
+        if not mask.any():
             raise UserInputError(f"object {j + 1}: mask is empty: paint at least one pixel of the object")
-        out_masks.append(m)
+        out_masks.append(mask)
     out_arrows = []
-    for j, a in enumerate(arrows):
-        if isinstance(a, str):
-            if not a.strip():
+    for j, arrow in enumerate(arrows):
+        if isinstance(arrow, str):
+            if not arrow.strip():
                 raise UserInputError(f"object {j + 1}: no arrow: give its start on the object and its end")
             try:
-                a = parse_arrow(a)
+                arrow = parse_arrow(arrow)
             except UserInputError as exc:
                 raise UserInputError(f"object {j + 1}: {exc}") from None
-        a = np.asarray(a, np.float64)
-        if a.ndim != 2 or a.shape[1] != 2 or len(a) < 2:
-            raise UserInputError(f"object {j + 1}: an arrow needs ≥ 2 points (x,y), got shape {a.shape}")
-        if not np.isfinite(a).all():
+        arrow = np.asarray(arrow, np.float64)
+        if arrow.ndim != 2 or arrow.shape[1] != 2 or len(arrow) < 2:
+            raise UserInputError(f"object {j + 1}: an arrow needs ≥ 2 points (x,y), got shape {arrow.shape}")
+        if not np.isfinite(arrow).all():
             raise UserInputError(f"object {j + 1}: arrow coordinates must be finite")
-        x0, y0 = a[0]
+        x0, y0 = arrow[0]
         if not (0 <= _pixel(x0) <= W - 1 and 0 <= _pixel(y0) <= H - 1):
             raise UserInputError(f"object {j + 1}: arrow starts at ({x0:g}, {y0:g}), outside the "
                                  f"{W}×{H} image: start it on the object")
-        m = out_masks[j]
-        if not m[_pixel(y0), _pixel(x0)]:
-            ys, xs = np.nonzero(m)
+        mask = out_masks[j]
+        if not mask[_pixel(y0), _pixel(x0)]:
+            ys, xs = np.nonzero(mask)
             raise UserInputError(f"object {j + 1}: arrow starts at ({x0:g}, {y0:g}), outside its mask "
                                  f"(which spans x {xs.min()}–{xs.max()}, y {ys.min()}–{ys.max()}): "
                                  "start the arrow on the object")
-        for i, (x, y) in enumerate(a[1:], start=1):
+        for i, (x, y) in enumerate(arrow[1:], start=1):
             if not (0 <= _pixel(x) <= W - 1 and 0 <= _pixel(y) <= H - 1):
-                where = "ends" if i == len(a) - 1 else "bends"
+                where = "ends" if i == len(arrow) - 1 else "bends"
                 raise UserInputError(f"object {j + 1}: arrow {where} at ({x:g}, {y:g}), off the {W}×{H} "
                                      f"image: keep it within x 0–{W - 1}, y 0–{H - 1}")
-        out_arrows.append(a)
+        out_arrows.append(arrow)
     return out_masks, out_arrows
 
 
@@ -303,8 +239,8 @@ def object_labels(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
     entirely by later masks."""
     H, W = masks[0].shape
     given = np.zeros((H, W), np.int32)
-    for j, m in enumerate(masks):
-        given[m] = j + 1
+    for j, mask in enumerate(masks):
+        given[mask] = j + 1
     comps = []
     for j in range(len(masks)):
         if not (given == j + 1).any():
@@ -326,8 +262,8 @@ def build_motion(masks: Sequence[np.ndarray], arrows: Sequence[np.ndarray | str]
     labels, obj_comp = object_labels(masks)
     points, components = sample_points(labels, seed)
     offsets = np.zeros((len(masks), num_frames, 2))
-    for j, a in enumerate(arrows):
-        offsets[obj_comp[j]] = arrow_displacements(a, num_frames)
+    for j, arrow in enumerate(arrows):
+        offsets[obj_comp[j]] = arrow_displacements(arrow, num_frames)
     tracks = (points[None, :, :] + offsets[components].transpose(1, 0, 2)).astype(np.float32)
     H, W = labels.shape
     return UserMotion(tracks, in_image(tracks, W, H), components, labels, obj_comp)
@@ -338,8 +274,8 @@ def arrows_to_tracks(masks: Sequence[np.ndarray], arrows: Sequence[np.ndarray | 
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """masks: s × (H,W) bool; arrows: s × (P,2) (or strings) → tracks (L,N,2) float32,
     visibility (L,N) bool, components (N,) int64 (see :func:`build_motion`)."""
-    m = build_motion(masks, arrows, num_frames, seed, max_objects)
-    return m.tracks, m.visibility, m.components
+    motion = build_motion(masks, arrows, num_frames, seed, max_objects)
+    return motion.tracks, motion.visibility, motion.components
 
 
 def in_image(tracks: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -93,12 +93,12 @@ class DevaSegmenter:
     def __init__(self, **cfg) -> None:
         from trackgo_data.config import config_from_dict
 
-        self.cfg = c = config_from_dict(DevaConfig, cfg)
-        self.random_init = c.random_init
+        self.cfg = settings = config_from_dict(DevaConfig, cfg)
+        self.random_init = settings.random_init
         self._api = import_deva()
-        if not c.random_init:
+        if not settings.random_init:
             missing = [f"{key}={path or '(not set)'} ({file})" for key, path, file in (
-                ("deva_weights", c.deva_weights, DEVA_FILE), ("sam_weights", c.sam_weights, c.sam_file))
+                ("deva_weights", settings.deva_weights, DEVA_FILE), ("sam_weights", settings.sam_weights, settings.sam_file))
                 if not path or not Path(path).expanduser().is_file()]
             if missing:
                 raise DevaWeightsMissing(
@@ -106,9 +106,9 @@ class DevaSegmenter:
                     + ". Get them from the DEVA repository (scripts/download_models.sh) and set "
                       "segmenter.options.<key>=/path/to/file; segmenter.options.random_init=true builds "
                       "random networks instead (tests and benchmarks only)")
-        sam = "mobile" if c.sam_variant == "mobile" else f"original-{c.sam_encoder}"
+        sam = "mobile" if settings.sam_variant == "mobile" else f"original-{settings.sam_encoder}"
         self.version = (f"deva-{deva_version()}-automatic-{sam}"
-                        + ("+random-init" if c.random_init else ""))
+                        + ("+random-init" if settings.random_init else ""))
         self.network = None          # DEVA's network, once loaded
         self.sam = None              # upstream's automatic SAM generator, once loaded
         self.upstream_config = None  # the argument dict upstream runs with, once loaded
@@ -129,42 +129,42 @@ class DevaSegmenter:
         with UPSTREAM_LOCK:
             if self.network is not None:
                 return
-            api, c, device = self._api, self.cfg, self.device
-            if c.random_init:
+            api, settings, device = self._api, self.cfg, self.device
+            if settings.random_init:
                 log.warning("DEVA and SAM (%s) with RANDOM weights (random_init=true): their segments mean "
-                            "nothing; for tests and benchmarks only", c.sam_file)
-            log.info("loading DEVA (%s) and SAM (%s) on %s", c.deva_weights or "random", c.sam_weights or "random",
+                            "nothing; for tests and benchmarks only", settings.sam_file)
+            log.info("loading DEVA (%s) and SAM (%s) on %s", settings.deva_weights or "random", settings.sam_weights or "random",
                      device)
             printed = io.StringIO()   # upstream prints while building (MobileSAM); stdout is the CLI's
             with tempfile.TemporaryDirectory(prefix="deva-sam-") as tmp, torch.random.fork_rng(devices=[]), \
                     contextlib.redirect_stdout(printed):
                 torch.manual_seed(RANDOM_SEED)
                 mobile_random = None
-                if c.random_init and c.sam_variant == "mobile":
+                if settings.random_init and settings.sam_variant == "mobile":
                     # upstream always loads MobileSAM from MOBILE_SAM_CHECKPOINT_PATH: hand it a random one
                     mobile_random = str(Path(tmp) / MOBILE_SAM_FILE)
                     torch.save(api["setup_mobile_sam"]().state_dict(), mobile_random)
-                config = upstream_config(api, c, mobile_random)
+                config = upstream_config(api, settings, mobile_random)
                 with swapped(api["resnet"], "resnet50", functools.partial(untrained, api["resnet"].resnet50)), \
                         swapped(api["resnet"], "resnet18", functools.partial(untrained, api["resnet"].resnet18)):
                     network = api["DEVA"](config)
-                if not c.random_init:
+                if not settings.random_init:
                     try:
                         network.load_weights(torch.load(config["model"], map_location="cpu"))
                     except (RuntimeError, KeyError) as exc:
-                        raise DevaUnavailable(f"deva_weights={c.deva_weights} is not a DEVA propagation "
+                        raise DevaUnavailable(f"deva_weights={settings.deva_weights} is not a DEVA propagation "
                                               f"checkpoint ({DEVA_FILE}): {exc}") from exc
                 network = network.to(device).eval()
                 sam = api["get_sam_model"](config, device)
             if printed.getvalue().strip():
                 log.debug("DEVA/SAM printed while loading: %s", printed.getvalue().strip())
             sam.predictor.model.eval()   # upstream's MobileSAM stays in training mode (BatchNorm on batch stats)
-            if c.sam_variant == "mobile":
+            if settings.sam_variant == "mobile":
                 match_stock_sam(sam)
             for key in ("pred_iou_thresh", "stability_score_thresh"):
                 if not hasattr(sam, key):
                     raise DevaUnavailable(f"this DEVA version's SAM generator has no {key}; {INSTALL_HINT}")
-                setattr(sam, key, getattr(c, key))
+                setattr(sam, key, getattr(settings, key))
             self.network, self.sam, self.upstream_config = network, sam, config
 
     def raw_ids(self, frames: np.ndarray) -> np.ndarray:
@@ -199,10 +199,10 @@ class DevaSegmenter:
                     finish_saver(saver)
             out = np.zeros(frames.shape[:3], np.int64)
             for ti in range(L):
-                p = Path(tmp) / "Annotations" / f"{ti:05d}.png"
-                if not p.is_file():
-                    raise RuntimeError(f"DEVA wrote no result for frame {ti} (expected {p.name})")
-                with Image.open(p) as im:
+                path = Path(tmp) / "Annotations" / f"{ti:05d}.png"
+                if not path.is_file():
+                    raise RuntimeError(f"DEVA wrote no result for frame {ti} (expected {path.name})")
+                with Image.open(path) as im:
                     out[ti] = decode_id_png(np.asarray(im.convert("RGB")))
         return out
 
@@ -234,10 +234,10 @@ def select_moving(ids: np.ndarray, frames: np.ndarray, max_components: int = MAX
         area0 = float((ids[0] == oid).mean())
         if area0 < min_area:
             continue
-        m = small_ids == oid
-        if not m.any():
+        inside = small_ids == oid
+        if not inside.any():
             continue
-        score = float(motion[m].mean())
+        score = float(motion[inside].mean())
         if score >= min_motion:
             cands.append((area0, int(oid)))
     cands.sort(reverse=True)
