@@ -73,10 +73,10 @@ def bare_ops(src: Path, cfg: B.BuildConfig, seg, labels0: np.ndarray, points: np
     s["decode+resize"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grey = seg._small(frames)
+    grey = seg.grey_frames(frames)
     for a, b in zip(grey[:-1], grey[1:]):
-        seg._dis.calc(a, b, None)
-        seg._dis.calc(b, a, None)
+        seg.dis.calc(a, b, None)
+        seg.dis.calc(b, a, None)
     s["dense motion"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -138,16 +139,15 @@ class StageClock:
     def attached(self, parts: dict):
         methods = [("vae_encode", parts["vae"], "encode"), ("vae_decode", parts["vae"], "decode"),
                    ("trajectory_encode", parts["model"], "encode")]
-        for stage, obj, attr in methods:  # an instance attribute shadows the method while attached
-            setattr(obj, attr, self._wrap(stage, getattr(obj, attr)))
         hooks = self._hooks("clip", parts["image_encoder"]) + self._hooks("unet", parts["model"].unet)
-        try:
-            yield self
-        finally:
-            for _, obj, attr in methods:
-                delattr(obj, attr)
-            for h in hooks:
-                h.remove()
+        with contextlib.ExitStack() as stack:
+            for stage, obj, attr in methods:  # restored (the class's method again) on exit
+                stack.enter_context(mock.patch.object(obj, attr, self._wrap(stage, getattr(obj, attr))))
+            try:
+                yield self
+            finally:
+                for hook in hooks:
+                    hook.remove()
 
     def run(self, fn) -> dict:
         """Seconds by stage (and peak GiB on CUDA) of one call of ``fn``."""
@@ -157,10 +157,10 @@ class StageClock:
         fn()
         self._sync()
         total = time.perf_counter() - t0
-        out = {name: sum(end - begin for stage, begin, end, _ in self.calls if stage == name)
-               for name in ("clip", "vae_encode", "trajectory_encode", "unet", "vae_decode")}
-        unet = [(begin, end) for stage, begin, end, _ in self.calls if stage == "unet"]
-        out["denoise"] = max(end for _, end in unet) - min(begin for begin, _ in unet) if unet else 0.0
+        out = {stage: sum(end - start for name, start, end, _ in self.calls if name == stage)
+               for stage in ("clip", "vae_encode", "trajectory_encode", "unet", "vae_decode")}
+        unet = [(start, end) for name, start, end, _ in self.calls if name == "unet"]
+        out["denoise"] = max(end for _, end in unet) - min(start for start, _ in unet) if unet else 0.0
         out["total"] = total
         out["other"] = total - sum(out[s] for s in ("clip", "vae_encode", "trajectory_encode", "denoise", "vae_decode"))
         out = {k: round(v, 4) for k, v in out.items()}

@@ -87,8 +87,8 @@ def settings(args) -> SimpleNamespace:
                            gen=dict(frames=14, height=576, width=1024, steps=25),
                            mem=dict(frames=args.memory_frames, height=576, width=1024),
                            repeats=args.repeats, warmup=2, mem_steps=2, mem_warmup=1, mem_precision="bf16",
-                           # without it the 14-frame step keeps ~154 GiB (memory_estimate's way of
-                           # counting): more than the card; diffusers' blocks, as the 1.076 was measured
+                           # without it the 14-frame step keeps more than the card holds (see the
+                           # suite's memory_estimate); diffusers' blocks, as the training loop uses
                            grad_checkpointing=True,
                            gen_warmup_steps=2,
                            kernel_shapes=[(2 * 72 * 128, 5, 14, 64), (72 * 128, 5, 25, 64)],

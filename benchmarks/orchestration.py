@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,35 +118,12 @@ def external_cluster(n_workers: int, workdir: Path, threads: int = 1):
     """``dask scheduler`` + ``n_workers`` × ``dask worker --nthreads 1 --no-nanny`` as separate
     processes (an existing engine, like ``infra/dask``), each worker's libraries limited to
     ``threads`` threads; yields the scheduler address."""
-    from flows.task_runners.dask import worker_environ
+    from dask_cluster import DaskCluster, cluster_env
 
-    repo = Path(__file__).resolve().parents[1]
-    sched_file = workdir / f"scheduler-{n_workers}.json"
-    env = {**os.environ, **worker_environ(threads)}  # as infra/dask configures its workers
-    env["PYTHONPATH"] = os.pathsep.join([str(repo), str(repo / "benchmarks"), env.get("PYTHONPATH", "")])
-    dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    procs = [subprocess.Popen([*dask_cli, "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(sched_file)], env=env, stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not sched_file.exists():
-            if time.monotonic() > deadline or procs[0].poll() is not None:
-                raise RuntimeError("dask scheduler did not start")
-            time.sleep(0.1)
-        time.sleep(0.2)  # the file is written before the scheduler accepts workers
-        address = json.loads(sched_file.read_text())["address"]
-        procs += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
-                                    "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"w{i}"],
-                                   env=env, stderr=subprocess.DEVNULL) for i in range(n_workers)]
-        yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with DaskCluster(workdir, cluster_env(threads), name=f"scheduler-{n_workers}") as cluster:
+        for i in range(n_workers):
+            cluster.start_worker(f"w{i}")
+        yield cluster.address
 
 
 def time_cluster(kind: str, n: int, a, cfg, flow_kw: dict, video: Path, tmp: Path, s_loop: dict,
@@ -201,7 +175,7 @@ def time_cluster(kind: str, n: int, a, cfg, flow_kw: dict, video: Path, tmp: Pat
         return wall, cpu, plain_wall
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--video", default="bikes", help="bundled sample to replicate (bigbuckbunny|bikes|carphone)")
     p.add_argument("--videos", type=int, default=16, help="source files (copies of --video)")
@@ -214,94 +188,108 @@ def main() -> None:
                    help="library threads of each external worker (a worker = this many cores, for 1 and 2 workers)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved loop/flow repetitions (min is kept)")
     p.add_argument("--keep", action="store_true", help="keep the temporary outputs")
-    a = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    width, height = (int(v) for v in a.size.lower().split("x")) if a.size else (None, None)
-    kinds = [k.strip() for k in a.clusters.split(",") if k.strip()]
-    if not kinds or set(kinds) - {"external", "local"}:
-        p.error(f"--clusters takes external and/or local, got {a.clusters!r}")
+    args = p.parse_args(argv)
+    args.kinds = [k.strip() for k in args.clusters.split(",") if k.strip()]
+    if not args.kinds or set(args.kinds) - {"external", "local"}:
+        p.error(f"--clusters takes external and/or local, got {args.clusters!r}")
+    return args
 
-    from prefect.testing.utilities import prefect_test_harness
 
-    from flows.build_dataset import build_dataset_flow, make_build_config
+def measure_overhead(a, cfg, flow_kw: dict, video: Path, tmp: Path) -> tuple[dict[str, list[float]], dict]:
+    """After a warm-up, the plain loop, the flow and the flow without previews, interleaved
+    ``a.repeats`` times → (wall seconds per kind, the loop's summary)."""
+    from flows.build_dataset import build_dataset_flow
     from trackgo_data.build import build_dataset, get_models
-    from trackgo_data.samples import sample_video_paths
-
-    tmp = Path(tempfile.mkdtemp(prefix="trackgo-bench-"))
-    video = sample_video_paths()[a.video]
-    sources = make_sources(tmp / "src", a.videos, video)
-    warm_src = make_sources(tmp / "warm", 1, video)
-    cfg = make_build_config("local", a.frames, width, height, clips_per_video=a.clips_per_video)
-    flow_kw = dict(source=str(sources), profile="local", num_frames=a.frames, width=width, height=height,
-                   clips_per_video=a.clips_per_video, batch_size=a.batch_size, progress_bar=False)
-    load0 = os.getloadavg()
 
     def timed(fn):
         t0 = time.perf_counter()
         out = fn()
         return time.perf_counter() - t0, out
 
-    with prefect_test_harness(server_startup_timeout=180):
-        # warm-up: imports, models, Prefect client, matplotlib (artifacts)
-        get_models(cfg)
-        build_dataset(str(warm_src), tmp / "warm-loop", cfg, batch_size=a.batch_size, progress=False)
-        build_dataset_flow(**{**flow_kw, "source": str(warm_src), "output": str(tmp / "warm-flow")})
+    # warm-up: imports, models, Prefect client, matplotlib (artifacts)
+    warm_src = make_sources(tmp / "warm", 1, video)
+    get_models(cfg)
+    build_dataset(str(warm_src), tmp / "warm-loop", cfg, batch_size=a.batch_size, progress=False)
+    build_dataset_flow(**{**flow_kw, "source": str(warm_src), "output": str(tmp / "warm-flow")})
+    # each run gets its own copies of the sources so that both pay for content hashing (the
+    # library caches hashes per path within a process)
+    runs: dict[str, list[float]] = {"loop": [], "flow": [], "flow-np": []}
+    for rep in range(a.repeats):
+        src = {k: str(make_sources(tmp / f"src-{k}-{rep}", a.videos, video)) for k in runs}
+        seconds, s_loop = timed(lambda: build_dataset(src["loop"], tmp / f"loop{rep}", cfg,
+                                                      batch_size=a.batch_size, progress=False))
+        runs["loop"].append(seconds)
+        seconds, s_flow = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src["flow"],
+                                                              "output": str(tmp / f"flow{rep}")}))
+        runs["flow"].append(seconds)
+        seconds, _ = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src["flow-np"],
+                                                         "output": str(tmp / f"flow-np{rep}"), "previews": 0}))
+        runs["flow-np"].append(seconds)
+        assert s_flow["accepted"] == s_loop["accepted"] and s_flow["clips"] == s_loop["clips"]
+    return runs, s_loop
 
-        # loop and flow interleaved, twice; each run gets its own copies of the sources so that
-        # both pay for content hashing (the library caches hashes per path within a process)
-        runs: dict[str, list[float]] = {"loop": [], "flow": [], "flow-np": []}
-        for rep in range(a.repeats):
-            src = {k: str(make_sources(tmp / f"src-{k}-{rep}", a.videos, video)) for k in runs}
-            t, s_loop = timed(lambda: build_dataset(src["loop"], tmp / f"loop{rep}", cfg, batch_size=a.batch_size,
-                                                    progress=False))
-            runs["loop"].append(t)
-            t, s_flow = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src["flow"],
-                                                           "output": str(tmp / f"flow{rep}")}))
-            runs["flow"].append(t)
-            t, _ = timed(lambda: build_dataset_flow(**{**flow_kw, "source": src["flow-np"],
-                                                      "output": str(tmp / f"flow-np{rep}"), "previews": 0}))
-            runs["flow-np"].append(t)
-            assert s_flow["accepted"] == s_loop["accepted"] and s_flow["clips"] == s_loop["clips"]
-        t_loop, t_flow, t_flow_np = (min(runs[k]) for k in ("loop", "flow", "flow-np"))
 
-        dask_t, dask_cpu, plain_t = {}, {}, {}
-        par0 = free_parallelism()
-        for kind in kinds:
-            for n in (1, 2):
-                dask_t[kind, n], dask_cpu[kind, n], plain = time_cluster(
-                    kind, n, a, cfg, flow_kw, video, tmp, s_loop, plain=(kind == "external"))
-                if plain is not None:
-                    plain_t[n] = plain
-        par1 = free_parallelism()
-    load1 = os.getloadavg()
-
+def report(a, cfg, runs: dict, s_loop: dict, scale: dict, loads: tuple) -> None:
+    """Print the figures of one run (``scale``: wall/CPU per cluster kind and size, plain Dask,
+    free parallelism before and after)."""
     n_clips = s_loop["clips"]
+    t_loop, t_flow, t_flow_np = (min(runs[k]) for k in ("loop", "flow", "flow-np"))
     print(f"clips: N={n_clips} candidate clips ({s_loop['accepted']} accepted) from {a.videos} copies of "
           f"{a.video}, {cfg.clip.num_frames} frames at {cfg.clip.width}x{cfg.clip.height}, "
           f"batch_size={a.batch_size} ({-(-a.videos // a.batch_size)} batches)")
-    print(f"machine: {os.cpu_count()} cpus, load average before {load0[0]:.2f}, after {load1[0]:.2f} "
+    print(f"machine: {os.cpu_count()} cpus, load average before {loads[0][0]:.2f}, after {loads[1][0]:.2f} "
           "(shared machine: other processes compete for the cores)")
     print(f"times are the min of {a.repeats} interleaved runs: " +
-          ", ".join(f"{k} {[round(v, 2) for v in vs]}" for k, vs in runs.items()))
+          ", ".join(f"{k} {[round(v, 2) for v in values]}" for k, values in runs.items()))
     print(f"plain loop (trackgo_data.build.build_dataset): {t_loop:8.2f} s  {n_clips / t_loop:6.2f} clips/s")
     print(f"flow, thread runner (with artifacts):          {t_flow:8.2f} s  {n_clips / t_flow:6.2f} clips/s")
     print(f"flow, thread runner (no previews):             {t_flow_np:8.2f} s")
     print(f"overhead ratio flow / plain loop: {t_flow / t_loop:.3f} (no previews {t_flow_np / t_loop:.3f}; goal <= 1.3)")
     labels = {"external": "Dask, external scheduler + workers", "local": "Dask, LocalCluster in the flow process"}
-    for kind in kinds:
-        t1, t2 = dask_t[kind, 1], dask_t[kind, 2]
-        print(f"{labels[kind]}: 1 worker {t1:.2f} s, 2 workers {t2:.2f} s -> scale-out {t1 / t2:.3f}x "
-              "(goal >= 1.7 on 2 free cores)")
+    wall, cpu, plain = scale["wall"], scale["cpu"], scale["plain"]
+    for kind in a.kinds:
+        print(f"{labels[kind]}: 1 worker {wall[kind, 1]:.2f} s, 2 workers {wall[kind, 2]:.2f} s -> scale-out "
+              f"{wall[kind, 1] / wall[kind, 2]:.3f}x (goal >= 1.7 on 2 free cores)")
         for n in (1, 2):
-            print(f"  {n} worker(s): {dask_cpu[kind, n]:.1f} CPU-s used by flow process + API server + "
-                  f"scheduler + workers in {dask_t[kind, n]:.2f} s wall = "
-                  f"{dask_cpu[kind, n] / dask_t[kind, n]:.2f} of {os.cpu_count()} cores busy")
-    if plain_t:
-        print(f"plain Dask futures, same batches, same external workers, no Prefect: 1 worker {plain_t[1]:.2f} s, "
-              f"2 workers {plain_t[2]:.2f} s -> {plain_t[1] / plain_t[2]:.3f}x (what the cores give this work; "
-              f"the flow keeps {dask_t['external', 1] / dask_t['external', 2] / (plain_t[1] / plain_t[2]):.0%} of it)")
-    print(f"free parallelism of the machine (2 CPU-bound processes vs 1, ideal 2.0): before Dask {par0:.2f}, "
-          f"after {par1:.2f}")
+            print(f"  {n} worker(s): {cpu[kind, n]:.1f} CPU-s used by flow process + API server + "
+                  f"scheduler + workers in {wall[kind, n]:.2f} s wall = "
+                  f"{cpu[kind, n] / wall[kind, n]:.2f} of {os.cpu_count()} cores busy")
+    if plain:
+        print(f"plain Dask futures, same batches, same external workers, no Prefect: 1 worker {plain[1]:.2f} s, "
+              f"2 workers {plain[2]:.2f} s -> {plain[1] / plain[2]:.3f}x (what the cores give this work; "
+              f"the flow keeps {wall['external', 1] / wall['external', 2] / (plain[1] / plain[2]):.0%} of it)")
+    print(f"free parallelism of the machine (2 CPU-bound processes vs 1, ideal 2.0): before Dask "
+          f"{scale['parallelism'][0]:.2f}, after {scale['parallelism'][1]:.2f}")
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    width, height = (int(v) for v in a.size.lower().split("x")) if a.size else (None, None)
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.build_dataset import make_build_config
+    from trackgo_data.samples import sample_video_paths
+
+    tmp = Path(tempfile.mkdtemp(prefix="trackgo-bench-"))
+    video = sample_video_paths()[a.video]
+    cfg = make_build_config("local", a.frames, width, height, clips_per_video=a.clips_per_video)
+    flow_kw = dict(source=str(make_sources(tmp / "src", a.videos, video)), profile="local", num_frames=a.frames,
+                   width=width, height=height, clips_per_video=a.clips_per_video, batch_size=a.batch_size,
+                   progress_bar=False)
+    load0 = os.getloadavg()
+    with prefect_test_harness(server_startup_timeout=180):
+        runs, s_loop = measure_overhead(a, cfg, flow_kw, video, tmp)
+        scale = {"wall": {}, "cpu": {}, "plain": {}, "parallelism": [free_parallelism()]}
+        for kind in a.kinds:
+            for n in (1, 2):
+                scale["wall"][kind, n], scale["cpu"][kind, n], plain = time_cluster(
+                    kind, n, a, cfg, flow_kw, video, tmp, s_loop, plain=(kind == "external"))
+                if plain is not None:
+                    scale["plain"][n] = plain
+        scale["parallelism"].append(free_parallelism())
+    report(a, cfg, runs, s_loop, scale, (load0, os.getloadavg()))
     if a.keep:
         print(f"outputs kept in {tmp}")
     else:

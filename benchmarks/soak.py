@@ -49,32 +49,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-try:
-    from distributed.diagnostics.plugin import WorkerPlugin
-except ImportError:  # pragma: no cover - distributed comes with prefect-dask
-    WorkerPlugin = object
-
-
-class ExecLog(WorkerPlugin):
-    """Worker plugin: appends each task's execution start and end (wall-clock) to
-    ``<folder>/<worker name>.jsonl``, flushed at once, so the log of a worker killed with
-    SIGKILL still tells which batch it was running and since when."""
-
-    name = "trackgo-exec-log"
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-
-    def setup(self, worker) -> None:
-        self.worker_name = str(worker.name)
-        self.fh = open(Path(self.folder) / f"{self.worker_name}.jsonl", "a")
-
-    def transition(self, key, start, finish, **kwargs) -> None:
-        if finish == "executing" or start in ("executing", "cancelled") and finish not in ("executing", "cancelled"):
-            self.fh.write(json.dumps([time.time(), str(key), start, finish]) + "\n")
-            self.fh.flush()
-
-
 # ----------------------------------------------------------------------------------------- sources
 
 def make_sources(root: Path, n: int) -> Path:
@@ -101,46 +75,6 @@ def make_sources(root: Path, n: int) -> Path:
     listing = root / "videos.txt"
     listing.write_text("\n".join(lines) + "\n")
     return listing
-
-
-# ----------------------------------------------------------------------------------------- cluster
-
-class Cluster:
-    """``dask scheduler`` + named ``dask worker`` processes that can be killed and replaced."""
-
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.workdir, self.env = workdir, env
-        self.workers: dict[str, subprocess.Popen] = {}
-        sched_file = workdir / "scheduler.json"
-        self.scheduler = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--no-dashboard", "--scheduler-file", str(sched_file)], env=env, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while not sched_file.exists():
-            if time.monotonic() > deadline or self.scheduler.poll() is not None:
-                raise RuntimeError("dask scheduler did not start")
-            time.sleep(0.1)
-        time.sleep(0.3)
-        self.address = json.loads(sched_file.read_text())["address"]
-
-    def start_worker(self, name: str) -> None:
-        self.workers[name] = subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", "1",
-             "--no-nanny", "--no-dashboard", "--name", name], env=self.env, stderr=subprocess.DEVNULL)
-
-    def kill_worker(self, name: str) -> None:
-        proc = self.workers.pop(name)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def close(self) -> None:
-        for proc in [*self.workers.values(), self.scheduler]:
-            proc.terminate()
-        for proc in [*self.workers.values(), self.scheduler]:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 # ------------------------------------------------------------------------------------- deployment
@@ -239,45 +173,139 @@ def verify(out: Path, sources: list[str], cfg) -> dict:
             "shards": len(shards), "checks": checks}
 
 
-def lost_work(log_dir: Path, kills: dict[str, float], clips_per_batch: float) -> dict:
-    """What the kills cost, from the workers' execution logs.
+# ----------------------------------------------------------------------------------------- the run
 
-    Worker kill: the batch the killed worker was executing, from its start to the kill (it is run
-    again elsewhere). Flow-run kill: batches released while executing keep running on their
-    worker and record their batch (run 2 finds it, or waits on the batch lock): work kept, not lost.
-    """
-    out = {}
-    starts: dict[str, float] = {}
-    open_at_kill = []
-    for t, key, start, finish in (json.loads(l) for l in (log_dir / f"{kills['worker_name']}.jsonl").open()):
-        if finish == "executing":
-            starts[key] = t
-        else:
-            starts.pop(key, None)
-    for key, t0 in starts.items():  # never ended: cut by the SIGKILL
-        open_at_kill.append(kills["worker"] - t0)
-    out["worker kill"] = {"batches_cut": len(open_at_kill), "seconds_lost": round(sum(open_at_kill), 1),
-                          "clips_redone_about": round(len(open_at_kill) * clips_per_batch)}
-    orphans = []
-    for f in log_dir.glob("*.jsonl"):
-        running: dict[str, float] = {}
-        for t, key, start, finish in (json.loads(l) for l in f.open()):
-            if finish == "executing":
-                running[key] = t
-            elif key in running:
-                t0 = running.pop(key)
-                if t0 < kills["flow"] < t:
-                    orphans.append((t0, t, finish, start))
-    kept = [o for o in orphans if o[2] in ("memory", "released", "forgotten")]  # ran to the end
-    cut = [o for o in orphans if o not in kept]
-    out["flow-run kill"] = {"batches_executing": len(orphans), "finished_after_the_kill": len(kept),
-                            "seconds_lost": round(sum(t1 - t0 for t0, t1, _, _ in cut), 1)}
-    return out
+class Progress:
+    """Batches and clips recorded so far (the part files), sampled over time for the rates."""
+
+    def __init__(self, out: Path, n_batches: int) -> None:
+        self.out, self.n_batches = out, n_batches
+        self.cache: dict[str, int] = {}
+        self.timeline: list[tuple[float, int, int]] = []
+
+    def now(self) -> tuple[int, int]:
+        return progress(self.out, self.cache)
+
+    def wait_until(self, share: float | None, run) -> None:
+        """Until ``share`` of the batches are recorded (None: until ``run`` completes); a run that
+        ends otherwise stops the benchmark."""
+        from prefect import get_client
+
+        while True:
+            batches, clips = self.now()
+            self.timeline.append((time.time(), batches, clips))
+            if share is not None and batches >= share * self.n_batches:
+                return
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(run.id).state
+            if state is not None and state.is_final():
+                if not state.is_completed():
+                    raise RuntimeError(f"run {run.id} ended {state.name}: {state.message[:2000]}")
+                if share is None:
+                    return
+                raise RuntimeError(f"run {run.id} completed before {share:.0%} of the batches were "
+                                   "recorded: use more --videos")
+            time.sleep(0.5)
+
+    def rate(self, t0: float, t1: float) -> str:
+        """clips/s recorded in (t0, t1], from the first batch recorded after t0 (no start-up)."""
+        points = [(t, clips) for t, _, clips in self.timeline if t0 <= t <= t1]
+        base = next(((t, c) for (t, c), (_, c_next) in zip(points, points[1:]) if c_next > c), None)
+        if base is None or points[-1][1] == base[1]:
+            return "n/a"
+        first = next((t, c) for t, c in points if c > base[1])
+        clips, seconds = points[-1][1] - first[1], points[-1][0] - first[0]
+        return f"{clips} clips in {seconds:.1f} s = {clips / max(1e-9, seconds):.2f} clips/s"
 
 
-# -------------------------------------------------------------------------------------------- main
+def start_run(params: dict):
+    """A flow run of build-dataset/cluster (retried until the runner has registered it)."""
+    from prefect.deployments import run_deployment
 
-def main() -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return run_deployment("build-dataset/cluster", parameters=params, timeout=0)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def run_with_kills(a, tmp: Path, params: dict, progress_: Progress) -> dict:
+    """Run 1, kill a worker, kill the flow run, replace the worker, run 2 to completion → the
+    moments (``t_*``, wall clock) and the clips recorded at each (``c_*``)."""
+    from distributed import Client
+    from prefect.settings import PREFECT_API_URL
+
+    from dask_cluster import DaskCluster, ExecLog, cluster_env
+
+    env = cluster_env(1, PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_RUNNER_POLL_FREQUENCY="1")
+    marks: dict = {"log_dir": tmp / "exec-log"}
+    server = None
+    with DaskCluster(tmp, env) as cluster:
+        try:
+            for name in ("w0", "w1"):
+                cluster.start_worker(name)
+            client = Client(cluster.address)
+            client.wait_for_workers(2, timeout=120)
+            marks["log_dir"].mkdir()
+            client.register_plugin(ExecLog(str(marks["log_dir"])))
+            server = subprocess.Popen([sys.executable, __file__, "--serve"], cwd=REPO, env=env,
+                                      stdout=(tmp / "serve.log").open("wb"), stderr=subprocess.STDOUT)
+            params = {**params, "address": cluster.address}
+            marks["t_start"] = time.time()
+            run1 = start_run(params)
+            flow_pid = flow_run_pid(server.pid)
+            progress_.wait_until(a.kill_worker_at, run1)
+            time.sleep(a.kill_delay)
+            marks["t_wkill"] = time.time()
+            cluster.kill_worker("w1")
+            batches, marks["c_wkill"] = progress_.now()
+            print(f"killed worker w1 (SIGKILL) at {batches}/{progress_.n_batches} batches, "
+                  f"{marks['t_wkill'] - marks['t_start']:.1f} s in")
+            progress_.wait_until(a.kill_flow_at, run1)
+            time.sleep(a.kill_delay)
+            marks["t_fkill"] = time.time()
+            os.kill(flow_pid, signal.SIGKILL)
+            batches, marks["c_fkill"] = progress_.now()
+            print(f"killed the flow-run process {flow_pid} (SIGKILL) at {batches}/{progress_.n_batches} batches, "
+                  f"{marks['t_fkill'] - marks['t_start']:.1f} s in (run 1 {run1.id})")
+            cluster.start_worker("w2")  # the replacement an orchestrator would start
+            client.wait_for_workers(2, timeout=120)
+            time.sleep(2)
+            marks["t_rerun"] = time.time()
+            _, marks["c_rerun"] = progress_.now()
+            progress_.wait_until(None, start_run(params))
+            marks["t_end"] = time.time()
+            marks["b_end"], marks["c_end"] = progress_.now()
+            client.close()
+        finally:
+            if server is not None:
+                server.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    server.wait(timeout=30)
+    return marks
+
+
+def report(marks: dict, progress_: Progress, result: dict, lost: dict) -> None:
+    """Print the rates of each period, the work lost and the checks."""
+    t_start, t_wkill, t_fkill = marks["t_start"], marks["t_wkill"], marks["t_fkill"]
+    print(f"run 1, 2 workers, before the worker kill: {progress_.rate(t_start, t_wkill)} "
+          f"(with start-up: {marks['c_wkill']} clips in {t_wkill - t_start:.1f} s)")
+    print(f"run 1, 1 worker, between the kills: {progress_.rate(t_wkill, t_fkill)}")
+    print(f"between the flow-run kill and run 2: {marks['c_rerun'] - marks['c_fkill']} more clips recorded "
+          "by orphaned tasks")
+    print(f"run 2, 2 workers (one replaced): {progress_.rate(marks['t_rerun'], marks['t_end'])} "
+          f"(with start-up: {marks['c_end'] - marks['c_rerun']} clips in {marks['t_end'] - marks['t_rerun']:.1f} s)")
+    print(f"work lost: {json.dumps(lost)}")
+    print(f"result: {result['candidate_clips']} candidate clips, {result['rows']} manifest rows, "
+          f"{result['accepted']} accepted in {result['shards']} shards")
+    for name, ok in result["checks"].items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=400)
     p.add_argument("--clips-per-video", type=int, default=4)
@@ -290,146 +318,41 @@ def main() -> None:
                    help="seconds after that share is reached (so the kill lands inside a batch)")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    a = p.parse_args()
-    if a.serve:
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.serve:
         return serve()
 
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.build_dataset import make_build_config
-    from flows.task_runners.dask import worker_environ
     from trackgo_data.build import discover_sources
 
-    width, height = (int(v) for v in a.size.lower().split("x"))
+    width, height = (int(v) for v in args.size.lower().split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="trackgo-soak-"))
-    listing = make_sources(tmp / "src", a.videos)
+    listing = make_sources(tmp / "src", args.videos)
     sources = [str(s) for s in discover_sources(listing)]
     out = tmp / "out"
-    cfg = make_build_config("local", a.frames, width, height, clips_per_video=a.clips_per_video)
-    n_batches = -(-len(sources) // a.batch_size)
-    params = {"source": str(listing), "output": str(out), "profile": "local", "num_frames": a.frames,
-              "width": width, "height": height, "clips_per_video": a.clips_per_video,
-              "batch_size": a.batch_size, "previews": 0, "progress_bar": False}
-    print(f"{len(sources)} sources × ≤ {a.clips_per_video} windows of {a.frames} frames at {width}x{height}, "
-          f"{n_batches} batches of {a.batch_size}; deployment parameters from prefect.yaml: {cluster_parameters()}")
-
-    procs: list[subprocess.Popen] = []
-    cluster = None
+    cfg = make_build_config("local", args.frames, width, height, clips_per_video=args.clips_per_video)
+    n_batches = -(-len(sources) // args.batch_size)
+    params = {"source": str(listing), "output": str(out), "profile": "local", "num_frames": args.frames,
+              "width": width, "height": height, "clips_per_video": args.clips_per_video,
+              "batch_size": args.batch_size, "previews": 0, "progress_bar": False}
+    print(f"{len(sources)} sources × ≤ {args.clips_per_video} windows of {args.frames} frames at {width}x{height}, "
+          f"{n_batches} batches of {args.batch_size}; deployment parameters from prefect.yaml: {cluster_parameters()}")
+    progress_ = Progress(out, n_batches)
     with prefect_test_harness(server_startup_timeout=180):
-        api = PREFECT_API_URL.value()
-        env = {**os.environ, **worker_environ(1), "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-               "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
-        try:
-            cluster = Cluster(tmp, env)
-            for name in ("w0", "w1"):
-                cluster.start_worker(name)
-            from distributed import Client
-
-            client = Client(cluster.address)
-            client.wait_for_workers(2, timeout=120)
-            log_dir = tmp / "exec-log"
-            log_dir.mkdir()
-            client.register_plugin(ExecLog(str(log_dir)))
-            server = subprocess.Popen([sys.executable, __file__, "--serve"], cwd=REPO, env=env,
-                                      stdout=(tmp / "serve.log").open("wb"), stderr=subprocess.STDOUT)
-            procs.append(server)
-            params["address"] = cluster.address
-
-            def start_run():
-                deadline = time.monotonic() + 120
-                while True:  # the runner registers the deployment when it starts serving
-                    try:
-                        return run_deployment("build-dataset/cluster", parameters=params, timeout=0)
-                    except Exception:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(1)
-
-            cache: dict[str, int] = {}
-            timeline: list[tuple[float, int, int]] = []
-
-            def wait_until(share: float | None, run) -> None:
-                """Until ``share`` of the batches are recorded (None: until ``run`` completes);
-                a run that ends otherwise stops the benchmark."""
-                from prefect import get_client
-
-                while True:
-                    b, c = progress(out, cache)
-                    timeline.append((time.time(), b, c))
-                    if share is not None and b >= share * n_batches:
-                        return
-                    with get_client(sync_client=True) as pc:
-                        state = pc.read_flow_run(run.id).state
-                    if state is not None and state.is_final():
-                        if not state.is_completed():
-                            raise RuntimeError(f"run {run.id} ended {state.name}: {state.message[:2000]}")
-                        if share is None:
-                            return
-                        raise RuntimeError(f"run {run.id} completed before {share:.0%} of the batches were "
-                                           "recorded: use more --videos")
-                    time.sleep(0.5)
-
-            t_start = time.time()
-            run1 = start_run()
-            flow_pid = flow_run_pid(server.pid)
-            wait_until(a.kill_worker_at, run1)
-            time.sleep(a.kill_delay)
-            t_wkill = time.time()
-            cluster.kill_worker("w1")
-            b_wkill, c_wkill = progress(out, cache)
-            print(f"killed worker w1 (SIGKILL) at {b_wkill}/{n_batches} batches, {t_wkill - t_start:.1f} s in")
-            wait_until(a.kill_flow_at, run1)
-            time.sleep(a.kill_delay)
-            t_fkill = time.time()
-            os.kill(flow_pid, signal.SIGKILL)
-            b_fkill, c_fkill = progress(out, cache)
-            print(f"killed the flow-run process {flow_pid} (SIGKILL) at {b_fkill}/{n_batches} batches, "
-                  f"{t_fkill - t_start:.1f} s in (run 1 {run1.id})")
-            cluster.start_worker("w2")  # the replacement an orchestrator would start
-            client.wait_for_workers(2, timeout=120)
-            time.sleep(2)
-            t_rerun = time.time()
-            b_rerun, c_rerun = progress(out, cache)
-            run2 = start_run()
-            wait_until(None, run2)
-            t_end = time.time()
-            b_end, c_end = progress(out, cache)
-            client.close()
-        finally:
-            for proc in procs:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=30)
-            if cluster is not None:
-                cluster.close()
-
+        marks = run_with_kills(args, tmp, params, progress_)
     result = verify(out, sources, cfg)
-    lost = lost_work(log_dir, {"worker": t_wkill, "worker_name": "w1", "flow": t_fkill}, c_end / max(1, b_end))
+    from dask_cluster import lost_work
 
-    def rate(t0: float, t1: float) -> str:
-        """clips/s recorded in (t0, t1], from the first batch recorded after t0 (no start-up)."""
-        pts = [(t, c) for t, _, c in timeline if t0 <= t <= t1]
-        base = next(((t, c) for (t, c), (_, c1) in zip(pts, pts[1:]) if c1 > c), None)
-        if base is None or pts[-1][1] == base[1]:
-            return "n/a"
-        first = next((t, c) for t, c in pts if c > base[1])
-        return (f"{pts[-1][1] - first[1]} clips in {pts[-1][0] - first[0]:.1f} s = "
-                f"{(pts[-1][1] - first[1]) / max(1e-9, pts[-1][0] - first[0]):.2f} clips/s")
-
-    print(f"run 1, 2 workers, before the worker kill: {rate(t_start, t_wkill)} "
-          f"(with start-up: {c_wkill} clips in {t_wkill - t_start:.1f} s)")
-    print(f"run 1, 1 worker, between the kills: {rate(t_wkill, t_fkill)}")
-    print(f"between the flow-run kill and run 2: {c_rerun - c_fkill} more clips recorded by orphaned tasks")
-    print(f"run 2, 2 workers (one replaced): {rate(t_rerun, t_end)} "
-          f"(with start-up: {c_end - c_rerun} clips in {t_end - t_rerun:.1f} s)")
-    print(f"work lost: {json.dumps(lost)}")
-    print(f"result: {result['candidate_clips']} candidate clips, {result['rows']} manifest rows, "
-          f"{result['accepted']} accepted in {result['shards']} shards")
-    for name, ok in result["checks"].items():
-        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
-    if a.keep:
+    lost = lost_work(marks["log_dir"], {"worker": marks["t_wkill"], "worker_name": "w1", "flow": marks["t_fkill"]},
+                     marks["c_end"] / max(1, marks["b_end"]))
+    report(marks, progress_, result, lost)
+    if args.keep:
         print(f"kept {tmp}")
     else:
         import shutil

@@ -3,12 +3,10 @@
 **One TLS context per process for the API clients** (``TRACKGO_PREFECT_SHARED_TLS=0`` keeps
 Prefect's behaviour). Prefect builds a new API client for every task run (a worker process runs
 each task inside a freshly hydrated context: two to three clients per task run), and each client
-constructor loads the certifi CA bundle into a new ``ssl.SSLContext`` — ~40 ms of CPU on the
-2-core reference machine, whether the API is ``https://`` or plain ``http://127.0.0.1``. With one
-batch of videos per task run that is 5–10 % of a worker's CPU, and the flow process pays it again
-for every task it starts locally. Prefect has no switch for it (upstream proposal: reusing
-contexts across clients, PrefectHQ/prefect pull request 19106). Here the client constructors share
-one verified context per CA file (or path/data); verification is untouched: the shared context
+constructor loads the certifi CA bundle into a new ``ssl.SSLContext``, whether the API is
+``https://`` or plain ``http://127.0.0.1``: a CPU cost per task run in every worker, paid again by
+the flow process for every task it starts locally. Prefect has no switch for it. Here the client
+constructors share one verified context per CA file (or path/data); verification is untouched: the shared context
 still requires and checks the server's certificate and host name. Contexts built for
 ``PREFECT_API_TLS_INSECURE_SKIP_VERIFY`` (no CA argument; Prefect turns verification off on them)
 are never shared.
@@ -16,12 +14,11 @@ are never shared.
 **Flow-run heartbeats that stop at once** (``TRACKGO_PREFECT_PROMPT_HEARTBEAT=0`` keeps Prefect's
 behaviour). A synchronous flow run emits a heartbeat event every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``
 seconds (default 180) from a thread that sleeps in one-second steps, and the run waits for that
-thread when it ends: every flow run finished up to one second late (0.5 s on average; a flow's
-wall time always ended just after a whole second). :func:`prompt_heartbeats` emits the same
-events at the same interval, waiting on an event instead, so the end of the run wakes it at once.
+thread when it ends, so a flow run finishes up to one second late. :func:`prompt_heartbeats`
+emits the same events at the same interval, waiting on an event instead, so the end of the run wakes it at once.
 
 :mod:`flows` calls :func:`install` on import, so the flow process and every worker that
-unpickles a flow's task get both.
+unpickles a flow's task get both. What both cost when measured: ``docs/measurements.md``.
 """
 from __future__ import annotations
 
@@ -52,7 +49,8 @@ class SharedContextSSL(types.ModuleType):
 
     def __init__(self) -> None:
         super().__init__("ssl")
-        self._contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
+        # (purpose, cafile, capath, cadata) → the one context shared by every client asking for it
+        self.contexts: dict[tuple[Any, ...], ssl.SSLContext] = {}
         self._lock = threading.Lock()
         self.created = 0  # contexts actually built (for tests and diagnostics)
 
@@ -67,10 +65,10 @@ class SharedContextSSL(types.ModuleType):
         key = (purpose, os.fspath(cafile) if cafile is not None else None,
                os.fspath(capath) if capath is not None else None, cadata)
         with self._lock:
-            ctx = self._contexts.get(key)
+            ctx = self.contexts.get(key)
             if ctx is None:
                 ctx = ssl.create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
-                self._contexts[key] = ctx
+                self.contexts[key] = ctx
                 self.created += 1
             return ctx
 

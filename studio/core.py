@@ -138,9 +138,9 @@ def make_preview(image: np.ndarray, masks: list[np.ndarray], arrows: str, frames
         out = image.copy()
         if ok:
             try:
-                labels, oc = object_labels([masks[j] for j in ok])
-                for j, c in zip(ok, oc):
-                    comps[j] = c
+                labels, components = object_labels([masks[j] for j in ok])
+                for j, component in zip(ok, components):
+                    comps[j] = component
                 out = preview_image(image, np.zeros((1, 0, 2), np.float32), np.zeros((1, 0), bool),
                                     np.zeros(0, np.int64), labels)
             except UserInputError:
@@ -150,12 +150,11 @@ def make_preview(image: np.ndarray, masks: list[np.ndarray], arrows: str, frames
         pts = _points(part)
         colour = tuple(int(c) for c in COLOURS[comps[j] if j < n and comps[j] is not None else len(COLOURS) - 1])
         ipts = [(int(round(x)), int(round(y))) for x, y in pts]
-        for a, b in zip(ipts[:-1], ipts[1:]):
-            last = b == ipts[-1]
-            if last:
-                cv2.arrowedLine(out, a, b, colour, 1, cv2.LINE_AA, tipLength=0.2)
+        for start, end in zip(ipts[:-1], ipts[1:]):
+            if end == ipts[-1]:
+                cv2.arrowedLine(out, start, end, colour, 1, cv2.LINE_AA, tipLength=0.2)
             else:
-                cv2.line(out, a, b, colour, 1, cv2.LINE_AA)
+                cv2.line(out, start, end, colour, 1, cv2.LINE_AA)
         if len(ipts) == 1:
             cv2.drawMarker(out, ipts[0], colour, cv2.MARKER_CROSS, 7, 1)
     lines = []
@@ -216,10 +215,10 @@ def write_masks(masks: Sequence[np.ndarray], folder: Path) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for j, m in enumerate(masks):
-        p = folder / f"mask-{j + 1}.png"
-        Image.fromarray(np.asarray(m, bool).astype(np.uint8) * 255).save(p)
-        paths.append(p)
+    for j, mask in enumerate(masks):
+        path = folder / f"mask-{j + 1}.png"
+        Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255).save(path)
+        paths.append(path)
     return paths
 
 
@@ -274,10 +273,10 @@ def run_generation(model, image: str | Path | None, masks: Sequence[str | Path] 
     try:
         Image.fromarray(img).save(tmp / "image.png")
         mask_paths = []
-        for j, m in enumerate(masks):
-            suffix = Path(str(m)).suffix.lower() or ".png"
+        for j, mask in enumerate(masks):
+            suffix = Path(str(mask)).suffix.lower() or ".png"
             mask_paths.append(tmp / f"mask-{j + 1}{suffix}")
-            shutil.copyfile(m, mask_paths[-1])
+            shutil.copyfile(mask, mask_paths[-1])
         parts = split_arrows(arrows)
         opts = [f"--frames={int(frames)}", f"--steps={int(steps)}", f"--strength={float(strength):g}",
                 f"--max-guidance={float(guidance):g}", f"--seed={int(seed)}", f"--width={width}",

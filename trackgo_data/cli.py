@@ -19,36 +19,37 @@ def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="build and inspect training shards (sample format v1)")
     sub = data.add_subparsers(dest="data_command", required=True)
 
-    b = sub.add_parser("build", help="videos → shards + manifest.parquet, in this process")
-    pl = sub.add_parser("plan", help="what a build would do (sources done, to run, removed, batches, "
-                                     "estimated clips), without processing anything")
-    for q in (b, pl):
-        q.add_argument("--source", required=True,
-                       help="folder, glob, list-file (.txt), a video file, or 'samples' (bundled clips)")
-        q.add_argument("--out", required=True, help="output folder (shards/, parts/, manifest.parquet)")
-        q.add_argument("--profile", default="local", help="backends: local (flow + lk) | paper (deva + cotracker3)")
-        q.add_argument("--frames", type=int, default=None, help="frames per clip (default 25)")
-        q.add_argument("--width", type=int, default=None, help="clip width (default 1024)")
-        q.add_argument("--height", type=int, default=None, help="clip height (default 576)")
-        q.add_argument("--stride", type=int, default=None, help="frames between window starts")
-        q.add_argument("--batch-size", type=int, default=4, help="sources per batch (a unit of work; the source is the unit of record)")
-        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override, e.g. --set filters.min_median_motion=2 (repeatable)")
-    b.add_argument("--max-clips", type=int, default=None, help="stop after this many accepted clips")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
-    b.set_defaults(func=_cmd_build)
-    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
-    pl.set_defaults(func=_cmd_plan)
+    build = sub.add_parser("build", help="videos → shards + manifest.parquet, in this process")
+    plan = sub.add_parser("plan", help="what a build would do (sources done, to run, removed, batches, "
+                                       "estimated clips), without processing anything")
+    for cmd in (build, plan):
+        cmd.add_argument("--source", required=True,
+                         help="folder, glob, list-file (.txt), a video file, or 'samples' (bundled clips)")
+        cmd.add_argument("--out", required=True, help="output folder (shards/, parts/, manifest.parquet)")
+        cmd.add_argument("--profile", default="local", help="backends: local (flow + lk) | paper (deva + cotracker3)")
+        cmd.add_argument("--frames", type=int, default=None, help="frames per clip (default 25)")
+        cmd.add_argument("--width", type=int, default=None, help="clip width (default 1024)")
+        cmd.add_argument("--height", type=int, default=None, help="clip height (default 576)")
+        cmd.add_argument("--stride", type=int, default=None, help="frames between window starts")
+        cmd.add_argument("--batch-size", type=int, default=4, help="sources per batch (a unit of work; the source is the unit of "
+                                                                          "record)")
+        cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="config override, e.g. --set filters.min_median_motion=2 (repeatable)")
+    build.add_argument("--max-clips", type=int, default=None, help="stop after this many accepted clips")
+    build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    build.set_defaults(func=_cmd_build)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=_cmd_plan)
 
-    c = sub.add_parser("compact", help="rewrite the shards that still hold samples of removed sources "
-                                        "(the manifest no longer lists them)")
-    c.add_argument("--out", required=True, help="a build output folder")
-    c.set_defaults(func=_cmd_compact)
+    compact = sub.add_parser("compact", help="rewrite the shards that still hold samples of removed "
+                                              "sources (the manifest no longer lists them)")
+    compact.add_argument("--out", required=True, help="a build output folder")
+    compact.set_defaults(func=_cmd_compact)
 
-    i = sub.add_parser("inspect", help="validate shards and print a summary; non-zero exit on problems")
-    i.add_argument("shards", nargs="+", help="shard files, globs or build output folders")
-    i.add_argument("--json", action="store_true", help="print the problems as JSON instead of a table")
-    i.set_defaults(func=_cmd_inspect)
+    inspect = sub.add_parser("inspect", help="validate shards and print a summary; non-zero exit on problems")
+    inspect.add_argument("shards", nargs="+", help="shard files, globs or build output folders")
+    inspect.add_argument("--json", action="store_true", help="print the problems as JSON instead of a table")
+    inspect.set_defaults(func=_cmd_inspect)
 
 
 def build_config_from_args(args: argparse.Namespace):

@@ -13,10 +13,8 @@ reaches the expensive stages. ``clip_stats``/``check_clip`` do both at once.
 Reasons are module constants; the video-level ones are shared with :mod:`trackgo_data.video`
 so one vocabulary fills the manifest's ``reason`` column.
 
-The thresholds were chosen from the distributions ``benchmarks/filter_thresholds.py`` prints
-(the three bundled sample videos, every 25-frame window at stride 12 and 512×288, plus
-synthetic pans, static cameras with moving objects, blurred, blocky, letterboxed and frozen
-versions of real frames); the figures are quoted at each threshold below.
+The thresholds were chosen from the distributions ``benchmarks/filter_thresholds.py`` prints;
+the figures behind each one are in ``docs/measurements.md``.
 """
 from __future__ import annotations
 
@@ -54,13 +52,8 @@ class FilterConfig:
 
     Frame checks: ``max_scene_cut`` scene-cut spike ratio (:func:`scene_cut_score`).
     ``max_camera_motion_rel``: the camera's median per-frame motion (:func:`camera_motion`) as a
-    share of the clip's longer side. Measured: static cameras 0.0001–0.0032 (bundled videos,
-    every window but bikes' tracking shot) and ≤ 0.0001 (synthetic: a still frame with a
-    textured object of 5–30 % of the area moving 1–3 % of the width per frame); synthetic pans
-    come out at their speed (0.25 %/frame → 0.0030, 0.5 % → 0.0048–0.0057, 1 % → 0.0095–0.0114,
-    4 % → 0.041–0.045); bikes' tracking shot 0.038. 0.008 keeps every static camera with a
-    2.5× margin and pans up to ~0.7 % of the frame per frame, and rejects faster ones (≥ 1 % per
-    frame: a quarter of the frame in 25 frames), where the camera moves most of the pixels.
+    share of the clip's longer side (0.008: pans faster than ~0.7 % of the frame per frame, where
+    the camera moves most of the pixels, are rejected; static cameras pass).
 
     Low visual quality: ``min_sharpness`` (:func:`sharpness`, finest-octave energy ratio),
     ``max_blockiness`` (:func:`blockiness`, step at the coding-block grid, grey levels),
@@ -73,22 +66,9 @@ class FilterConfig:
     min_points: int = 1
     max_scene_cut: float | None = 1.8
     max_camera_motion_rel: float | None = 0.008
-    # Measured sharpness: bundled 1280×720 source (bigbuckbunny) 1.81–1.85 at 512×288 and 0.97
-    # at 1024×576; the same at 512×288 after a Gaussian of σ = 0.7 px 0.75, σ = 1 px 0.48,
-    # σ = 2 px 0.23, or down-scaled and up-scaled back ×1.5 0.69, ×2 0.55, ×3 0.45; carphone
-    # (176×144 up-scaled ×2.9) 0.35–0.36; bikes (640×272, ×1.06) 0.40–0.79. 0.5 rejects what
-    # is softer than a ×2 up-scale of a sharp source.
-    min_sharpness: float | None = 0.5
-    # Measured blockiness (grey levels): bundled videos 0 at 512×288 and 0–0.24 at 1024×576
-    # (bigbuckbunny's first frames); real frames JPEG-coded at their source size, then scaled to
-    # the clip as the pipeline does: quality 10 1.7–3.3, quality 30 0.65–1.1, quality 50
-    # 0.23–0.65, quality 90 0. 0.5 rejects quality ≤ 30 and the worst of 50.
-    max_blockiness: float | None = 0.5
-    # Measured letterbox: bundled videos 0; a 2.39:1 or a 4:3 picture inside the 16:9 clip 0.25.
-    # 0.05 tolerates a thin dark edge.
-    max_letterbox: float | None = 0.05
-    # Measured static ratio: bundled videos 0–0.042 (one pair in 24); frame-doubled (12.5 → 25
-    # fps) 0.5; a still 1.0.
+    min_sharpness: float | None = 0.5      # rejects what is softer than a ×2 up-scale of a sharp source
+    max_blockiness: float | None = 0.5     # rejects JPEG-like coding at quality ≤ 30
+    max_letterbox: float | None = 0.05     # tolerates a thin dark edge
     max_static_ratio: float | None = 0.4
     analysis_long_side: int = 256  # frames are analysed (cuts, camera, static, bars) at this longer side
     quality_frames: int = 3        # clip-resolution frames (evenly spaced) for sharpness, blockiness
@@ -113,17 +93,13 @@ def small_grey(frames: np.ndarray, long_side: int) -> np.ndarray:
     return np.stack(out)
 
 
-_small_grey = small_grey  # the name earlier callers used
-
-
 def scene_cut_score(grey: np.ndarray, min_jump: float = 10.0, floor: float = 2.0) -> tuple[float, int]:
     """grey (L,h,w) uint8 → (score, frame index t of the strongest cut between t−1 and t).
 
     d_t = mean |grey_t − grey_{t−1}| (grey levels). A cut is a one-frame spike: its change is
     much larger than the changes just before and after it, whereas fast motion or a pan changes
     neighbouring frame pairs alike. score = max_t d_t / max(d_{t−1}, d_{t+1}, floor) over pairs
-    with d_t ≥ ``min_jump`` (0 when there is none). Continuous footage scores ≈ 1 or 0; the cuts
-    of the bundled bikes clip score 2.3–14.
+    with d_t ≥ ``min_jump`` (0 when there is none). Continuous footage scores ≈ 1 or 0.
     """
     L = len(grey)
     if L < 2:
@@ -162,20 +138,21 @@ def camera_motion(grey: np.ndarray, scale: float = 1.0, step: int = 12) -> float
     grid = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
     win = None
     mags = []
-    for a, b in zip(grey[:-1], grey[1:]):
+    for first, second in zip(grey[:-1], grey[1:]):
         model = None
-        q, st, _ = cv2.calcOpticalFlowPyrLK(a, b, pts, None, winSize=(11, 11), maxLevel=2,
-                                            flags=cv2.OPTFLOW_LK_GET_MIN_EIGENVALS, minEigThreshold=1e-3)
-        ok = st.ravel() == 1
+        moved_pts, found, _ = cv2.calcOpticalFlowPyrLK(first, second, pts, None, winSize=(11, 11), maxLevel=2,
+                                                       flags=cv2.OPTFLOW_LK_GET_MIN_EIGENVALS, minEigThreshold=1e-3)
+        ok = found.ravel() == 1
         if ok.sum() >= 12:
-            model, _ = cv2.estimateAffinePartial2D(pts[ok], q[ok], method=cv2.RANSAC, ransacReprojThreshold=1.0)
+            model, _ = cv2.estimateAffinePartial2D(pts[ok], moved_pts[ok], method=cv2.RANSAC,
+                                                   ransacReprojThreshold=1.0)
         if model is not None:
             moved = grid @ model[:, :2].T + model[:, 2] - grid
             mags.append(float(np.linalg.norm(moved, axis=1).mean()))
         else:
             if win is None:
                 win = cv2.createHanningWindow((w, h), cv2.CV_32F)
-            (dx, dy), _ = cv2.phaseCorrelate(a.astype(np.float32), b.astype(np.float32), win)
+            (dx, dy), _ = cv2.phaseCorrelate(first.astype(np.float32), second.astype(np.float32), win)
             mags.append(float(np.hypot(dx, dy)))
     return float(np.median(mags)) * scale
 

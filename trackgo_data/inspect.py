@@ -59,41 +59,41 @@ def check_sample(members: dict[str, Any]) -> tuple[list[str], Any]:
     if unknown:
         problems.append(f"unknown member(s): {', '.join(unknown)}")
     try:
-        s = decode_sample(members)
+        sample = decode_sample(members)
     except Exception as exc:  # any decode failure is a finding, not a crash
         return problems + [f"undecodable: {type(exc).__name__}: {exc}"], None
-    problems += validate_arrays(s)
+    problems += validate_arrays(sample)
     if problems:
-        return problems, s
+        return problems, sample
     from .render import COLOURS
 
-    L, H, W, _ = s.video.shape
-    m = s.meta
-    if m.get("format_version") != FORMAT_VERSION:
-        problems.append(f"format_version {m.get('format_version')} != {FORMAT_VERSION}")
-    if m.get("key") != key:
-        problems.append(f"meta key {m.get('key')!r} != {key!r}")
-    if (m.get("num_frames"), m.get("width"), m.get("height")) != (L, W, H):
-        problems.append(f"meta says {m.get('num_frames')}x{m.get('width')}x{m.get('height')}, "
+    L, H, W, _ = sample.video.shape
+    meta = sample.meta
+    if meta.get("format_version") != FORMAT_VERSION:
+        problems.append(f"format_version {meta.get('format_version')} != {FORMAT_VERSION}")
+    if meta.get("key") != key:
+        problems.append(f"meta key {meta.get('key')!r} != {key!r}")
+    if (meta.get("num_frames"), meta.get("width"), meta.get("height")) != (L, W, H):
+        problems.append(f"meta says {meta.get('num_frames')}x{meta.get('width')}x{meta.get('height')}, "
                         f"members are {L}x{W}x{H}")
-    if s.image.shape != s.video.shape[1:]:
+    if sample.image.shape != sample.video.shape[1:]:
         problems.append("image and video sizes differ")
-    comps = sorted(set(int(c) for c in s.components))
+    comps = sorted(set(int(c) for c in sample.components))
     palette = np.concatenate([np.zeros((1, 3), np.uint8), COLOURS[comps]]) if comps else np.zeros((1, 3), np.uint8)
     codes = lambda a: (a[..., 0].astype(np.int64) << 16) | (a[..., 1].astype(np.int64) << 8) | a[..., 2]  # noqa: E731
-    stray = ~np.isin(codes(s.trajectory), codes(palette))
+    stray = ~np.isin(codes(sample.trajectory), codes(palette))
     if stray.any():
         problems.append(f"trajectory has {int(stray.sum())} pixel(s) outside the component palette")
-    vis = s.visibility
-    xs, ys = s.tracks[..., 0][vis], s.tracks[..., 1][vis]
+    vis = sample.visibility
+    xs, ys = sample.tracks[..., 0][vis], sample.tracks[..., 1][vis]
     outside = (xs < -0.5) | (xs > W - 0.5) | (ys < -0.5) | (ys > H - 0.5) | ~np.isfinite(xs) | ~np.isfinite(ys)
     if outside.any():
         problems.append(f"{int(outside.sum())} visible track point(s) outside the {W}x{H} frame")
-    if s.masks.size and int(s.masks.max()) > 6:
-        problems.append(f"mask label {int(s.masks.max())} beyond the 6 components")
+    if sample.masks.size and int(sample.masks.max()) > 6:
+        problems.append(f"mask label {int(sample.masks.max())} beyond the 6 components")
     if (H % MASK_STRIDE) or (W % MASK_STRIDE):
         problems.append(f"frame {W}x{H} not divisible by {MASK_STRIDE}")
-    return problems, s
+    return problems, sample
 
 
 def inspect_shards(paths: Sequence[str | Path]) -> InspectReport:
@@ -103,38 +103,38 @@ def inspect_shards(paths: Sequence[str | Path]) -> InspectReport:
     report = InspectReport()
     seen: dict[str, str] = {}
     for path in paths:
-        sr = ShardReport(str(path))
-        report.shards.append(sr)
+        shard = ShardReport(str(path))
+        report.shards.append(shard)
         if not Path(path).is_file():
             report.problems.append((str(path), "", "no such shard file"))
             continue
-        sr.bytes = Path(path).stat().st_size
+        shard.bytes = Path(path).stat().st_size
         tar_errors: list[str] = []
 
         def on_error(exn: Exception, _errs=tar_errors) -> bool:
             _errs.append(f"{type(exn).__name__}: {exn}")
             return True
 
-        ds = wds.WebDataset(str(path), shardshuffle=False, handler=on_error, empty_check=False,
-                            nodesplitter=None, workersplitter=None)
-        for members in ds:
+        dataset = wds.WebDataset(str(path), shardshuffle=False, handler=on_error, empty_check=False,
+                                 nodesplitter=None, workersplitter=None)
+        for members in dataset:
             key = str(members.get("__key__"))
-            sr.samples += 1
-            problems, s = check_sample(members)
+            shard.samples += 1
+            problems, sample = check_sample(members)
             if key in seen:
                 problems.append(f"key also in {seen[key]}")
             seen.setdefault(key, str(path))
             if problems:
-                sr.bad += 1
+                shard.bad += 1
                 report.problems.extend((str(path), key, p) for p in problems)
-            if s is not None and s.video.ndim == 4:
-                sr.frames.add(s.video.shape[0])
-                sr.sizes.add(f"{s.video.shape[2]}x{s.video.shape[1]}")
-                sr.points.append(s.tracks.shape[1])
-                sr.components.append(len(set(int(c) for c in s.components)))
-        for e in tar_errors:
-            report.problems.append((str(path), "", f"unreadable tar data: {e}"))
-        if sr.samples == 0 and not tar_errors:
+            if sample is not None and sample.video.ndim == 4:
+                shard.frames.add(sample.video.shape[0])
+                shard.sizes.add(f"{sample.video.shape[2]}x{sample.video.shape[1]}")
+                shard.points.append(sample.tracks.shape[1])
+                shard.components.append(len(set(int(c) for c in sample.components)))
+        for error in tar_errors:
+            report.problems.append((str(path), "", f"unreadable tar data: {error}"))
+        if shard.samples == 0 and not tar_errors:
             report.problems.append((str(path), "", "shard holds no sample"))
     return report
 

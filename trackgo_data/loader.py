@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .render import render_trajectories
-from .sample import MASK_STRIDE, Sample, SampleError, decode_sample
+from .sample import MASK_STRIDE, Sample, SampleError, decode_sample, rescale_tracks
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ def follow_manifests(urls: list[str]) -> tuple[list[str], ManifestFilter | None]
 
 def resize_sample(s: Sample, size: tuple[int, int]) -> Sample:
     """Resize to ``size=(W, H)``: image/video with area (down) or bilinear (up) interpolation,
-    tracks rescaled with the pixel-centre convention x' = (x + 0.5)·W/W0 − 0.5, the trajectory
-    video P rendered again from the rescaled tracks by the one renderer
+    tracks rescaled with the pixel-centre convention (:func:`trackgo_data.sample.rescale_tracks`),
+    the trajectory video P rendered again from the rescaled tracks by the one renderer
     (:func:`trackgo_data.render.render_trajectories`, same square size as at inference — a
     resized P would shrink or drop the squares), masks with nearest (labels stay exact)."""
     import cv2
@@ -160,16 +160,14 @@ def resize_sample(s: Sample, size: tuple[int, int]) -> Sample:
     def each(frames, interp, out_size):
         return np.stack([cv2.resize(f, out_size, interpolation=interp) for f in frames])
 
-    tracks = s.tracks.copy()
-    tracks[..., 0] = (tracks[..., 0] + 0.5) * (W / W0) - 0.5
-    tracks[..., 1] = (tracks[..., 1] + 0.5) * (H / H0) - 0.5
+    tracks = rescale_tracks(s.tracks, (W0, H0), (W, H))
     meta = {**s.meta, "width": W, "height": H}
     return Sample(
         key=s.key,
         image=cv2.resize(s.image, (W, H), interpolation=smooth),
         video=each(s.video, smooth, (W, H)),
         trajectory=render_trajectories(tracks, s.visibility, s.components, H, W),
-        tracks=tracks.astype(np.float32),
+        tracks=tracks,
         visibility=s.visibility,
         components=s.components,
         masks=each(s.masks, cv2.INTER_NEAREST, (W // MASK_STRIDE, H // MASK_STRIDE)),
@@ -196,25 +194,26 @@ def to_sample(members: dict[str, Any], num_frames: int | None = None,
     the stored size for validation — by the format's contract that is what the member holds —
     and again at ``size`` by :func:`resize_sample`."""
     resize = size is not None and tuple(size) != members_size(members)
-    s = decode_sample(members, decode_trajectory=not resize)
-    L = s.video.shape[0]
-    counts = {"trajectory": L if resize else s.trajectory.shape[0], "masks": s.masks.shape[0],
-              "tracks": s.tracks.shape[0]}
-    if any(n != L for n in counts.values()):
-        raise SampleError(f"sample {s.key}: frame counts differ (video {L}, "
+    sample = decode_sample(members, decode_trajectory=not resize)
+    L = sample.video.shape[0]
+    counts = {"trajectory": L if resize else sample.trajectory.shape[0], "masks": sample.masks.shape[0],
+              "tracks": sample.tracks.shape[0]}
+    if any(count != L for count in counts.values()):
+        raise SampleError(f"sample {sample.key}: frame counts differ (video {L}, "
                           + ", ".join(f"{k} {n}" for k, n in counts.items()) + ")")
     if num_frames is not None:
         if L < num_frames:
-            raise SampleError(f"sample {s.key}: {L} frames < num_frames {num_frames}")
-        s.video, s.trajectory = s.video[:num_frames], s.trajectory[:num_frames]
-        s.masks, s.tracks = s.masks[:num_frames], s.tracks[:num_frames]
-        s.visibility = s.visibility[:num_frames]
+            raise SampleError(f"sample {sample.key}: {L} frames < num_frames {num_frames}")
+        sample.video, sample.trajectory = sample.video[:num_frames], sample.trajectory[:num_frames]
+        sample.masks, sample.tracks = sample.masks[:num_frames], sample.tracks[:num_frames]
+        sample.visibility = sample.visibility[:num_frames]
     if resize:
-        s.trajectory = render_trajectories(s.tracks, s.visibility, s.components, *s.image.shape[:2])
-    s.validate()
+        sample.trajectory = render_trajectories(sample.tracks, sample.visibility, sample.components,
+                                                *sample.image.shape[:2])
+    sample.validate()
     if size is not None:
-        s = resize_sample(s, tuple(size))
-    return s
+        sample = resize_sample(sample, tuple(size))
+    return sample
 
 
 def collate(samples: list[Sample]) -> Batch:

@@ -8,7 +8,7 @@ Shapes (L frames, H×W pixels, N points, s ≤ 6 components)::
     image       (H, W, 3)      uint8   first frame, RGB (image.png, lossless)
     video       (L, H, W, 3)   uint8   the clip (video.mp4, H.264 yuv420p, visually lossless)
     trajectory  (L, H, W, 3)   uint8   rendered P (trajectory.mp4, libx264rgb qp 0, lossless)
-    tracks      (L, N, 2)      float32 x, y pixels at H×W
+    tracks      (L, N, 2)      float32 x, y pixels at H×W, origin at the top-left pixel's centre
     visibility  (L, N)         bool
     components  (N,)           int64   in 0..s-1
     masks       (L, H/8, W/8)  uint8   0 background, j+1 for component j (see downsample_labels)
@@ -54,6 +54,20 @@ def sample_key(video_id: str, start: int) -> str:
     if not 0 <= int(start) <= 999_999:
         raise SampleError(f"start frame {start} does not fit 6 digits")
     return f"{sanitize_video_id(video_id)}-{int(start):06d}"
+
+
+def rescale_tracks(tracks: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """Point coordinates (..., 2) x, y in pixels of a W0×H0 picture (``from_size`` = (W0, H0)) →
+    float32 in pixels of the same picture resized to ``to_size`` = (W, H).
+
+    Pixel-centre convention (integer coordinates are pixel centres; a W0-wide picture spans
+    −0.5 … W0 − 0.5), the one every resize here follows (image, video, masks)::
+
+        x' = (x + 0.5) · W / W0 − 0.5,    y' = (y + 0.5) · H / H0 − 0.5
+    """
+    scale = np.array([to_size[0] / from_size[0], to_size[1] / from_size[1]], np.float32)
+    half = np.float32(0.5)
+    return (np.asarray(tracks, np.float32) + half) * scale - half
 
 
 def downsample_labels(labels: np.ndarray, stride: int = MASK_STRIDE) -> np.ndarray:

@@ -183,7 +183,7 @@ def _aim_across(path: np.ndarray, other: np.ndarray, radius: float, cfg: Synthet
 
 # ------------------------------------------------------------------------------------- drawing
 
-def _signed_distance(kind: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+def signed_distance(kind: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     """Signed distance (px, negative inside) of points to a shape of radius r at the origin."""
     if kind == "disc":
         return np.hypot(dx, dy) - r
@@ -303,7 +303,7 @@ def make_video(cfg: SyntheticConfig, index: int) -> SyntheticVideo:
         img = _sample_canvas(canvas, pad + pan[t, 0], pad + pan[t, 1], H, W).astype(np.float64)
         for j in range(n):  # back to front: later objects occlude earlier ones
             dx, dy = gx - paths_arr[t, j, 0], gy - paths_arr[t, j, 1]
-            inside = _signed_distance(shapes[j], dx, dy, radius[j]) < 0
+            inside = signed_distance(shapes[j], dx, dy, radius[j]) < 0
             cover = inside.reshape(H, s, W, s).mean(axis=(1, 3))  # anti-aliased coverage
             wave = _sample_patch(patches[j], dx, dy, inside).reshape(H, s, W, s).mean(axis=(1, 3))
             col = colours[j][None, None, :] * (1.0 + cfg.texture_contrast * wave[..., None])

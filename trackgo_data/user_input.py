@@ -25,8 +25,10 @@ from typing import Sequence
 
 import numpy as np
 
+from trackgo_data.label_image import LabelImageError, label_image_masks
 from trackgo_data.points import sample_points
 from trackgo_data.render import COLOURS, overlay_labels, overlay_tracks, render_trajectories
+from trackgo_data.sample import rescale_tracks
 from trackgo_data.segment import MAX_COMPONENTS, relabel_by_area
 
 MAX_OBJECTS = MAX_COMPONENTS  # the most components a training sample ever holds
@@ -61,13 +63,18 @@ def load_image(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+#: image modes whose values are exact labels (palette indices, integers); other modes are read as grey
+EXACT_LABEL_MODES = ("P", "I", "I;16")
+
+
 def load_masks(paths: str | Path | Sequence[str | Path], size: tuple[int, int] | None = None
                ) -> list[np.ndarray]:
     """Masks from images → list of (H,W) bool, ``size = (W, H)`` the image size to check against.
 
-    One path: a label PNG (0 background, 1..s one value per mask, palette or grey; an RGB image is
-    read as grey) giving s masks in id order — unless it only holds 0 and one other value, then it
-    is one binary mask. Several paths: one binary mask each (non-zero = inside).
+    Several paths: one binary mask each (non-zero = inside). One path: a label image, read by
+    :func:`trackgo_data.label_image.label_image_masks` (one binary mask when it holds a single
+    non-zero value; a palette or 16-bit image holds exact labels; any other image is read as
+    grey levels, anti-aliased edges included).
     """
     from PIL import Image
 
@@ -76,29 +83,32 @@ def load_masks(paths: str | Path | Sequence[str | Path], size: tuple[int, int] |
     if not plist:
         raise UserInputError("no mask given: give one mask per object (camera motion: one "
                              "mask covering the whole image)")
-    arrays = []
-    for p in plist:
-        if not p.is_file():
-            raise UserInputError(f"mask file not found: {p}")
-        with Image.open(p) as im:
-            if im.mode not in ("P", "L", "1", "I", "I;16"):
+    arrays, exact = [], []
+    for path in plist:
+        if not path.is_file():
+            raise UserInputError(f"mask file not found: {path}")
+        with Image.open(path) as im:
+            exact.append(im.mode in EXACT_LABEL_MODES)
+            if im.mode not in (*EXACT_LABEL_MODES, "L", "1"):
                 im = im.convert("L")
             arrays.append(np.asarray(im).astype(np.int64))
     which = [f"mask {p.name}" if single else f"object {j + 1}: mask {p.name}" for j, p in enumerate(plist)]
-    for w, a in zip(which, arrays):
-        if size is not None and (a.shape[1], a.shape[0]) != tuple(size):
-            raise UserInputError(f"{w} is {a.shape[1]}×{a.shape[0]} but the image is "
+    for name, array in zip(which, arrays):
+        if size is not None and (array.shape[1], array.shape[0]) != tuple(size):
+            raise UserInputError(f"{name} is {array.shape[1]}×{array.shape[0]} but the image is "
                                  f"{size[0]}×{size[1]}: draw the masks on this image")
     if single:
-        ids = [int(i) for i in np.unique(arrays[0]) if i != 0]
-        masks = [arrays[0] == i for i in ids]
+        try:
+            masks = label_image_masks(arrays[0], exact=exact[0], name=which[0])
+        except LabelImageError as exc:
+            raise UserInputError(str(exc)) from None
         if not masks:
             raise UserInputError(f"{which[0]} is empty (no non-zero pixel)")
-    else:
-        masks = [a != 0 for a in arrays]
-        for w, m in zip(which, masks):
-            if not m.any():
-                raise UserInputError(f"{w} is empty (no non-zero pixel): paint at least one pixel of the object")
+        return masks
+    masks = [array != 0 for array in arrays]
+    for name, mask in zip(which, masks):
+        if not mask.any():
+            raise UserInputError(f"{name} is empty (no non-zero pixel): paint at least one pixel of the object")
     return masks
 
 
@@ -165,45 +175,45 @@ def check_input(masks: Sequence[np.ndarray], arrows: Sequence[np.ndarray | str],
         image_size = (masks[0].shape[-1], masks[0].shape[0]) if masks[0].ndim == 2 else (0, 0)
     W, H = int(image_size[0]), int(image_size[1])
     out_masks = []
-    for j, m in enumerate(masks):
-        if m.ndim != 2 or m.shape != (H, W):
-            got = f"{m.shape[1]}×{m.shape[0]}" if m.ndim == 2 else f"of shape {m.shape}"
+    for j, mask in enumerate(masks):
+        if mask.ndim != 2 or mask.shape != (H, W):
+            got = f"{mask.shape[1]}×{mask.shape[0]}" if mask.ndim == 2 else f"of shape {mask.shape}"
             raise UserInputError(f"object {j + 1}: mask is {got} but the image is {W}×{H}: "
                                  "draw the masks on this image (sizes differ)")
-        m = m.astype(bool)
-        if not m.any():
+        mask = mask.astype(bool)
+        if not mask.any():
             raise UserInputError(f"object {j + 1}: mask is empty: paint at least one pixel of the object")
-        out_masks.append(m)
+        out_masks.append(mask)
     out_arrows = []
-    for j, a in enumerate(arrows):
-        if isinstance(a, str):
-            if not a.strip():
+    for j, arrow in enumerate(arrows):
+        if isinstance(arrow, str):
+            if not arrow.strip():
                 raise UserInputError(f"object {j + 1}: no arrow: give its start on the object and its end")
             try:
-                a = parse_arrow(a)
+                arrow = parse_arrow(arrow)
             except UserInputError as exc:
                 raise UserInputError(f"object {j + 1}: {exc}") from None
-        a = np.asarray(a, np.float64)
-        if a.ndim != 2 or a.shape[1] != 2 or len(a) < 2:
-            raise UserInputError(f"object {j + 1}: an arrow needs ≥ 2 points (x,y), got shape {a.shape}")
-        if not np.isfinite(a).all():
+        arrow = np.asarray(arrow, np.float64)
+        if arrow.ndim != 2 or arrow.shape[1] != 2 or len(arrow) < 2:
+            raise UserInputError(f"object {j + 1}: an arrow needs ≥ 2 points (x,y), got shape {arrow.shape}")
+        if not np.isfinite(arrow).all():
             raise UserInputError(f"object {j + 1}: arrow coordinates must be finite")
-        x0, y0 = a[0]
+        x0, y0 = arrow[0]
         if not (0 <= _pixel(x0) <= W - 1 and 0 <= _pixel(y0) <= H - 1):
             raise UserInputError(f"object {j + 1}: arrow starts at ({x0:g}, {y0:g}), outside the "
                                  f"{W}×{H} image: start it on the object")
-        m = out_masks[j]
-        if not m[_pixel(y0), _pixel(x0)]:
-            ys, xs = np.nonzero(m)
+        mask = out_masks[j]
+        if not mask[_pixel(y0), _pixel(x0)]:
+            ys, xs = np.nonzero(mask)
             raise UserInputError(f"object {j + 1}: arrow starts at ({x0:g}, {y0:g}), outside its mask "
                                  f"(which spans x {xs.min()}–{xs.max()}, y {ys.min()}–{ys.max()}): "
                                  "start the arrow on the object")
-        for i, (x, y) in enumerate(a[1:], start=1):
+        for i, (x, y) in enumerate(arrow[1:], start=1):
             if not (0 <= _pixel(x) <= W - 1 and 0 <= _pixel(y) <= H - 1):
-                where = "ends" if i == len(a) - 1 else "bends"
+                where = "ends" if i == len(arrow) - 1 else "bends"
                 raise UserInputError(f"object {j + 1}: arrow {where} at ({x:g}, {y:g}), off the {W}×{H} "
                                      f"image: keep it within x 0–{W - 1}, y 0–{H - 1}")
-        out_arrows.append(a)
+        out_arrows.append(arrow)
     return out_masks, out_arrows
 
 
@@ -229,8 +239,8 @@ def object_labels(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
     entirely by later masks."""
     H, W = masks[0].shape
     given = np.zeros((H, W), np.int32)
-    for j, m in enumerate(masks):
-        given[m] = j + 1
+    for j, mask in enumerate(masks):
+        given[mask] = j + 1
     comps = []
     for j in range(len(masks)):
         if not (given == j + 1).any():
@@ -252,8 +262,8 @@ def build_motion(masks: Sequence[np.ndarray], arrows: Sequence[np.ndarray | str]
     labels, obj_comp = object_labels(masks)
     points, components = sample_points(labels, seed)
     offsets = np.zeros((len(masks), num_frames, 2))
-    for j, a in enumerate(arrows):
-        offsets[obj_comp[j]] = arrow_displacements(a, num_frames)
+    for j, arrow in enumerate(arrows):
+        offsets[obj_comp[j]] = arrow_displacements(arrow, num_frames)
     tracks = (points[None, :, :] + offsets[components].transpose(1, 0, 2)).astype(np.float32)
     H, W = labels.shape
     return UserMotion(tracks, in_image(tracks, W, H), components, labels, obj_comp)
@@ -264,8 +274,8 @@ def arrows_to_tracks(masks: Sequence[np.ndarray], arrows: Sequence[np.ndarray | 
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """masks: s × (H,W) bool; arrows: s × (P,2) (or strings) → tracks (L,N,2) float32,
     visibility (L,N) bool, components (N,) int64 (see :func:`build_motion`)."""
-    m = build_motion(masks, arrows, num_frames, seed, max_objects)
-    return m.tracks, m.visibility, m.components
+    motion = build_motion(masks, arrows, num_frames, seed, max_objects)
+    return motion.tracks, motion.visibility, motion.components
 
 
 def in_image(tracks: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -319,7 +329,9 @@ def prepare(image_path: str | Path, mask_paths: Sequence[str | Path], arrows: Se
             num_frames: int, height: int | None = None, width: int | None = None, seed: int = 0,
             max_objects: int = MAX_OBJECTS) -> Prepared:
     """Image file + mask files (several binary masks, or one label PNG) + arrows → :class:`Prepared`.
-    The output size defaults to the image's; tracks are scaled to it before P is rendered."""
+    The output size defaults to the image's; the image is resized to it and the tracks are
+    rescaled with the pixel-centre convention of training data
+    (:func:`trackgo_data.sample.rescale_tracks`) before P is rendered."""
     from PIL import Image
 
     image = load_image(image_path)
@@ -331,7 +343,7 @@ def prepare(image_path: str | Path, mask_paths: Sequence[str | Path], arrows: Se
     tracks, visibility = motion.tracks, motion.visibility
     if (width, height) != (w0, h0):
         image = np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
-        tracks = tracks * np.array([width / w0, height / h0], np.float32)
+        tracks = rescale_tracks(tracks, (w0, h0), (width, height))
         visibility = visibility & in_image(tracks, width, height)
     P = render_trajectories(tracks, visibility, motion.components, height, width)
     return Prepared(image, tracks, visibility, P, motion)

@@ -102,11 +102,11 @@ class VIPSegVideo:
             raise VIPSegError(f"video {self.name}: no frames")
         imgs = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in self.frames[:n]])
         segs = None
-        if any(m is None for m in self.masks[:n]):
+        if any(mask is None for mask in self.masks[:n]):
             log.warning("video %s: %d of its first %d frames have no mask", self.name,
-                        sum(m is None for m in self.masks[:n]), n)
+                        sum(mask is None for mask in self.masks[:n]), n)
         else:
-            segs = np.stack([read_mask(m) for m in self.masks[:n]])
+            segs = np.stack([read_mask(mask) for mask in self.masks[:n]])
             if segs.shape[1:] != imgs.shape[1:3]:
                 raise VIPSegError(f"video {self.name}: masks {segs.shape[1:]} vs frames {imgs.shape[1:3]}")
         if size is not None:
@@ -169,9 +169,9 @@ class VIPSeg:
             raise VIPSegError(f"video {name}: {img_dir} is missing")
         frames = sorted((p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_frame_number)
         masks: list[Path | None] = []
-        for f in frames:
-            m = self.mask_dir / name / f"{f.stem}.png"
-            masks.append(m if m.is_file() else None)
+        for frame in frames:
+            mask = self.mask_dir / name / f"{frame.stem}.png"
+            masks.append(mask if mask.is_file() else None)
         return VIPSegVideo(name, frames, masks)
 
 

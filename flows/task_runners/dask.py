@@ -9,17 +9,17 @@ changes all three:
 
 * Dask's nanny exports ``MALLOC_TRIM_THRESHOLD_=65536`` to its workers. Setting that variable
   switches off glibc's dynamic mmap threshold, so every array above 128 KiB (each decoded frame,
-  each flow field) is a fresh ``mmap`` whose pages fault in again on first touch: ~150k minor
-  page faults and ~0.4 s of extra system time per batch of the ``local`` profile at 512×288.
-  The workers here run without it (glibc's defaults, as in a plain Python process).
+  each flow field) is a fresh ``mmap`` whose pages fault in again on first touch. The workers
+  here run without it (glibc's defaults, as in a plain Python process).
 * Each worker keeps its libraries' default thread pools (OpenCV and PyTorch: one thread per
   core; FFmpeg's decoder and RGB scaler: automatic), so N workers on C cores run N×C busy
   threads. Each worker is pinned to ``cpus // N`` threads instead (:class:`PinThreads`, plus
   ``OMP_NUM_THREADS`` and friends set before the worker process starts).
 * Each worker runs Dask's statistical profiler, which samples the task thread's stack every
-  10 ms (for the dashboard's profile page): ~9 % of a single-core worker's time on batches of
-  the ``local`` profile at 1024×576 (38.7 s vs 42.6 s for 16 videos). It is switched off
+  10 ms (for the dashboard's profile page), a cost paid by every task. It is switched off
   (``distributed.worker.profile.enabled``; the runner starts no dashboard anyway).
+
+What each setting cost when measured: ``docs/measurements.md``.
 """
 from __future__ import annotations
 

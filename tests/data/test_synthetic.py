@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trackgo_data.config import ConfigError
-from trackgo_data.synthetic import (SyntheticConfig, _signed_distance, generate_videos, load_ground_truth,
+from trackgo_data.synthetic import (SyntheticConfig, signed_distance, generate_videos, load_ground_truth,
                                     make_video, video_id_for)
 
 SMALL = dict(width=64, height=64, num_frames=6, min_radius=6.0, max_radius=8.0, min_speed=2.0, max_speed=3.0)
@@ -27,11 +27,11 @@ def test_deterministic_and_distinct():
 
 def test_signed_distance_by_hand():
     dx, dy = np.array([0.0, 5.0, 0.0, 3.0]), np.array([0.0, 0.0, 7.0, 4.0])
-    assert np.allclose(_signed_distance("disc", dx, dy, 5.0), [-5.0, 0.0, 2.0, 0.0])
+    assert np.allclose(signed_distance("disc", dx, dy, 5.0), [-5.0, 0.0, 2.0, 0.0])
     # square of half-side 0.85 r = 4.25: Chebyshev distance − 4.25
-    assert np.allclose(_signed_distance("square", dx, dy, 5.0), [-4.25, 0.75, 2.75, -0.25])
+    assert np.allclose(signed_distance("square", dx, dy, 5.0), [-4.25, 0.75, 2.75, -0.25])
     # triangle (apex up, circumradius 1.15 r): the apex at (0, −1.15 r) lies on the boundary
-    assert abs(_signed_distance("triangle", np.array([0.0]), np.array([-5.75]), 5.0)[0]) < 1e-9
+    assert abs(signed_distance("triangle", np.array([0.0]), np.array([-5.75]), 5.0)[0]) < 1e-9
 
 
 def test_labels_follow_the_paths():

@@ -13,6 +13,7 @@ from trackgo_data.segment import relabel_by_area
 from trackgo_data.user_input import (MAX_OBJECTS, UserInputError, arrow_displacements, arrows_to_tracks,
                                      build_motion, checkpoint_max_objects, load_masks, parse_arrow, prepare,
                                      preview_image, split_arrows)
+from trackgo_data.sample import rescale_tracks
 
 
 def _mask(h=40, w=60, box=(10, 10, 30, 25)):
@@ -164,7 +165,9 @@ def test_prepare_scales_to_the_output_and_preview_draws_it(tmp_path):
     Image.fromarray(_mask().astype(np.uint8) * 255).save(tmp_path / "m.png")
     prep = prepare(tmp_path / "img.png", [tmp_path / "m.png"], ["15,15,25,15"], 5, height=80, width=90, seed=2)
     assert prep.image.shape == (80, 90, 3) and prep.P.shape == (5, 80, 90, 3)
-    np.testing.assert_allclose(prep.tracks, prep.motion.tracks * np.array([1.5, 2.0], np.float32), atol=1e-4)
+    # pixel-centre convention, as the loader rescales training tracks: x' = (x + 0.5)·1.5 − 0.5, y' = (y + 0.5)·2 − 0.5
+    np.testing.assert_allclose(prep.tracks, (prep.motion.tracks + 0.5) * np.array([1.5, 2.0], np.float32) - 0.5,
+                               atol=1e-4)
     np.testing.assert_allclose(prep.tracks[-1, :, 0] - prep.tracks[0, :, 0], 15.0, atol=1e-4)
     prev = preview_image(prep.image, prep.tracks, prep.visibility, prep.components, prep.motion.labels)
     assert prev.shape == prep.image.shape
@@ -181,3 +184,111 @@ def test_prepare_scales_to_the_output_and_preview_draws_it(tmp_path):
     np.testing.assert_allclose(prev[plain], expect, atol=1)            # float32 blend rounding
     outside = ~inside & ~lines & ~drawn
     np.testing.assert_array_equal(prev[outside], prep.image[outside])
+
+
+def test_rescale_tracks_maps_pixel_centres_to_pixel_centres():
+    tracks = np.array([[[0.0, 0.0], [59.0, 39.0], [-0.5, -0.5], [10.0, 20.0]]], np.float32)
+    # 60×40 → 90×80: x' = (x + 0.5)·1.5 − 0.5, y' = (y + 0.5)·2 − 0.5 (the image edge −0.5 stays the edge)
+    np.testing.assert_allclose(rescale_tracks(tracks, (60, 40), (90, 80)),
+                               [[[0.25, 0.5], [88.75, 78.5], [-0.5, -0.5], [15.25, 40.5]]], atol=1e-6)
+    assert rescale_tracks(tracks, (60, 40), (90, 80)).dtype == np.float32
+
+
+def test_prepare_rescales_user_tracks_like_the_loader(tmp_path):
+    """A one-pixel object at (10, 20) moved by the arrow to (16, 20), asked for at 96×80 from a
+    60×40 image: by hand (10.5·1.6 − 0.5, 20.5·2 − 0.5) = (16.3, 40.5) → (25.9, 40.5)."""
+    from trackgo_data.loader import resize_sample
+    from trackgo_data.sample import Sample
+
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "img.png")
+    mask = np.zeros((40, 60), np.uint8)
+    mask[20, 10] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    prep = prepare(tmp_path / "img.png", [tmp_path / "m.png"], ["10,20,16,20"], 5, height=80, width=96)
+    np.testing.assert_allclose(prep.tracks[:, 0], [[16.3 + 2.4 * t, 40.5] for t in range(5)], atol=1e-5)
+    # the loader's resize of a training sample holding the same tracks gives the same coordinates
+    L, N = prep.motion.tracks.shape[:2]
+    sample = Sample(key="v-000000", image=np.zeros((40, 60, 3), np.uint8), video=np.zeros((L, 40, 60, 3), np.uint8),
+                    trajectory=np.zeros((L, 40, 60, 3), np.uint8), tracks=prep.motion.tracks,
+                    visibility=prep.motion.visibility, components=prep.motion.components,
+                    masks=np.zeros((L, 5, 7), np.uint8), meta={"width": 60, "height": 40})
+    np.testing.assert_array_equal(resize_sample(sample, (96, 80)).tracks, prep.tracks)
+
+
+def _anti_aliased(shapes, size=(60, 40), factor=8):
+    """shapes: [(kind, box, grey)] drawn at ``factor``× and reduced with a box filter → (grey image
+    (H,W) uint8 with anti-aliased edges, the hard masks drawn at 1× for comparison)."""
+    from PIL import ImageDraw
+
+    big = Image.new("L", (size[0] * factor, size[1] * factor), 0)
+    draw = ImageDraw.Draw(big)
+    hard = []
+    for kind, (x0, y0, x1, y1), grey in shapes:
+        getattr(draw, kind)([x0 * factor, y0 * factor, x1 * factor - 1, y1 * factor - 1], fill=grey)
+        small = Image.new("L", size, 0)
+        getattr(ImageDraw.Draw(small), kind)([x0, y0, x1 - 1, y1 - 1], fill=255)
+        hard.append(np.asarray(small) > 0)
+    return np.asarray(big.resize(size, Image.BOX)), hard
+
+
+def test_anti_aliased_label_image_gives_its_objects(tmp_path):
+    """A label image saved from a drawing program with smooth edges: the grey levels of the edges
+    are not objects; each edge pixel joins the object or background next to it nearest in value."""
+    grey, hard = _anti_aliased([("ellipse", (5, 4, 27, 30), 255), ("rectangle", (33.5, 10.25, 55.75, 35.5), 120)])
+    assert len(np.unique(grey)) > 20                               # many edge levels
+    Image.fromarray(grey).save(tmp_path / "labels.png")
+    masks = load_masks(tmp_path / "labels.png", size=(60, 40))
+    assert len(masks) == 2                                         # value order: 120 (rectangle), 255 (ellipse)
+    rect, ellipse = masks
+    # by hand: the ellipse (x < 30) lies between 0 and 255, so it is bounded at 127.5; the
+    # rectangle (x ≥ 30) between 0 and 120, bounded at 60 (a tie goes to the lower value)
+    left = np.arange(60)[None, :] < 30
+    np.testing.assert_array_equal(ellipse, (grey > 127) & left)
+    np.testing.assert_array_equal(rect, (grey > 60) & ~left)
+    for mask, drawn in zip((ellipse, rect), hard):
+        assert (mask & drawn).sum() / (mask | drawn).sum() > 0.85
+    # two objects that meet: their shared edge column 30 (half 200, half 100 → 150) is split
+    # between them, none of it becomes background; halfway is a tie, which goes to 100
+    grey, _ = _anti_aliased([("rectangle", (5, 5, 30.5, 35), 200), ("rectangle", (30.5, 5, 55, 35), 100)])
+    assert set(np.unique(grey)) == {0, 100, 150, 200}
+    Image.fromarray(grey).save(tmp_path / "touching.png")
+    low, high = load_masks(tmp_path / "touching.png")
+    want_low, want_high = np.zeros((40, 60), bool), np.zeros((40, 60), bool)
+    want_high[5:35, 5:30] = True
+    want_low[5:35, 30:55] = True
+    np.testing.assert_array_equal(high, want_high)
+    np.testing.assert_array_equal(low, want_low)
+    # one smooth white-on-black mask is one object, bounded at mid-grey
+    grey, _ = _anti_aliased([("ellipse", (5, 4, 27, 30), 255)])
+    Image.fromarray(grey).save(tmp_path / "one.png")
+    (one,) = load_masks(tmp_path / "one.png")
+    np.testing.assert_array_equal(one, grey > 127)
+
+
+def test_label_image_values_that_are_neither_objects_nor_edges_are_one_error(tmp_path):
+    lab = np.zeros((40, 60), np.uint8)
+    lab[5:15, 5:15] = 1
+    lab[20:30, 30:40] = 2
+    lab[35, 50] = 3                                                # one pixel above every object value
+    Image.fromarray(lab).save(tmp_path / "grey.png")
+    with pytest.raises(UserInputError, match=r"mask grey.png: value\(s\) 3 fill no 3×3 square"):
+        load_masks(tmp_path / "grey.png")
+    lab[35, 50] = 0
+    lab[14, 5] = 2                                                 # a stray pixel inside a palette image
+    pal = Image.fromarray(lab, mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    pal.save(tmp_path / "palette.png")
+    assert len(load_masks(tmp_path / "palette.png")) == 2           # exact values: stray 2 is object 2's
+    lab[14, 5] = 1
+    lab[25, 35] = 7                                                # a palette value too small to be an object
+    pal = Image.fromarray(lab, mode="P")
+    pal.putpalette([0] * 768)
+    pal.save(tmp_path / "palette.png")
+    with pytest.raises(UserInputError, match="value\\(s\\) 7 fill no 3×3 square.*exact values"):
+        load_masks(tmp_path / "palette.png")
+    # a single value is one object whatever its size
+    one = np.zeros((40, 60), np.uint8)
+    one[3, 4] = 9
+    Image.fromarray(one).save(tmp_path / "dot.png")
+    (dot,) = load_masks(tmp_path / "dot.png")
+    assert dot.sum() == 1 and dot[3, 4]

@@ -1,5 +1,6 @@
 """The whole protocol end-to-end on a tiny VIPSeg-layout fixture with the tiny random model."""
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,13 +9,12 @@ import pytest
 import torch
 
 from trackgo_data.points import k_for_area
-from trackgo_data.video import decode_mp4, read_frames
+from trackgo_data.video import decode_mp4, encode_lossless_rgb, read_frames
 from trackgo_data.vipseg import VIPSeg
 from trackgo_model.eval.vipseg import EvalConfig, run
-from trackgo_model.eval.metrics.fid import fid_from_videos
-from trackgo_model.eval.metrics.fvd import fvd_from_videos
 
 from ..third_party import CO_TRACKER, requires_cotracker
+from .reference import clip_features, frame_features, frechet_by_eigh
 from .tiny_extractors import TinyFIDNet, TinyI3D
 from .vipseg_fixture import build_fixture
 
@@ -55,12 +55,15 @@ def test_protocol_end_to_end(evaluated, monkeypatch):
     real = decode_mp4(out / "real" / "vid_a.mp4")
     assert gen.shape == real.shape == (6, 64, 128, 3)
     np.testing.assert_array_equal(real, VIPSeg(cfg.vipseg).video("vid_a").read(6, size=(128, 64))[0])
-    # streamed per-video features give the same numbers as all clips at once
+    # FID and FVD (features streamed video by video) against a second implementation: features
+    # straight from the extractors' contracts, the Fréchet distance through eigh (reference.py)
     reals = [decode_mp4(out / "real" / f"{v}.mp4") for v in ("vid_a", "vid_b")]
     gens = [decode_mp4(out / "generated" / f"{v}.mp4") for v in ("vid_a", "vid_b")]
-    with torch.no_grad():
-        assert m["fid"]["value"] == pytest.approx(fid_from_videos(TinyFIDNet().eval(), reals, gens), rel=1e-6)
-    assert m["fvd"]["value"] == pytest.approx(fvd_from_videos(torch.jit.script(TinyI3D()), reals, gens), rel=1e-6)
+    fid_net, i3d_net = TinyFIDNet().eval(), TinyI3D()
+    fid_want = frechet_by_eigh(frame_features(fid_net, reals), frame_features(fid_net, gens))
+    fvd_want = frechet_by_eigh(clip_features(i3d_net, reals), clip_features(i3d_net, gens))
+    assert m["fid"]["value"] == pytest.approx(fid_want, rel=1e-5) and fid_want > 1e-3
+    assert m["fvd"]["value"] == pytest.approx(fvd_want, rel=1e-4) and fvd_want > 1e-3
     assert decode_mp4(out / "side_by_side" / "vid_a.mp4").shape == (6, 64, 384, 3)
     assert not (out / "side_by_side" / "vid_b.mp4").exists()
     # conditioning: components from the masks (moving thing first), K rule on each mask's area
@@ -108,7 +111,49 @@ def test_protocol_end_to_end(evaluated, monkeypatch):
     assert m2["objmc_ours"]["value"] == pytest.approx(m["objmc_ours"]["value"])
     assert "Missing metrics" in (out / "results.md").read_text()
     with pytest.raises(ValueError, match="different num_frames"):
-        run(EvalConfig(**{**cfg.__dict__, "num_frames": 5}))
+        run(dataclasses.replace(cfg, num_frames=5))
+
+
+def _rescore_with(evaluated, tmp_path, make_generated) -> tuple[dict, Path]:
+    """A copy of the evaluated folder whose generated clips are ``make_generated(real clip)``,
+    scored again (score only) with the same extractors."""
+    import shutil
+
+    cfg, _ = evaluated
+    out = tmp_path / "run"
+    shutil.copytree(cfg.out, out)
+    for video in sorted((out / "real").glob("*.mp4")):
+        encode_lossless_rgb(make_generated(decode_mp4(video)), out / "generated" / video.name, fps=cfg.save_fps)
+    again = dataclasses.replace(cfg, out=str(out))
+    return run(again, score_only=True, fid_model=TinyFIDNet().eval(), i3d_model=torch.jit.script(TinyI3D())), out
+
+
+def test_objmc_fid_fvd_of_known_generated_videos(evaluated, tmp_path):
+    """Hand-computed cases through the whole scoring: generated = the real clip gives 0 for every
+    metric; generated = the real clip moved by (4, 3) px from frame 1 on gives an ObjMC of 5 px on
+    every visible entry after frame 0 (the tracker follows the moved content), by hand
+    5 · (visible entries in frames 1..L−1) / (visible entries)."""
+    import cv2
+
+    same, _ = _rescore_with(evaluated, tmp_path / "same", lambda real: real)
+    for key in ("objmc", "objmc_ours"):
+        assert same["metrics"][key]["value"] == 0.0, key
+    assert same["metrics"]["fid"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert same["metrics"]["fvd"]["value"] == pytest.approx(0.0, abs=1e-6)
+
+    def moved(real):
+        out = real.copy()
+        for t in range(1, len(real)):
+            out[t] = cv2.warpAffine(real[t], np.float32([[1, 0, 4], [0, 1, 3]]), real.shape[2:0:-1],
+                                    borderMode=cv2.BORDER_REPLICATE)
+        return out
+
+    shifted, out = _rescore_with(evaluated, tmp_path / "moved", moved)
+    visible = [np.load(out / "condition" / f"{v}.npz")["visibility"] for v in ("vid_a", "vid_b")]
+    by_hand = 5.0 * sum(int(vis[1:].sum()) for vis in visible) / sum(int(vis.sum()) for vis in visible)
+    assert by_hand > 4.0
+    assert shifted["metrics"]["objmc_ours"]["value"] == pytest.approx(by_hand, abs=0.15)
+    assert shifted["metrics"]["objmc"]["value"] == pytest.approx(5.0 * 5 / 6, abs=0.15)   # 1 point per object
 
 
 def _flat_mean_of_files(gt_dir: Path, pred_dir: Path) -> float:
@@ -125,8 +170,7 @@ def test_draganything_protocol_rescores_saved_videos(evaluated):
     """Score-only rerun with DragAnything's protocol (grid tracking, snapped centres), LK standing in
     for Co-Tracker2: the real clip's moving patch is followed, the value is the files' flat mean."""
     cfg, first = evaluated
-    da = EvalConfig(**{**cfg.__dict__, "objmc_protocol": "draganything", "objmc_tracker": "lk",
-                       "objmc_grid_size": 12})
+    da = dataclasses.replace(cfg, objmc_protocol="draganything", objmc_tracker="lk", objmc_grid_size=12)
     res = run(da, score_only=True)
     out = Path(cfg.out)
     proto = res["objmc_protocol"]
@@ -196,7 +240,7 @@ def test_auto_tracker_falls_back_to_lk_only_when_not_named(monkeypatch):
     import urllib.error
 
     from trackgo_data.track.cotracker import CoTrackerUnavailable
-    from trackgo_model.eval.vipseg import choose_tracker
+    from trackgo_model.eval.trackers import choose_tracker
 
     def offline(*a, **k):
         raise urllib.error.URLError("network is unreachable")

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from trackgo_model.eval.metrics import MetricUnavailable
-from trackgo_model.eval.metrics.fid import FIDInceptionV3, inception_features, load_fid_inception
+from trackgo_model.eval.metrics.fid import FIDInceptionV3, fid_from_videos, inception_features, load_fid_inception
 from trackgo_model.eval.metrics.fvd import fvd_from_videos, i3d_features, load_i3d, preprocess_clips
+
+from .reference import i3d_input
 
 # (module, in, out, kernel h, kernel w) of every conv of the TF-ported FID InceptionV3, written out
 # from the architecture's published layer table (pt_inception-2015-12-05 key names)
@@ -80,11 +82,74 @@ def test_features_shape_and_weight_file_loading(inception, tmp_path, monkeypatch
         load_fid_inception(tmp_path / "wrong.pth")
 
 
+def _random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every weight of ``model`` random, BatchNorm statistics and affine parameters included (the
+    defaults — mean 0, var 1, scale 1, shift 0 — would hide a mix-up of them)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = value.clone()
+        elif key.endswith(("running_var", "bn.weight")):
+            state[key] = 0.5 + torch.rand(value.shape, generator=g)
+        elif key.endswith(("running_mean", "bn.bias")):
+            state[key] = 0.1 * torch.randn(value.shape, generator=g)
+        else:                                               # conv / fc weights, fan-in scaled
+            fan_in = value[0].numel() if value.dim() > 1 else 1
+            state[key] = torch.randn(value.shape, generator=g) * (2.0 / fan_in) ** 0.5
+    return state
+
+
+def test_features_equal_pytorch_fid_with_the_same_weights(monkeypatch):
+    """pytorch-fid's InceptionV3 (torchvision's network patched into the FID graph), given the same
+    random weights as ours through the loader it fetches the reference file with: the same 2048-d
+    pool features on the same frames (both resize them to 299×299), to float32 rounding
+    (1e-4 of the largest feature)."""
+    from pytorch_fid import inception as pytorch_fid_inception
+
+    ours = FIDInceptionV3().eval()
+    state = _random_state(ours)
+    ours.load_state_dict(state)
+    monkeypatch.setattr(pytorch_fid_inception, "load_state_dict_from_url", lambda *a, **k: state)
+    theirs = pytorch_fid_inception.InceptionV3([3], resize_input=True, normalize_input=True).eval()
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 37, 53, 3), dtype=np.uint8)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        want = theirs(x)[0][:, :, 0, 0].double().numpy()
+    got = inception_features(ours, frames, batch_size=2)
+    assert got.shape == want.shape == (2, 2048) and np.abs(want).max() > 0.1
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+class _MeanColour(torch.nn.Module):
+    """A feature extractor whose features are known by hand: the mean of each channel (times a
+    parameter fixed at 1, where the extractors' device is read from)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, rescale: bool = True, resize: bool = True, return_features: bool = False):
+        return x.mean(dim=tuple(range(2, x.dim()))) * self.scale
+
+
+def test_fid_and_fvd_of_a_colour_shift_by_hand():
+    """Flat-colour videos, the generated ones 51 grey levels brighter in every channel. With the
+    mean colour as the feature, both sets have the same covariance, so d² = |Δμ|²:
+    FID (frames in [0, 1]) = 3·(51/255)² = 0.12; FVD (clips in [−1, 1]) = 3·(51/127.5)² = 0.48."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 200, size=(5, 3, 3))                  # 5 videos × 3 frames × RGB
+    real = [np.broadcast_to(c[:, None, None, :], (3, 20, 30, 3)).astype(np.uint8) for c in colours]
+    gen = [(v + 51).astype(np.uint8) for v in real]
+    assert fid_from_videos(_MeanColour(), real, gen, batch_size=2) == pytest.approx(0.12, rel=1e-6)
+    assert fvd_from_videos(_MeanColour(), real, gen, batch_size=2) == pytest.approx(0.48, rel=1e-6)
+
+
 def test_tf_pooling_variants(inception):
-    from trackgo_model.eval.metrics.fid import _tf_avgpool
+    from trackgo_model.eval.metrics.fid import tf_avg_pool
 
     ones = torch.ones(1, 1, 4, 4)
-    assert torch.equal(_tf_avgpool(ones), ones)  # zero padding not counted at the borders
+    assert torch.equal(tf_avg_pool(ones), ones)  # zero padding not counted at the borders
     assert inception.Mixed_7c.max_pool and not inception.Mixed_7b.max_pool
 
 
@@ -130,6 +195,15 @@ def test_preprocess_clips_range_and_layout():
     x = preprocess_clips(v)
     assert x.shape == (1, 3, 2, 224, 224)
     assert torch.allclose(x[:, 0], torch.tensor(1.0)) and torch.allclose(x[:, 1:], torch.tensor(-1.0))
+
+
+def test_preprocess_clips_matches_pil_resize_and_crop():
+    """Shorter side to 224 (bilinear), centre crop, [−1, 1]: as a second implementation with PIL
+    computes it, up- and down-scaling, to float32 rounding."""
+    rng = np.random.default_rng(1)
+    for h, w in ((32, 48), (300, 500)):
+        video = rng.integers(0, 256, size=(2, h, w, 3), dtype=np.uint8)
+        np.testing.assert_allclose(preprocess_clips(video[None])[0].numpy(), i3d_input(video), atol=1e-4)
 
 
 def test_i3d_features_keep_every_clip_in_order(tiny_i3d_path, monkeypatch):

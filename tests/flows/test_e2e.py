@@ -10,8 +10,14 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from flows.build_dataset import make_build_config
+from trackgo_data.build import build_dataset
+from trackgo_data.inspect import inspect_shards
+from trackgo_data.render import render_trajectories
+from trackgo_data.sample import decode_sample
 from trackgo_data.shards import read_manifest
 
 from .conftest import CLIP
@@ -24,6 +30,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _reference_tracks(out: Path, key: str) -> np.ndarray:
+    """tracks of sample ``key`` in the build under ``out``."""
+    import io
+
+    (row,) = [r for r in read_manifest(out / "manifest.parquet") if r["key"] == key]
+    with tarfile.open(out / row["shard"]) as tar:
+        return np.load(io.BytesIO(tar.extractfile(f"{key}.tracks.npy").read()))
 
 
 def _alive(pid: int) -> bool:
@@ -69,13 +84,25 @@ def test_server_deploy_run_down(tmp_path, sample_videos):
 
         rows = read_manifest(out / "manifest.parquet")
         assert rows and {r["source"] for r in rows} == {str(src)}
-        acc = [r for r in rows if r["status"] == "accepted"]
-        for r in acc:
-            with tarfile.open(out / r["shard"]) as tar:
-                names = tar.getnames()
-            assert f"{r['key']}.trajectory.mp4" in names and f"{r['key']}.meta.json" in names
-        shards = sorted(p.name for p in (out / "shards").iterdir())
-        assert shards == sorted({Path(r["shard"]).name for r in acc})
+        accepted = [r for r in rows if r["status"] == "accepted"]
+        assert accepted, [(r["key"], r["reason"]) for r in rows]       # carphone's clip is accepted
+        shards = sorted((out / "shards").glob("*.tar"))
+        assert [p.name for p in shards] == sorted({Path(r["shard"]).name for r in accepted})
+        report = inspect_shards(shards)                            # every member valid, P in the palette
+        assert report.ok and report.samples == len(accepted), report.problems
+        # the deployment ran the library's stages: the same samples as a plain in-process build
+        reference = build_dataset(str(src), tmp_path / "reference", make_build_config(
+            "local", CLIP["num_frames"], CLIP["width"], CLIP["height"], clips_per_video=1), progress=False)
+        assert reference["accepted"] == len(accepted)
+        for row in accepted:
+            with tarfile.open(out / row["shard"]) as tar:
+                members = {name.split(".", 1)[1]: tar.extractfile(name).read() for name in tar.getnames()
+                           if name.startswith(row["key"] + ".")}
+            sample = decode_sample(members)
+            assert sample.video.shape == (CLIP["num_frames"], CLIP["height"], CLIP["width"], 3)
+            np.testing.assert_array_equal(sample.trajectory, render_trajectories(
+                sample.tracks, sample.visibility, sample.components, CLIP["height"], CLIP["width"]))
+            np.testing.assert_array_equal(sample.tracks, _reference_tracks(tmp_path / "reference", row["key"]))
     finally:
         down = sh("bash", str(REPO / "scripts" / "server.sh"), "down", timeout=120)
     assert down.returncode == 0, down.stderr

@@ -46,7 +46,7 @@ def test_clients_share_one_verified_context(shared):
     # built from the CA bundle Prefect uses by default, and holding its certificates
     from prefect.settings import PREFECT_API_SSL_CERT_FILE
 
-    [(key, built)] = shared._contexts.items()
+    [(key, built)] = shared.contexts.items()
     assert built is ctx and key[1] == (PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
     assert ctx.cert_store_stats()["x509_ca"] > 100
 

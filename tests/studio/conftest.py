@@ -77,7 +77,6 @@ def start_studio(out: Path, cache: Path, *extra: str) -> Server:
 
     port = free_port()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "_REGISTRARS", ("studio.cli",))
         mp.setattr(studio_app, "launch", launch)
         rc = cli.main(["studio", "--port", str(port), "--cache-dir", str(cache), "--out", str(out), *extra])
     assert rc == 0

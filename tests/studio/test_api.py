@@ -58,14 +58,27 @@ def test_generate_endpoint_named_inputs_video_first_and_the_same_as_the_cli(clie
     argv = shlex.split(command)
     assert argv[:2] == ["trackgo", "generate"] and "--frames=5" in argv and "--seed=3" in argv
     argv[argv.index("--out") + 1] = str(tmp_path / "again.mp4")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "_REGISTRARS", ("trackgo_model.cli.model",))
-        assert cli.main(argv[1:]) == 0
+    assert cli.main(argv[1:]) == 0
     np.testing.assert_array_equal(decode_mp4(tmp_path / "again.trajectory.mp4"), P)
     # the sampled frames are identical; their H.264 encodings may differ by a few levels (libx264
-    # is not bit-reproducible here), so the videos are compared by PSNR (another seed: < 20 dB)
-    again = decode_mp4(tmp_path / "again.mp4").astype(float)
-    assert 10 * np.log10(255 ** 2 / max(np.mean((again - frames) ** 2), 1e-12)) > 35
+    # is not bit-reproducible here), so the videos are compared by PSNR
+    assert _psnr(decode_mp4(tmp_path / "again.mp4"), frames) > 35
+    # … and the run depends on what it was asked: another seed, or another arrow (with the same
+    # seed), gives another video, and the arrow another P — a generator that ignored either fails
+    other_seed = decode_mp4(_video_path(_call(client, img, [mask], "28,32,40,30", frames=5, seed=4)[0]))
+    other_arrow = decode_mp4(_video_path(_call(client, img, [mask], "28,32,20,44", frames=5, seed=3)[0]))
+    assert _psnr(other_seed, frames) < 30                              # measured 22 dB
+    assert _psnr(other_arrow, frames) < 35                             # measured 33 dB (the same run: > 35)
+    runs = server.runs()
+    other_P = decode_mp4(max(runs, key=lambda r: json.loads((r / "run.json").read_text())["started"])
+                         / "video.trajectory.mp4")
+    assert other_P.shape == P.shape and not np.array_equal(other_P[-1], P[-1])
+    np.testing.assert_array_equal(other_P[0], P[0])                    # the same points start the same
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    return float(10 * np.log10(255 ** 2 / max(mse, 1e-12)))
 
 
 def _bad(tmp_path):

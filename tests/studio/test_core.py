@@ -128,14 +128,12 @@ def test_run_generation_progress_files_and_bad_input_leaves_nothing(model, tmp_p
 def test_studio_command_errors_name_what_to_supply(tmp_path, studio_cache):
     from trackgo_model import cli
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "_REGISTRARS", ("studio.cli",))
-        with pytest.raises(SystemExit, match="trackgo studio: .*has no unet/: pass --svd"):
-            cli.main(["studio", "--checkpoint", str(tmp_path)])
-        with pytest.raises(SystemExit, match="trackgo studio: SVD folder .* is missing unet/"):
-            cli.main(["studio", "--svd", str(tmp_path)])
-        with pytest.raises(SystemExit, match="trackgo studio: SAM weights .*nope.pth not found"):
-            cli.main(["studio", "--cache-dir", str(studio_cache), "--sam", str(tmp_path / "nope.pth")])
+    with pytest.raises(SystemExit, match="trackgo studio: .*has no unet/: pass --svd"):
+        cli.main(["studio", "--checkpoint", str(tmp_path)])
+    with pytest.raises(SystemExit, match="trackgo studio: SVD folder .* is missing unet/"):
+        cli.main(["studio", "--svd", str(tmp_path)])
+    with pytest.raises(SystemExit, match="trackgo studio: SAM weights .*nope.pth not found"):
+        cli.main(["studio", "--cache-dir", str(studio_cache), "--sam", str(tmp_path / "nope.pth")])
 
 
 def test_sam_encoder_size_from_the_weights(tmp_path):

@@ -13,12 +13,8 @@ random weights (seed 0) instead — tests and benchmarks only; logged as a warni
 lowered (0) to produce any object.
 
 Upstream's frame processor, consensus, propagation and result saver run unchanged, on
-``device`` (``auto``: CUDA when present, else CPU). Two things are done here instead: upstream's
-frame preparation moves frames with ``.cuda()``, so while this backend runs, automatic mode's frame
-preparation is :func:`prepare_frame` on the configured device; and DEVA's constructor fetches
-ImageNet ResNet weights from the internet (which the DEVA checkpoint then overwrites), so the
-network is built without them. The saver writes one RGB PNG per frame whose colour encodes the
-object id (id = R + 256·G + 65536·B) into a temporary folder, read back into an id map per frame.
+``device`` (``auto``: CUDA when present, else CPU); what is handed to upstream instead of its own
+pieces is in :mod:`trackgo_data.segment.deva_upstream`.
 
 DEVA segments everything (stuff and things), so the main *moving* components are chosen
 afterwards: an object is moving when the camera-compensated flow of the offline ``flow`` backend
@@ -32,34 +28,22 @@ import functools
 import io
 import logging
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from trackgo_data.segment import MAX_COMPONENTS, check_frames
+from trackgo_data.segment.deva_upstream import (INSTALL_HINT, UPSTREAM_LOCK, DevaUnavailable, decode_id_png,
+                                                deva_version, finish_saver, frame_preparation_on, import_deva,
+                                                match_stock_sam, swapped, untrained, upstream_config)
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = ("run `make setup-paper` (DEVA from a clone of "
-                "https://github.com/hkchengrex/Tracking-Anything-with-DEVA: DEVA_SRC=/path/to/clone), or "
-                "pip install 'trackgo[paper]' (segment-anything, timm, pycocotools, pulp, supervision; "
-                "torchvision matching torch) and pip install /path/to/clone; the PyPI package 'deva' is a "
-                "different project")
 SAM_FILES = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
 MOBILE_SAM_FILE = "mobile_sam.pt"
 DEVA_FILE = "DEVA-propagation.pth"
 RANDOM_SEED = 0
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# upstream keeps per-call state in module globals (frame preparation) and in the SAM predictor
-_UPSTREAM_LOCK = threading.RLock()
-
-
-class DevaUnavailable(RuntimeError):
-    """The DEVA package (or one of its imports) is missing."""
 
 
 class DevaWeightsMissing(DevaUnavailable, FileNotFoundError):
@@ -103,93 +87,18 @@ class DevaConfig:
         return MOBILE_SAM_FILE if self.sam_variant == "mobile" else SAM_FILES[self.sam_encoder]
 
 
-def _import_deva():
-    import warnings
-
-    # DEVA's MobileSAM registers TinyViT names timm already has: one warning per name, nothing wrong
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Overwriting tiny_vit", category=UserWarning)
-        return _import_deva_modules()
-
-
-def _import_deva_modules():
-    try:
-        import deva.ext.automatic_processor as processor
-        import deva.model.resnet as resnet
-        from deva.ext.automatic_sam import get_sam_model
-        from deva.ext.ext_eval_args import add_auto_default_args, add_ext_eval_args
-        from deva.ext.MobileSAM.setup_mobile_sam import setup_model as setup_mobile_sam
-        from deva.inference.demo_utils import flush_buffer
-        from deva.inference.eval_args import add_common_eval_args
-        from deva.inference.inference_core import DEVAInferenceCore
-        from deva.inference.result_utils import ResultSaver
-        from deva.model.network import DEVA
-    except ImportError as exc:
-        raise DevaUnavailable(f"the 'deva' segmenter needs DEVA's automatic mode ({exc}); {INSTALL_HINT}") from exc
-    return dict(processor=processor, resnet=resnet, get_sam_model=get_sam_model, add_auto=add_auto_default_args,
-                add_ext=add_ext_eval_args, setup_mobile_sam=setup_mobile_sam, flush_buffer=flush_buffer,
-                add_common=add_common_eval_args, Core=DEVAInferenceCore, ResultSaver=ResultSaver, DEVA=DEVA)
-
-
-def _deva_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("deva")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def decode_id_png(rgb: np.ndarray) -> np.ndarray:
-    """rgb (H,W,3) uint8 id image → ids (H,W) int64 = R + 256·G + 65536·B."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
-def prepare_frame(image_np: np.ndarray, min_side: int, device) -> "torch.Tensor":  # noqa: F821
-    """image_np (H,W,3) uint8 RGB → (3,h,w) float32 on ``device``: scaled to [0,1], normalised with
-    ImageNet's mean/std, resized (bilinear) so the shorter side is ``min_side`` (≤ 0 keeps H×W).
-    The input DEVA's automatic mode expects, built where the model is."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(image_np)).to(device).permute(2, 0, 1).float() / 255
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
-    x = (x - mean) / std
-    if min_side > 0:
-        h, w = image_np.shape[:2]
-        scale = min_side / min(h, w)
-        x = F.interpolate(x[None], (int(h * scale), int(w * scale)), mode="bilinear", align_corners=False)[0]
-    return x
-
-
-@contextlib.contextmanager
-def _swapped(module, name: str, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
-
-
-def _untrained(build, pretrained: bool = True, extra_dim: int = 0):
-    return build(pretrained=False, extra_dim=extra_dim)
-
-
 class DevaSegmenter:
     name = "deva"
 
     def __init__(self, **cfg) -> None:
         from trackgo_data.config import config_from_dict
 
-        self.cfg = c = config_from_dict(DevaConfig, cfg)
-        self.random_init = c.random_init
-        self._api = _import_deva()
-        if not c.random_init:
+        self.cfg = settings = config_from_dict(DevaConfig, cfg)
+        self.random_init = settings.random_init
+        self._api = import_deva()
+        if not settings.random_init:
             missing = [f"{key}={path or '(not set)'} ({file})" for key, path, file in (
-                ("deva_weights", c.deva_weights, DEVA_FILE), ("sam_weights", c.sam_weights, c.sam_file))
+                ("deva_weights", settings.deva_weights, DEVA_FILE), ("sam_weights", settings.sam_weights, settings.sam_file))
                 if not path or not Path(path).expanduser().is_file()]
             if missing:
                 raise DevaWeightsMissing(
@@ -197,12 +106,12 @@ class DevaSegmenter:
                     + ". Get them from the DEVA repository (scripts/download_models.sh) and set "
                       "segmenter.options.<key>=/path/to/file; segmenter.options.random_init=true builds "
                       "random networks instead (tests and benchmarks only)")
-        sam = "mobile" if c.sam_variant == "mobile" else f"original-{c.sam_encoder}"
-        self.version = (f"deva-{_deva_version()}-automatic-{sam}"
-                        + ("+random-init" if c.random_init else ""))
-        self._model = None
-        self._sam = None
-        self._config = None
+        sam = "mobile" if settings.sam_variant == "mobile" else f"original-{settings.sam_encoder}"
+        self.version = (f"deva-{deva_version()}-automatic-{sam}"
+                        + ("+random-init" if settings.random_init else ""))
+        self.network = None          # DEVA's network, once loaded
+        self.sam = None              # upstream's automatic SAM generator, once loaded
+        self.upstream_config = None  # the argument dict upstream runs with, once loaded
 
     @property
     def device(self):
@@ -213,76 +122,50 @@ class DevaSegmenter:
             name = "cuda" if torch.cuda.is_available() else "cpu"
         return torch.device(name)
 
-    def _upstream_config(self, mobile_random: str | None) -> dict:
-        """Upstream's own argument defaults with our settings; no path is left relative to the
-        working directory."""
-        import argparse
-
-        api, c = self._api, self.cfg
-        parser = argparse.ArgumentParser()
-        api["add_common"](parser)
-        api["add_ext"](parser)
-        api["add_auto"](parser)
-        config = vars(parser.parse_args([]))
-        for key, value in list(config.items()):   # unused upstream paths (./saves/…, ./example/…)
-            if isinstance(value, str) and value.startswith("./"):
-                config[key] = None
-        sam_path = None if c.random_init else str(Path(c.sam_weights).expanduser())
-        config.update(
-            model=None if c.random_init else str(Path(c.deva_weights).expanduser()),
-            SAM_CHECKPOINT_PATH=sam_path if c.sam_variant == "original" else None,
-            MOBILE_SAM_CHECKPOINT_PATH=mobile_random or (sam_path if c.sam_variant == "mobile" else None),
-            SAM_ENCODER_VERSION=c.sam_encoder, sam_variant=c.sam_variant,
-            SAM_NUM_POINTS_PER_SIDE=c.points_per_side, SAM_PRED_IOU_THRESHOLD=c.pred_iou_thresh,
-            size=c.size, detection_every=c.detection_every, num_voting_frames=c.num_voting_frames,
-            temporal_setting=c.temporal_setting, amp=c.amp)
-        config["enable_long_term"] = not config["disable_long_term"]
-        return config
-
     def load(self) -> None:
         """Build DEVA + SAM once (weights or seeded random init) on ``device``."""
         import torch
 
-        with _UPSTREAM_LOCK:
-            if self._model is not None:
+        with UPSTREAM_LOCK:
+            if self.network is not None:
                 return
-            api, c, device = self._api, self.cfg, self.device
-            if c.random_init:
+            api, settings, device = self._api, self.cfg, self.device
+            if settings.random_init:
                 log.warning("DEVA and SAM (%s) with RANDOM weights (random_init=true): their segments mean "
-                            "nothing; for tests and benchmarks only", c.sam_file)
-            log.info("loading DEVA (%s) and SAM (%s) on %s", c.deva_weights or "random", c.sam_weights or "random",
+                            "nothing; for tests and benchmarks only", settings.sam_file)
+            log.info("loading DEVA (%s) and SAM (%s) on %s", settings.deva_weights or "random", settings.sam_weights or "random",
                      device)
             printed = io.StringIO()   # upstream prints while building (MobileSAM); stdout is the CLI's
             with tempfile.TemporaryDirectory(prefix="deva-sam-") as tmp, torch.random.fork_rng(devices=[]), \
                     contextlib.redirect_stdout(printed):
                 torch.manual_seed(RANDOM_SEED)
                 mobile_random = None
-                if c.random_init and c.sam_variant == "mobile":
+                if settings.random_init and settings.sam_variant == "mobile":
                     # upstream always loads MobileSAM from MOBILE_SAM_CHECKPOINT_PATH: hand it a random one
                     mobile_random = str(Path(tmp) / MOBILE_SAM_FILE)
                     torch.save(api["setup_mobile_sam"]().state_dict(), mobile_random)
-                config = self._upstream_config(mobile_random)
-                with _swapped(api["resnet"], "resnet50", functools.partial(_untrained, api["resnet"].resnet50)), \
-                        _swapped(api["resnet"], "resnet18", functools.partial(_untrained, api["resnet"].resnet18)):
+                config = upstream_config(api, settings, mobile_random)
+                with swapped(api["resnet"], "resnet50", functools.partial(untrained, api["resnet"].resnet50)), \
+                        swapped(api["resnet"], "resnet18", functools.partial(untrained, api["resnet"].resnet18)):
                     network = api["DEVA"](config)
-                if not c.random_init:
+                if not settings.random_init:
                     try:
                         network.load_weights(torch.load(config["model"], map_location="cpu"))
                     except (RuntimeError, KeyError) as exc:
-                        raise DevaUnavailable(f"deva_weights={c.deva_weights} is not a DEVA propagation "
+                        raise DevaUnavailable(f"deva_weights={settings.deva_weights} is not a DEVA propagation "
                                               f"checkpoint ({DEVA_FILE}): {exc}") from exc
                 network = network.to(device).eval()
                 sam = api["get_sam_model"](config, device)
             if printed.getvalue().strip():
                 log.debug("DEVA/SAM printed while loading: %s", printed.getvalue().strip())
             sam.predictor.model.eval()   # upstream's MobileSAM stays in training mode (BatchNorm on batch stats)
-            if c.sam_variant == "mobile":
-                _match_stock_sam(sam)
+            if settings.sam_variant == "mobile":
+                match_stock_sam(sam)
             for key in ("pred_iou_thresh", "stability_score_thresh"):
                 if not hasattr(sam, key):
                     raise DevaUnavailable(f"this DEVA version's SAM generator has no {key}; {INSTALL_HINT}")
-                setattr(sam, key, getattr(c, key))
-            self._model, self._sam, self._config = network, sam, config
+                setattr(sam, key, getattr(settings, key))
+            self.network, self.sam, self.upstream_config = network, sam, config
 
     def raw_ids(self, frames: np.ndarray) -> np.ndarray:
         """frames (L,H,W,3) uint8 → DEVA object ids (L,H,W) int64 (0 = nothing)."""
@@ -291,17 +174,17 @@ class DevaSegmenter:
 
         self.load()
         api, device = self._api, self.device
-        config = dict(self._config)
+        config = dict(self.upstream_config)
         L = len(frames)
         # upstream's rule: count long-term memory usage only when the clip can fill it
         config["enable_long_term_count_usage"] = bool(
             config["enable_long_term"] and L / (config["max_mid_term_frames"] - config["min_mid_term_frames"])
             * config["num_prototypes"] >= config["max_long_term_elements"])
-        prep = functools.partial(_prepare_for, device=device)
-        with _UPSTREAM_LOCK, _swapped(api["processor"], "get_input_frame_for_deva", prep), \
+        prep = frame_preparation_on(device)
+        with UPSTREAM_LOCK, swapped(api["processor"], "get_input_frame_for_deva", prep), \
                 tempfile.TemporaryDirectory(prefix="deva-") as tmp:
             with torch.inference_mode():
-                deva = api["Core"](self._model, config=config)
+                deva = api["Core"](self.network, config=config)
                 deva.next_voting_frame = config["num_voting_frames"] - 1
                 deva.enabled_long_id()
                 saver = api["ResultSaver"](tmp, None, dataset="demo", object_manager=deva.object_manager)
@@ -309,17 +192,17 @@ class DevaSegmenter:
                     with torch.autocast(device_type=device.type if device.type == "cuda" else "cpu",
                                         enabled=self.cfg.amp and device.type == "cuda"):
                         for ti in range(L):
-                            api["processor"].process_frame_automatic(deva, self._sam, f"{ti:05d}.jpg", saver,
+                            api["processor"].process_frame_automatic(deva, self.sam, f"{ti:05d}.jpg", saver,
                                                                      ti, image_np=frames[ti])
                         api["flush_buffer"](deva, saver)
                 finally:
-                    _finish(saver)
+                    finish_saver(saver)
             out = np.zeros(frames.shape[:3], np.int64)
             for ti in range(L):
-                p = Path(tmp) / "Annotations" / f"{ti:05d}.png"
-                if not p.is_file():
-                    raise RuntimeError(f"DEVA wrote no result for frame {ti} (expected {p.name})")
-                with Image.open(p) as im:
+                path = Path(tmp) / "Annotations" / f"{ti:05d}.png"
+                if not path.is_file():
+                    raise RuntimeError(f"DEVA wrote no result for frame {ti} (expected {path.name})")
+                with Image.open(path) as im:
                     out[ti] = decode_id_png(np.asarray(im.convert("RGB")))
         return out
 
@@ -328,43 +211,6 @@ class DevaSegmenter:
         frames = check_frames(frames)
         ids = self.raw_ids(frames)
         return select_moving(ids, frames, self.cfg.max_components, self.cfg.min_motion, self.cfg.min_area)
-
-
-def _prepare_for(image_np: np.ndarray, min_side: int, *, device):
-    return prepare_frame(image_np, min_side, device)
-
-
-def _match_stock_sam(sam) -> None:
-    """DEVA's MobileSAM encoder returns ``(features, None)`` for the SAM-HQ fork of segment_anything;
-    the stock package's predictor expects the features alone: give it them."""
-    import inspect
-
-    import torch
-
-    model = sam.predictor.model
-    if "interm_embeddings" in inspect.signature(type(model.mask_decoder).forward).parameters:
-        return  # the SAM-HQ fork: it unpacks the pair itself
-
-    class FeaturesOnly(torch.nn.Module):
-        def __init__(self, encoder):
-            super().__init__()
-            self.encoder = encoder
-            self.img_size = encoder.img_size
-
-        def forward(self, x):
-            out = self.encoder(x)
-            return out[0] if isinstance(out, tuple) else out
-
-    model.image_encoder = FeaturesOnly(model.image_encoder)
-
-
-def _finish(saver) -> None:
-    """End upstream's saver thread; a thread that died (an error while saving) is reported, not waited on."""
-    if saver.thread.is_alive():
-        saver.queue.put(None)
-        saver.thread.join()
-    else:
-        raise RuntimeError("DEVA's result saver stopped early (see the error above)")
 
 
 def select_moving(ids: np.ndarray, frames: np.ndarray, max_components: int = MAX_COMPONENTS,
@@ -388,10 +234,10 @@ def select_moving(ids: np.ndarray, frames: np.ndarray, max_components: int = MAX
         area0 = float((ids[0] == oid).mean())
         if area0 < min_area:
             continue
-        m = small_ids == oid
-        if not m.any():
+        inside = small_ids == oid
+        if not inside.any():
             continue
-        score = float(motion[m].mean())
+        score = float(motion[inside].mean())
         if score >= min_motion:
             cands.append((area0, int(oid)))
     cands.sort(reverse=True)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trackgo_data.filters import small_grey
 from trackgo_data.segment import MAX_COMPONENTS, check_frames, relabel_by_area
 
 
@@ -77,9 +78,11 @@ class FlowSegmenter:
         self.cfg = config_from_dict(FlowSegConfig, cfg)
         self.version = f"1-opencv-{cv2.__version__}"
         self._local = threading.local()
+        self._sparse_cache: tuple = (None,)   # ((h, w, step), grid points) of camera_flow's RANSAC
+        self._grid_cache: tuple = (None,)     # ((h, w), gx, gy) pixel grids
 
     @property
-    def _dis(self):
+    def dis(self):
         """The DIS optical flow of the calling thread (one per thread: it keeps work buffers)."""
         dis = getattr(self._local, "dis", None)
         if dis is None:
@@ -101,35 +104,27 @@ class FlowSegmenter:
                            doc="(L,h,w) int32 labels at the flow resolution (upscaled: the result)")
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _small(self, frames: np.ndarray) -> np.ndarray:
-        """(L,H,W,3) uint8 → grey (L,h,w) uint8 at the flow resolution."""
-        import cv2
-
-        H, W = frames.shape[1:3]
-        s = min(1.0, self.cfg.flow_long_side / max(H, W))
-        w, h = max(8, round(W * s)), max(8, round(H * s))
-        out = np.empty((len(frames), h, w), np.uint8)
-        for i, f in enumerate(frames):
-            g = cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)
-            out[i] = g if (w, h) == (W, H) else cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA)
-        return out
+    def grey_frames(self, frames: np.ndarray) -> np.ndarray:
+        """(L,H,W,3) uint8 → grey (L,h,w) uint8 at the flow resolution (longer side
+        ``flow_long_side``, the clip filters' reduction)."""
+        return small_grey(frames, self.cfg.flow_long_side)
 
     def flows(self, grey: np.ndarray) -> np.ndarray:
         """grey (L,h,w) uint8 → forward flows (L−1,h,w,2) float32 (frame t → t+1)."""
-        return np.stack([self._dis.calc(grey[t], grey[t + 1], None) for t in range(len(grey) - 1)])
+        return np.stack([self.dis.calc(grey[t], grey[t + 1], None) for t in range(len(grey) - 1)])
 
     def camera_flow(self, flow: np.ndarray) -> np.ndarray:
         """flow (h,w,2) → flow explained by one homography (h,w,2) (RANSAC on a sparse grid)."""
         import cv2
 
         h, w = flow.shape[:2]
-        st = self.cfg.grid_step
-        key = (h, w, st)
-        if getattr(self, "_sparse_cache", (None,))[0] != key:
-            ys, xs = np.mgrid[st // 2:h:st, st // 2:w:st]
+        step = self.cfg.grid_step
+        key = (h, w, step)
+        if self._sparse_cache[0] != key:
+            ys, xs = np.mgrid[step // 2:h:step, step // 2:w:step]
             self._sparse_cache = (key, np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float32))
         src = self._sparse_cache[1]
-        dst = src + flow[st // 2::st, st // 2::st].reshape(-1, 2)
+        dst = src + flow[step // 2::step, step // 2::step].reshape(-1, 2)
         Hm = None
         if len(src) >= 8:
             Hm, _ = cv2.findHomography(src, dst, cv2.RANSAC, self.cfg.ransac_threshold,
@@ -146,7 +141,7 @@ class FlowSegmenter:
         return out
 
     def _grid(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-        if getattr(self, "_grid_cache", (None,))[0] != (h, w):
+        if self._grid_cache[0] != (h, w):
             gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
             self._grid_cache = ((h, w), gx, gy)
         return self._grid_cache[1], self._grid_cache[2]
@@ -154,7 +149,7 @@ class FlowSegmenter:
     def residual_magnitude(self, frames: np.ndarray) -> np.ndarray:
         """frames (L,H,W,3) uint8 → |flow − camera flow| (L−1,h,w) float32, px/frame at the flow
         resolution (longer side ``flow_long_side``)."""
-        flows = self.flows(self._small(check_frames(frames)))
+        flows = self.flows(self.grey_frames(check_frames(frames)))
         out = np.empty(flows.shape[:3], np.float32)
         for t, f in enumerate(flows):
             r = f - self.camera_flow(f)
@@ -168,10 +163,10 @@ class FlowSegmenter:
 
         frames = check_frames(frames)
         L, H, W = frames.shape[:3]
-        grey = self._small(frames)
+        grey = self.grey_frames(frames)
         self._local.grey, self._local.labels, self._local.evidence = grey, None, None
         h, w = grey.shape[1:]
-        dis = self._dis
+        dis = self.dis
         # (L−1,h,w,4): forward flow t → t+1 and its camera-compensated residual, remapped together;
         # (L−1,h,w,3): backward flow t+1 → t and the blurred grey of frame t+1, sampled together
         fr = np.empty((L - 1, h, w, 4), np.float32)

@@ -45,29 +45,29 @@ class LKTracker:
         vis = np.zeros((L, N), bool)
         tracks[0] = points
 
-        def inside(p):
-            return (p[:, 0] >= 0) & (p[:, 0] <= W - 1) & (p[:, 1] >= 0) & (p[:, 1] <= H - 1)
+        def inside(pts):
+            return (pts[:, 0] >= 0) & (pts[:, 0] <= W - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= H - 1)
 
         vis[0] = inside(points)
         if N == 0 or L == 1:
             return tracks, vis
-        c = self.cfg
+        cfg = self.cfg
         params = dict(
-            winSize=(c.win_size, c.win_size),
-            maxLevel=c.max_level,
-            criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, c.max_iter, c.eps),
-            minEigThreshold=c.min_eig_threshold,
+            winSize=(cfg.win_size, cfg.win_size),
+            maxLevel=cfg.max_level,
+            criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, cfg.max_iter, cfg.eps),
+            minEigThreshold=cfg.min_eig_threshold,
         )
         prev = cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY)
         for t in range(1, L):
             cur = cv2.cvtColor(frames[t], cv2.COLOR_RGB2GRAY)
             p0 = tracks[t - 1].reshape(-1, 1, 2).astype(np.float32)
-            p1, st, _ = cv2.calcOpticalFlowPyrLK(prev, cur, p0, None, **params)
-            p0r, st_b, _ = cv2.calcOpticalFlowPyrLK(cur, prev, p1, None, **params)
+            p1, found, _ = cv2.calcOpticalFlowPyrLK(prev, cur, p0, None, **params)
+            p0r, found_back, _ = cv2.calcOpticalFlowPyrLK(cur, prev, p1, None, **params)
             p1 = p1.reshape(-1, 2)
             fb = np.linalg.norm(p0r.reshape(-1, 2) - p0.reshape(-1, 2), axis=1)
-            ok = (st.ravel() == 1) & (st_b.ravel() == 1) & np.isfinite(p1).all(1) \
-                & (fb <= c.fb_threshold) & inside(p1)
+            ok = (found.ravel() == 1) & (found_back.ravel() == 1) & np.isfinite(p1).all(1) \
+                & (fb <= cfg.fb_threshold) & inside(p1)
             tracks[t] = np.where(ok[:, None], p1, tracks[t - 1])
             vis[t] = ok
             prev = cur

@@ -53,13 +53,13 @@ def comparability(cfg: dict, tracker: dict, objmc: dict) -> list[str]:
     return notes
 
 
-def _fmt(m: dict) -> str:
-    return f"{m['value']:.2f}" if m.get("value") is not None else "n/a"
+def _fmt(metric: dict) -> str:
+    return f"{metric['value']:.2f}" if metric.get("value") is not None else "n/a"
 
 
 def results_markdown(results: dict) -> str:
     """Comparability verdict, then Table 1 (FVD ↓, FID ↓, ObjMC ↓) with the paper's rows beside ours."""
-    m, c, o = results["metrics"], results["config"], results["objmc_protocol"]
+    metrics, cfg, protocol = results["metrics"], results["config"], results["objmc_protocol"]
     notes = results["not_comparable_because"]
     if notes:
         head = ["> **This ObjMC is not comparable to the paper's Table 1:**", *(f"> - {n}" for n in notes), ">",
@@ -72,15 +72,15 @@ def results_markdown(results: dict) -> str:
              "| Method | FVD ↓ | FID ↓ | ObjMC ↓ | ObjMC, all control points ↓ |", "|---|---|---|---|---|"]
     for name, (fvd, fid, objmc) in results["paper_table1"].items():
         lines.append(f"| {name} (paper) | {fvd:.2f} | {fid:.2f} | {objmc:.2f} | – |")
-    lines.append(f"| **ours** ({Path(c['checkpoint']).name or c['checkpoint']}) | {_fmt(m['fvd'])} | "
-                 f"{_fmt(m['fid'])} | {_fmt(m['objmc'])} | {_fmt(m['objmc_ours'])} |")
-    t = results["tracker"]
-    lines += ["", f"{results['num_videos']} videos of split `{c['split']}`, first {c['num_frames']} frames at "
-              f"{c['width']}×{c['height']}, trajectories from `{t['name']}` ({t['version']}), "
-              f"{c['num_inference_steps']} sampling steps, seed {c['seed']}. ObjMC in pixels at that resolution, "
-              f"protocol `{o['protocol']}`: {m['objmc']['definition']}. "
+    lines.append(f"| **ours** ({Path(cfg['checkpoint']).name or cfg['checkpoint']}) | {_fmt(metrics['fvd'])} | "
+                 f"{_fmt(metrics['fid'])} | {_fmt(metrics['objmc'])} | {_fmt(metrics['objmc_ours'])} |")
+    tracker = results["tracker"]
+    lines += ["", f"{results['num_videos']} videos of split `{cfg['split']}`, first {cfg['num_frames']} frames at "
+              f"{cfg['width']}×{cfg['height']}, trajectories from `{tracker['name']}` ({tracker['version']}), "
+              f"{cfg['num_inference_steps']} sampling steps, seed {cfg['seed']}. ObjMC in pixels at that resolution, "
+              f"protocol `{protocol['protocol']}`: {metrics['objmc']['definition']}. "
               "The paper's rows are copied from its Table 1, not recomputed."]
-    missing = {k: v["reason"] for k, v in m.items() if v.get("status") == "missing"}
+    missing = {k: v["reason"] for k, v in metrics.items() if v.get("status") == "missing"}
     if missing:
         lines += ["", "**Missing metrics**", ""] + [f"- {k.upper()}: {r}" for k, r in missing.items()]
     if results.get("rejects"):
@@ -90,9 +90,9 @@ def results_markdown(results: dict) -> str:
 
 def write_per_video_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    w.writerows(rows)
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
 
 

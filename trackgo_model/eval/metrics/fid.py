@@ -45,7 +45,8 @@ class ConvBN(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-def _tf_avgpool(x):
+def tf_avg_pool(x):
+    """3×3 average pooling, stride 1, that ignores the zero padding (TensorFlow's): (B,C,H,W) → same."""
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
 
@@ -65,7 +66,7 @@ class BlockA(nn.Module):
     def forward(self, x):
         b5 = self.branch5x5_2(self.branch5x5_1(x))
         b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(_tf_avgpool(x))], 1)
+        return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(tf_avg_pool(x))], 1)
 
 
 class BlockB(nn.Module):
@@ -102,11 +103,11 @@ class BlockC(nn.Module):
 
     def forward(self, x):
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        d = x
+        b7dbl = x
         for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
                       self.branch7x7dbl_4, self.branch7x7dbl_5):
-            d = layer(d)
-        return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_tf_avgpool(x))], 1)
+            b7dbl = layer(b7dbl)
+        return torch.cat([self.branch1x1(x), b7, b7dbl, self.branch_pool(tf_avg_pool(x))], 1)
 
 
 class BlockD(nn.Module):
@@ -148,10 +149,10 @@ class BlockE(nn.Module):
     def forward(self, x):
         b3 = self.branch3x3_1(x)
         b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
-        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _tf_avgpool(x)
-        return torch.cat([self.branch1x1(x), b3, d, self.branch_pool(pooled)], 1)
+        b3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        b3dbl = torch.cat([self.branch3x3dbl_3a(b3dbl), self.branch3x3dbl_3b(b3dbl)], 1)
+        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else tf_avg_pool(x)
+        return torch.cat([self.branch1x1(x), b3, b3dbl, self.branch_pool(pooled)], 1)
 
 
 class FIDInceptionV3(nn.Module):
@@ -237,6 +238,6 @@ def fid_from_videos(model: nn.Module, real: list[np.ndarray], gen: list[np.ndarr
     """real, gen: lists of (T, H, W, 3) uint8 videos → FID over all their frames."""
     from trackgo_model.eval.metrics.frechet import frechet_distance_from_features
 
-    fr = np.concatenate([inception_features(model, v, batch_size) for v in real])
-    fg = np.concatenate([inception_features(model, v, batch_size) for v in gen])
-    return frechet_distance_from_features(fr, fg)
+    real_feats = np.concatenate([inception_features(model, video, batch_size) for video in real])
+    gen_feats = np.concatenate([inception_features(model, video, batch_size) for video in gen])
+    return frechet_distance_from_features(real_feats, gen_feats)

@@ -64,20 +64,20 @@ def i3d_features(model, videos: list[np.ndarray], batch_size: int = 16, device: 
     """videos: list of (T, H, W, 3) uint8 (any T; equal lengths are batched together)
     → (len(videos), D) float64 features in input order, every clip included."""
     by_len: dict[tuple, list[int]] = defaultdict(list)
-    for i, v in enumerate(videos):
-        v = np.asarray(v)
-        if v.ndim != 4 or v.shape[-1] != 3 or v.dtype != np.uint8:
-            raise ValueError(f"video {i}: expected (T, H, W, 3) uint8, got {v.shape} {v.dtype}")
-        by_len[v.shape].append(i)
+    for i, video in enumerate(videos):
+        video = np.asarray(video)
+        if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
+            raise ValueError(f"video {i}: expected (T, H, W, 3) uint8, got {video.shape} {video.dtype}")
+        by_len[video.shape].append(i)
     feats: list[np.ndarray | None] = [None] * len(videos)
     for idxs in by_len.values():
-        for s in range(0, len(idxs), batch_size):
-            chunk = idxs[s:s + batch_size]
+        for start in range(0, len(idxs), batch_size):
+            chunk = idxs[start:start + batch_size]
             x = preprocess_clips(np.stack([videos[i] for i in chunk])).to(device)
-            f = model(x, rescale=False, resize=False, return_features=True)
-            f = f.double().cpu().numpy().reshape(len(chunk), -1)
+            out = model(x, rescale=False, resize=False, return_features=True)
+            out = out.double().cpu().numpy().reshape(len(chunk), -1)
             for j, i in enumerate(chunk):
-                feats[i] = f[j]
+                feats[i] = out[j]
     if not feats:
         return np.zeros((0, 0))
     return np.stack(feats)

@@ -59,15 +59,20 @@ class ErrorSum:
     def mean(self) -> float:
         return self.total / self.count if self.count else float("nan")
 
+    def merge(self, other: "ErrorSum") -> None:
+        """Add another sum's entries (the flat mean over both)."""
+        self.total += other.total
+        self.count += other.count
+
 
 def objmc_ours(gt: np.ndarray, pred: np.ndarray, gt_visible: np.ndarray | None = None) -> ErrorSum:
     """One video, our definition. gt, pred: (L, N, 2); gt_visible: (L, N) bool or None (all)."""
     err = point_errors(gt, pred)
     if gt_visible is not None and np.shape(gt_visible) != err.shape:
         raise ObjMCError(f"visibility must be {err.shape}, got {np.shape(gt_visible)}")
-    acc = ErrorSum()
-    acc.add(err, gt_visible)
-    return acc
+    errors = ErrorSum()
+    errors.add(err, gt_visible)
+    return errors
 
 
 def inscribed_centres(labels0: np.ndarray, ids: list[int] | None = None) -> dict[int, tuple[float, float]]:
@@ -140,9 +145,9 @@ def objmc_peer_files(gt_dir: str | Path, pred_dir: str | Path) -> dict:
     {"objmc": flat mean, "num_videos", "num_objects", "num_entries", "per_video": {video: mean}}.
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
-    for d in (gt_dir, pred_dir):
-        if not d.is_dir():
-            raise ObjMCError(f"{d} is not a folder of <video>.json trajectory files")
+    for folder in (gt_dir, pred_dir):
+        if not folder.is_dir():
+            raise ObjMCError(f"{folder} is not a folder of <video>.json trajectory files")
     gt_files = sorted(gt_dir.glob("*.json"))
     if not gt_files:
         raise ObjMCError(f"{gt_dir} holds no <video>.json trajectory files")
@@ -155,18 +160,17 @@ def objmc_peer_files(gt_dir: str | Path, pred_dir: str | Path) -> dict:
         missing = sorted(set(gt) - set(pred))
         if missing:
             raise ObjMCError(f"{pf}: segments {missing} of the ground truth are missing")
-        acc = ErrorSum()
-        for sid, g in gt.items():
-            p = pred[sid]
-            n = min(len(g), len(p))
-            if len(g) != len(p):
+        video = ErrorSum()
+        for sid, gt_path in gt.items():
+            pred_path = pred[sid]
+            n = min(len(gt_path), len(pred_path))
+            if len(gt_path) != len(pred_path):
                 log.warning("%s segment %s: %d ground-truth vs %d predicted frames; comparing %d",
-                            gf.stem, sid, len(g), len(p), n)
-            acc.add(np.linalg.norm(g[:n] - p[:n], axis=-1))
+                            gf.stem, sid, len(gt_path), len(pred_path), n)
+            video.add(np.linalg.norm(gt_path[:n] - pred_path[:n], axis=-1))
         num_objects += len(gt)
-        per_video[gf.stem] = acc.mean
-        total.total += acc.total
-        total.count += acc.count
+        per_video[gf.stem] = video.mean
+        total.merge(video)
     return {
         "objmc": total.mean,
         "num_videos": len(gt_files),

@@ -204,16 +204,15 @@ def objmc_videos(tracker, real_dir: str | Path, gen_dir: str | Path, masks_dir: 
             skipped[name] = "no object in the first-frame mask"
             log.warning("%s: %s; left out", name, skipped[name])
             continue
-        r, g = read_video(path, num_frames), read_video(gen[name], num_frames)
+        real_clip, gen_clip = read_video(path, num_frames), read_video(gen[name], num_frames)
         try:
-            ids, gt, pred = pair_trajectories(tracker, r, g, labels0, grid_size, channel_order)
+            ids, gt, pred = pair_trajectories(tracker, real_clip, gen_clip, labels0, grid_size, channel_order)
         except ObjMCError as exc:
             raise ObjMCError(f"{name}: {exc}") from exc
-        acc = ErrorSum()
-        acc.add(pair_errors(gt, pred, name))
-        per_video[name] = acc.mean
-        total.total += acc.total
-        total.count += acc.count
+        video = ErrorSum()
+        video.add(pair_errors(gt, pred, name))
+        per_video[name] = video.mean
+        total.merge(video)
         num_objects += len(ids)
         if save_dir is not None:
             write_peer_tracks(Path(save_dir) / "gt" / f"{name}.json", tracks_to_peer(gt, ids))
