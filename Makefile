@@ -63,9 +63,11 @@ train: setup
 toy: setup
 	$(BIN)/trackgo toy all $(TOY_ARGS)
 
-# TrackGo Studio in the browser; without CHECKPOINT/SVD it serves the tiny random-weight model.
+# TrackGo Studio in the browser; without CHECKPOINT/SVD it serves the TrackGo that `make toy` trained
+# (runs/toy) when there is one, else the tiny random-weight model.
 studio: setup
 	$(BIN)/trackgo studio $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)") $(if $(SVD),--svd "$(SVD)") \
+	  $(if $(CHECKPOINT)$(SVD),,$(if $(wildcard runs/toy/trackgo/trackgo/checkpoints/checkpoint-*/state.json),--toy runs/toy)) \
 	  $(if $(SAM),--sam "$(SAM)") --host $(STUDIO_HOST) --port $(STUDIO_PORT)
 
 eval-vipseg: setup

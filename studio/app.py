@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Sequence
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
 
@@ -40,20 +40,42 @@ def _gr_error(exc: Exception) -> gr.Error:
     return gr.Error(str(exc), print_exception=False)
 
 
+def pixel_key(image: np.ndarray) -> str:
+    """A key for an image's pixels, (H, W, 3) uint8, whatever file they came in."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes() + repr(image.shape).encode()).hexdigest()
+
+
+def mask_layers(masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """(H, W) bool masks → the editor's RGBA layers (H, W, 4) uint8, painted where the mask is."""
+    layers = []
+    for mask in masks:
+        layer = np.zeros((*np.shape(mask), 4), np.uint8)
+        layer[np.asarray(mask, bool)] = LAYER_RGBA
+        layers.append(layer)
+    return layers
+
+
 class Handlers:
     """What the page's events call, around a loaded :class:`studio.model.StudioModel`; runs go to
     ``out_root``, the masks of a run about to start to a temporary folder removed at exit."""
 
-    def __init__(self, model, out_root: Path, sam=None) -> None:
+    def __init__(self, model, out_root: Path, sam=None, examples: Sequence[Any] = ()) -> None:
         self.model, self.out_root, self.sam = model, out_root, sam
+        self.examples = {pixel_key(load_image(e.image)): e for e in examples}
         self.masks_dir = Path(tempfile.mkdtemp(prefix="trackgo-studio-masks-"))
         atexit.register(shutil.rmtree, self.masks_dir, ignore_errors=True)
 
-    @staticmethod
-    def on_image(image):
+    def on_image(self, image):
+        """A new first frame: empty layers and arrows, or an example's masks and arrows (examples
+        are known by their pixels: the page hands over a copy of the file)."""
         if image is None:
             return None, ""
-        return {"background": image, "layers": [], "composite": None}, ""
+        example = self.examples.get(pixel_key(load_image(image))) if self.examples else None
+        if example is None:
+            return {"background": image, "layers": [], "composite": None}, ""
+        return {"background": image, "layers": mask_layers(example.masks), "composite": None}, example.arrows
 
     @staticmethod
     def on_edit(editor):
@@ -84,12 +106,7 @@ class Handlers:
         masks = [np.asarray(layer, bool) for layer in layers or []]
         masks += [np.zeros(img.shape[:2], bool) for _ in range(obj + 1 - len(masks))]
         masks[obj] = self.sam.mask(img, x, y)
-        rgba = []
-        for mask in masks:
-            layer = np.zeros((*img.shape[:2], 4), np.uint8)
-            layer[mask] = LAYER_RGBA
-            rgba.append(layer)
-        return gr.skip(), {"background": image, "layers": rgba, "composite": None}
+        return gr.skip(), {"background": image, "layers": mask_layers(masks), "composite": None}
 
     def prepare_masks(self, image, layers, camera):
         """The masks of a run as PNG files (what the API takes)."""
@@ -116,7 +133,7 @@ class Handlers:
         return (str(run.video), str(run.trajectory_view), [str(p) for p in run.downloads], run.command)
 
 
-def layout(model, samples: list[Path], sam=None) -> SimpleNamespace:
+def layout(model, samples: list[Path], sam=None, examples_label: str = "Sample frames") -> SimpleNamespace:
     """The page's components (inside an open ``gr.Blocks``), by name."""
     gr.Markdown("# TrackGo Studio")
     gr.Markdown(model.banner(), elem_id="banner")
@@ -127,7 +144,7 @@ def layout(model, samples: list[Path], sam=None) -> SimpleNamespace:
             w.image = gr.Image(type="filepath", label="First frame", sources=["upload", "clipboard"],
                                format="png", elem_id="image")
             if samples:
-                gr.Examples([[str(p)] for p in samples], inputs=[w.image], label="Sample frames")
+                gr.Examples([[str(p)] for p in samples], inputs=[w.image], label=examples_label)
             w.camera = gr.Checkbox(label="Camera motion: the whole image is the mask", elem_id="camera")
             w.editor = gr.ImageEditor(
                 label="Masks: one layer per object", type="numpy", elem_id="editor", sources=(),
@@ -154,7 +171,7 @@ def layout(model, samples: list[Path], sam=None) -> SimpleNamespace:
                                    "masks: 0 frozen, 1 as SVD, > 1 more)", elem_id="strength")
         with gr.Row():
             w.tau = gr.Number(0.0, label="τ (0 masks most strongly, -10000 turns masking off)", elem_id="tau")
-            w.guidance = gr.Slider(1, 10, value=3.0, step=0.5, label="guidance (last frame; first is 1)",
+            w.guidance = gr.Slider(1, 10, value=model.guidance, step=0.5, label="guidance (last frame; first is 1)",
                                    elem_id="guidance")
             w.seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
     w.go = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -192,14 +209,20 @@ def wire(w: SimpleNamespace, handlers: Handlers) -> None:
         concurrency_id="model")
 
 
-def build_app(model, *, out_root: str | Path, cache: str | Path, sam=None) -> gr.Blocks:
-    """The page around a loaded :class:`studio.model.StudioModel`; runs go to ``out_root``."""
+def build_app(model, *, out_root: str | Path, cache: str | Path, sam=None, examples: Sequence[Any] = ()) -> gr.Blocks:
+    """The page around a loaded :class:`studio.model.StudioModel`; runs go to ``out_root``.
+    ``examples`` (:class:`studio.toy.ToyExample`: image, masks, arrows) replace the bundled sample
+    frames, and picking one fills in its masks and arrows."""
     out_root, cache = Path(out_root), Path(cache)
-    handlers = Handlers(model, out_root, sam)
+    handlers = Handlers(model, out_root, sam, examples)
+    if examples:
+        samples, label = [Path(e.image) for e in examples], "Held-out toy frames (masks and arrows included)"
+    else:
+        samples, label = core.sample_frames(cache), "Sample frames"
     with gr.Blocks(title="TrackGo Studio") as demo:
-        wire(layout(model, core.sample_frames(cache), sam), handlers)
+        wire(layout(model, samples, sam, label), handlers)
     demo.queue(default_concurrency_limit=4, max_size=64)
-    demo.trackgo_paths = [str(out_root), str(cache), str(handlers.masks_dir)]
+    demo.trackgo_paths = [str(out_root), str(cache), str(handlers.masks_dir), *{str(p.parent) for p in samples}]
     return demo
 
 

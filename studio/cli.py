@@ -1,8 +1,10 @@
 """``trackgo studio``: serve the page.
 
-    trackgo studio [--checkpoint DIR --svd DIR] [--sam SAM_WEIGHTS] [--host 127.0.0.1 --port 7860]
+    trackgo studio [--checkpoint DIR --svd DIR | --toy [RUN]] [--sam SAM_WEIGHTS] [--host 127.0.0.1 --port 7860]
 
 No model given → the tiny random-weight model, written to the cache folder on first use.
+``--toy`` → the TrackGo that ``make toy`` trained in RUN (default runs/toy), with held-out frames,
+masks and arrows as examples.
 """
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", type=Path, help="TrackGo checkpoint folder (default: the tiny random model)")
     p.add_argument("--svd", type=Path,
                    help="SVD folder in diffusers layout (default: --checkpoint when it has unet/)")
+    p.add_argument("--toy", type=Path, nargs="?", const=Path("runs/toy"), default=None, metavar="RUN",
+                   help="serve the TrackGo trained by `make toy` in RUN (default runs/toy) with held-out "
+                   "examples")
+    p.add_argument("--toy-variant", default="trackgo", help="which of the toy's TrackGo rows to serve")
     p.add_argument("--sam", type=Path, help="Segment Anything weights (sam_vit_h_4b8939.pth …): click an "
                    "object to get its mask")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -39,9 +45,18 @@ def cmd_studio(args: argparse.Namespace) -> int:
     from .model import cache_dir, load_model
 
     cache = cache_dir(args.cache_dir)
+    examples = []
+    if args.toy is not None and (args.checkpoint is not None or args.svd is not None):
+        raise SystemExit("trackgo studio: --toy serves the toy's own model; leave out --checkpoint/--svd")
     try:
-        model = load_model(args.checkpoint, args.svd, cache=cache, device=args.device, dtype=args.dtype,
-                           cpu_offload=args.cpu_offload, max_side=args.max_side)
+        if args.toy is not None:
+            from .toy import load_toy_model, toy_examples
+
+            model = load_toy_model(args.toy, args.toy_variant, device=args.device)
+            examples = toy_examples(args.toy)
+        else:
+            model = load_model(args.checkpoint, args.svd, cache=cache, device=args.device, dtype=args.dtype,
+                               cpu_offload=args.cpu_offload, max_side=args.max_side)
         sam = None
         if args.sam is not None:
             from .sam import SamClicker
@@ -51,7 +66,7 @@ def cmd_studio(args: argparse.Namespace) -> int:
         raise SystemExit(f"trackgo studio: {exc}") from None
     from .app import build_app, launch
 
-    demo = build_app(model, out_root=args.out, cache=cache, sam=sam)
+    demo = build_app(model, out_root=args.out, cache=cache, sam=sam, examples=examples)
     log.warning("TrackGo Studio on http://%s:%d (runs in %s)", args.host, args.port, args.out)
     launch(demo, args.host, args.port, block=True)
     return 0

@@ -59,6 +59,8 @@ class StudioModel:
     max_side: int = 1024
     frames: int = 14
     steps: int = 25
+    guidance: float = 3.0      # the page's default guidance (last frame; the first is 1)
+    toy: str = ""              # the toy run and checkpoint this model is (``studio.toy``), else ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,6 +73,11 @@ class StudioModel:
         return fit_size(width, height, self.multiple, self.max_side)
 
     def banner(self) -> str:
+        if self.toy:
+            return (f"**Model:** the toy TrackGo trained by `make toy` ({self.toy}): an SVD-layout UNet "
+                    f"trained from scratch on a synthetic world of red and cyan shapes on dark backgrounds, "
+                    f"{self.frames} frames at {self.max_side}×{self.max_side}. It follows arrows on images "
+                    f"like the held-out examples below, not on photographs. Device: {self.device}.")
         if self.random_weights:
             return (f"**Model:** the tiny random-weight TrackGo (`{self.checkpoint}`) — a test model, its "
                     "videos are noise. Start with `trackgo studio --checkpoint DIR --svd DIR` to generate "
@@ -89,7 +96,7 @@ class StudioModel:
 
     def describe(self) -> dict[str, Any]:
         return {"svd": str(self.svd), "checkpoint": str(self.checkpoint), "random_weights": self.random_weights,
-                "max_objects": self.max_objects, "device": self.device, "dtype": self.dtype}
+                "max_objects": self.max_objects, "device": self.device, "dtype": self.dtype, "toy": self.toy}
 
 
 def load_model(checkpoint: str | Path | None = None, svd: str | Path | None = None, *,
