@@ -59,7 +59,7 @@ from prefect.tasks import exponential_backoff
 from trackgo_data import build as B
 from trackgo_data.config import ConfigError, merge_overrides, nest_settings
 
-from flows import _common
+from flows import artifacts
 from flows.task_runners import make_task_runner
 
 log = logging.getLogger(__name__)
@@ -339,13 +339,13 @@ def _publish(out: Path, summary: dict[str, Any], wall: float, previews: int) -> 
     from trackgo_data.shards import read_manifest
 
     rows = read_manifest(out / "manifest.parquet")
-    create_table_artifact(table=_common.summary_table(summary, wall), key="build-dataset-summary",
+    create_table_artifact(table=artifacts.summary_table(summary, wall), key="build-dataset-summary",
                           description=f"build-dataset summary for {out}")
-    create_markdown_artifact(markdown=_common.histograms_markdown(rows), key="build-dataset-histograms",
+    create_markdown_artifact(markdown=artifacts.histograms_markdown(rows), key="build-dataset-histograms",
                              description="motion, points and components per accepted clip")
     if previews > 0:
-        images = _common.preview_images(out, rows, limit=previews)
-        create_markdown_artifact(markdown=_common.previews_markdown(images), key="build-dataset-previews",
+        images = artifacts.preview_images(out, rows, limit=previews)
+        create_markdown_artifact(markdown=artifacts.previews_markdown(images), key="build-dataset-previews",
                                  description="first frames with their tracks drawn")
 
 

@@ -15,7 +15,7 @@ constant in A′, so, as in autograd of the explicit kernel, no gradient flows t
 
 Logits and softmaxes are fp32; T is cast to v's dtype before T·v and the logit gradients to the
 inputs' dtype before their products, as autograd does for the explicit kernel. fp32 inputs use
-IEEE products (no TF32). ``attention._explicit_kernel`` stays the checked reference.
+IEEE products (no TF32). the explicit kernel of ``attention.track_attention`` stays the checked reference.
 
 CUDA tensors run the compiled kernels. CPU tensors run in Triton's interpreter — slow, for tests —
 which Triton switches on for a whole process: ``TRITON_INTERPRET=1`` in the environment when

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import _common
+from flows import artifacts
 from flows.build_dataset import (
     _retry_transient,
     batch_task_with,
@@ -106,7 +106,7 @@ def test_summary_table_hand_computed():
     summary = {"sources": 3, "batches": 2, "clips": 10, "accepted": 6, "rejected": 4,
                "rejected_by_reason": {"scene_cut": 1, "empty_file": 3}, "shard_bytes_per_sample": 1234.6,
                "seconds": {"decode": 1.5, "track": 0.25}, "sources_processed": 1, "sources_removed": 2}
-    rows = {r["item"]: r["value"] for r in _common.summary_table(summary, wall_seconds=4.0)}
+    rows = {r["item"]: r["value"] for r in artifacts.summary_table(summary, wall_seconds=4.0)}
     assert rows["accepted"] == 6 and rows["rejected"] == 4
     assert rows["sources processed by this run"] == 1 and rows["sources removed (rows left the manifest)"] == 2
     assert rows["rejected: empty_file"] == 3 and rows["rejected: scene_cut"] == 1
@@ -121,7 +121,7 @@ def test_histograms_markdown_counts_and_images():
         {"status": "accepted", "median_motion_px": 4.0, "num_points": 48, "num_components": 3},
         {"status": "rejected", "median_motion_px": 100.0, "num_points": 5, "num_components": 9},
     ]
-    md = _common.histograms_markdown(rows)
+    md = artifacts.histograms_markdown(rows)
     uris = re.findall(r"\((data:image/png;base64,[A-Za-z0-9+/=]+)\)", md)
     assert len(uris) == 3
     for uri in uris:
@@ -166,7 +166,7 @@ def test_tasks_via_fn_and_previews(tmp_path, flow_sources, build_cfg, reference_
     rows = read_manifest(out / "manifest.parquet")
     acc = [r for r in rows if r["status"] == "accepted"]
     assert acc, "carphone should give at least one accepted clip at 256x144"
-    images = _common.preview_images(out, rows, limit=1, max_width=1024)
+    images = artifacts.preview_images(out, rows, limit=1, max_width=1024)
     assert [k for k, _ in images] == [acc[0]["key"]]
     with tarfile.open(out / acc[0]["shard"]) as tar:
         m = {n.name.split(".", 1)[1]: tar.extractfile(n).read() for n in tar.getmembers()
@@ -177,7 +177,7 @@ def test_tasks_via_fn_and_previews(tmp_path, flow_sources, build_cfg, reference_
     got = np.array(Image.open(io.BytesIO(images[0][1])).convert("RGB"))
     np.testing.assert_array_equal(got, expect)
     assert (out / "previews" / f"{acc[0]['key']}.png").read_bytes() == images[0][1]
-    md = _common.previews_markdown(images)
+    md = artifacts.previews_markdown(images)
     assert md.count("data:image/png;base64,") == 1 and acc[0]["key"] in md
 
 
