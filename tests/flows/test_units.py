@@ -134,9 +134,9 @@ def test_histograms_markdown_counts_and_images():
 
 
 def test_histogram_png_depends_on_values():
-    a = _common.histogram_png([1, 1, 1, 5], "t", "x")
-    b = _common.histogram_png([1, 5, 5, 5], "t", "x")
-    empty = _common.histogram_png([], "t", "x")
+    a = artifacts.histogram_png([1, 1, 1, 5], "t", "x")
+    b = artifacts.histogram_png([1, 5, 5, 5], "t", "x")
+    empty = artifacts.histogram_png([], "t", "x")
     assert a[:8] == b"\x89PNG\r\n\x1a\n" and a != b and empty != a
 
 
