@@ -256,17 +256,30 @@ def _local_like(accelerator, model, named: dict[str, torch.Tensor],
                 p.copy_(kept[k])
 
 
+def in_optimizer_order(optimizer, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``named`` reordered as the optimizer holds the parameters (its groups one after the other):
+    the order that numbers the parameters in ``optimizer.state_dict()``."""
+    key_of = {id(p): k for k, p in named.items()}
+    order = [key_of.get(id(p)) for group in optimizer.param_groups for p in group["params"]]
+    if None in order or sorted(order) != sorted(named):
+        raise RuntimeError("the optimizer's parameters are not the trained parameters: build the optimizer "
+                           "from the same named_group_parameters the state records")
+    return {k: named[k] for k in order}
+
+
 def optimizer_state(accelerator, model, optimizer, named: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The optimizer ``state_dict()`` with full tensors, whatever the sharding (collective).
 
-    Sharded runs give the single-process layout (state by parameter index, moments with the
-    parameters' full shapes), so a checkpoint does not depend on how it was trained.
+    Sharded runs give the single-process layout (state by parameter index in the optimizer's
+    group order, moments with the parameters' full shapes), so a checkpoint does not depend on
+    how it was trained.
     """
     sd = optimizer.state_dict()
     if not fsdp_version(accelerator):
         return sd
     import torch.distributed as dist
 
+    named = in_optimizer_order(optimizer, named)
     params = list(named.values())
     inner = optimizer.optimizer.state  # by parameter; FSDP1 has none for an empty local shard
     keys = sorted({k for st in inner.values() for k, v in st.items()
@@ -287,6 +300,7 @@ def load_optimizer_state(accelerator, model, optimizer, named: dict[str, torch.T
     if not fsdp_version(accelerator):
         optimizer.load_state_dict(state)
         return
+    named = in_optimizer_order(optimizer, named)
     names = list(named)
     per = state["state"]
     keys = sorted({k for st in per.values() for k, v in st.items() if isinstance(v, torch.Tensor) and v.ndim > 0})
