@@ -18,6 +18,7 @@
 # the socket file.
 set -euo pipefail
 
+# shellcheck source=scripts/prefect_env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/prefect_env.sh"
 PG_USER="${TRACKGO_PG_USER:-postgres}"
 PG_PORT="${TRACKGO_PG_PORT:-5432}"
@@ -30,7 +31,7 @@ pg_bin() {
   local dir
   if [[ -n "${TRACKGO_PG_BIN:-}" ]]; then dir="$TRACKGO_PG_BIN"
   else
-    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
+    dir="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -1)"
     [[ -x "$dir/initdb" ]] || dir="$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/initdb)")"
   fi
   [[ -x "$dir/initdb" && -x "$dir/pg_ctl" ]] || {

@@ -22,7 +22,7 @@ from tests.infra.conftest import IMAGE, REPO, read_manifests
 K8S_VERSION = "1.33.0"
 K8S_FILES = ["infra/k8s/namespace.yaml", "infra/k8s/volumes-pod.yaml", "infra/train/k8s-job.yaml"]
 SHELL_SCRIPTS = [".ci/run", "scripts/install.sh", "scripts/server.sh", "scripts/dataset.sh",
-                 "scripts/prefect_env.sh", "infra/train/launch.sh", "infra/train/slurm.sbatch"]
+                 "scripts/prefect_env.sh", "scripts/postgres.sh", "infra/train/launch.sh", "infra/train/slurm.sbatch"]
 BIN = Path(sys.executable).parent
 
 
@@ -219,6 +219,9 @@ def test_deployment_parameters_fit_the_flow_and_reach_the_backends():
         params = d.get("parameters", {})
         jsonschema.validate(params, schema)
         if params.get("profile") != "paper":
+            continue
+        if "settings" not in params:  # a site's own paths (SLURM): given with each run, and said so
+            assert "settings when running it" in d["description"], d["name"]
             continue
         cfg = make_build_config(params["profile"], settings=params.get("settings"))
         # weights come from the one volume, Co-Tracker's code from the image
