@@ -123,7 +123,7 @@ def test_slurm_dask_worker_command_exists():
 
 def test_install_recipe_commands_exist():
     _help(["scripts/install.sh"])
-    r = subprocess.run(["make", "-n", "setup-paper"], cwd=REPO, capture_output=True, text=True, check=True)
+    r = subprocess.run(["make", "--no-print-directory", "-n", "setup-paper"], cwd=REPO, capture_output=True, text=True, check=True)
     assert "scripts/install.sh paper" in r.stdout
 
 

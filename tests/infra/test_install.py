@@ -93,10 +93,10 @@ def test_make_setup_paper_ci_and_image_are_one_code_path(tmp_path):
     assert words[:2] == ["make", "setup-paper"]
     args = dockerfile_args()
     image_env = {k: substitute(v, args) for k, v in (w.split("=", 1) for w in words[2:])}
-    recipe = subprocess.run(["make", "-n", "setup-paper", *(f"{k}={v}" for k, v in image_env.items())],
+    recipe = subprocess.run(["make", "--no-print-directory", "-n", "setup-paper", *(f"{k}={v}" for k, v in image_env.items())],
                             cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
     assert recipe.endswith("bash scripts/install.sh paper"), recipe
-    laptop = subprocess.run(["make", "-n", "setup-paper"], cwd=REPO, check=True, capture_output=True,
+    laptop = subprocess.run(["make", "--no-print-directory", "-n", "setup-paper"], cwd=REPO, check=True, capture_output=True,
                             text=True).stdout.strip()
     assert laptop.split()[-3:] == recipe.split()[-3:]
     # the same steps in the same order: only the venv and the torch index differ
@@ -105,13 +105,15 @@ def test_make_setup_paper_ci_and_image_are_one_code_path(tmp_path):
     clone.mkdir()
     (clone / "setup.py").write_text("")
     image_steps = _dry_run("paper", **{**image_env, "DEVA_SRC": str(clone)})
-    laptop_steps = _dry_run("paper", VENV=".venv", TORCH_INDEX="", DEVA_SRC=str(clone))
+    # a laptop's first install (a venv that does not exist yet: an existing one skips its steps)
+    laptop_venv = str(tmp_path / "laptop" / ".venv")
+    laptop_steps = _dry_run("paper", VENV=laptop_venv, TORCH_INDEX="", DEVA_SRC=str(clone))
 
     def normal(steps: list[str], venv: str) -> list[str]:
         return [s.replace(venv, "VENV").replace(f"--index-url {image_env['TORCH_INDEX']} ", "")
                 for s in steps]
 
-    assert normal(image_steps, "/opt/venv") == normal(laptop_steps, ".venv")
+    assert normal(image_steps, "/opt/venv") == normal(laptop_steps, laptop_venv)
     assert any("--no-deps ./build/deva-src" in s for s in image_steps)  # DEVA without its dependencies
     assert any(".[test,paper]" in s.replace("\\", "") for s in image_steps)  # the paper extra
 
