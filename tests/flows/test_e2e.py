@@ -5,7 +5,6 @@ scripts/server.sh down. Everything lives under tmp (Prefect home, profiles, serv
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -20,16 +19,12 @@ from trackgo_data.render import render_trajectories
 from trackgo_data.sample import decode_sample
 from trackgo_data.shards import read_manifest
 
+from tests.processes import alive, free_port
+
 from .conftest import CLIP
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = REPO / ".venv" / "bin" / "prefect"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _reference_tracks(out: Path, key: str) -> np.ndarray:
@@ -41,17 +36,9 @@ def _reference_tracks(out: Path, key: str) -> np.ndarray:
         return np.load(io.BytesIO(tar.extractfile(f"{key}.tracks.npy").read()))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 def test_server_deploy_run_down(tmp_path, sample_videos):
-    port = _free_port()
+    port = free_port()
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "home"), TRACKGO_PREFECT_DIR=str(state),
@@ -66,7 +53,7 @@ def test_server_deploy_run_down(tmp_path, sample_videos):
         up = sh("bash", str(REPO / "scripts" / "server.sh"), "up")
         assert up.returncode == 0, up.stdout + up.stderr
         pids = [int((state / "run" / f"{n}.pid").read_text()) for n in ("server", "worker")]
-        assert all(_alive(p) for p in pids)
+        assert all(alive(p) for p in pids)
         assert (state / "logs" / "server.log").is_file() and (state / "logs" / "worker.log").is_file()
         # the user's profile now points at the server: no PREFECT_API_URL in the environment
         assert f"127.0.0.1:{port}/api" in (tmp_path / "home" / "profiles.toml").read_text()
@@ -106,5 +93,5 @@ def test_server_deploy_run_down(tmp_path, sample_videos):
     finally:
         down = sh("bash", str(REPO / "scripts" / "server.sh"), "down", timeout=120)
     assert down.returncode == 0, down.stderr
-    assert not [p for p in pids if _alive(p)], "server.sh down left a process running"
+    assert not [p for p in pids if alive(p)], "server.sh down left a process running"
     assert not (state / "run" / "server.pid").exists()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from trackgo_data.shards import read_manifest
+
+from tests.processes import alive, free_port
 
 from .conftest import cli_args
 
@@ -27,22 +28,8 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not PG_BIN, reason="PostgreSQL is not installed (apt-get install postgresql)")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_server_on_postgres(tmp_path, flow_sources):
-    port = _free_port()
+    port = free_port()
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "home"), TRACKGO_PREFECT_DIR=str(state), TRACKGO_PREFECT_PORT=str(port),
@@ -88,4 +75,4 @@ def test_server_on_postgres(tmp_path, flow_sources):
         sh("bash", str(REPO / "scripts" / "postgres.sh"), "destroy", timeout=180)
     assert down.returncode == 0, down.stderr
     assert "postgres: stopped" in status.stdout, status.stdout
-    assert not [p for p in pids if _alive(p)], "server.sh down left a process running"
+    assert not [p for p in pids if alive(p)], "server.sh down left a process running"

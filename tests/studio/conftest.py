@@ -5,7 +5,6 @@ temporary folder; its path is printed at the end of the run)."""
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.processes import free_port
 
 _ARTIFACTS: list[Path] = []
 
@@ -54,12 +55,6 @@ class Server:
 
     def runs(self) -> list[Path]:
         return sorted(p for p in self.out.glob("*") if p.is_dir() and not p.name.startswith("."))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_studio(out: Path, cache: Path, *extra: str) -> Server:

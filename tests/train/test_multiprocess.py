@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,17 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.processes import free_port
 from tests.train.conftest import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 TIMEOUT = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _launch(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -43,7 +37,7 @@ def _launch(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 def _torchrun(*args: str) -> list[str]:
-    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
+    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *args]
 
 
 def _overrides(shards, model_dir, run, **extra) -> list[str]:
@@ -93,7 +87,7 @@ def runs(tiny_shards, tiny_model_dir, tmp_path_factory):
     # 2. accelerate launch (2 CPU processes) of `python -m trackgo_model.train` resumes the split run
     logs["accelerate"] = _launch([
         str(BIN / "accelerate"), "launch", "--config_file", "infra/train/accelerate-cpu-2proc.yaml",
-        "--main_process_port", str(_free_port()), "-m", "trackgo_model.train", "--config", "tiny-cpu", "--resume",
+        "--main_process_port", str(free_port()), "-m", "trackgo_model.train", "--config", "tiny-cpu", "--resume",
         *_overrides(tiny_shards, None, r["paper_split"], **paper)])
     # 3. FSDP2 and FSDP1 (gated): stop at 2, resume to 4 with a validation video at 4
     fsdp = []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import free_port
 from tests.train.conftest import tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,12 +42,6 @@ case "$1 ${2:-}" in
   *) echo "scontrol stand-in: $*" >&2; exit 1 ;;
 esac
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -124,7 +118,7 @@ def test_sigterm_to_a_torchrun_group_then_slurm_time_limit_requeues(tiny_shards,
 
     # 1. launch.sh, 2 processes under torchrun; SIGTERM to the launcher only (a pod's PID 1)
     log = tmp_path / "torchrun.log"
-    env = _env(LAUNCHER="torchrun", MASTER_PORT=str(_free_port()), PYTHON=sys.executable)
+    env = _env(LAUNCHER="torchrun", MASTER_PORT=str(free_port()), PYTHON=sys.executable)
     proc = _start(["bash", "infra/train/launch.sh", "cpu2", "--config", "tiny-cpu", *ov], log, env)
     _wait_for_step(proc, run, 2, log)
     os.kill(proc.pid, signal.SIGTERM)
@@ -147,7 +141,7 @@ def test_sigterm_to_a_torchrun_group_then_slurm_time_limit_requeues(tiny_shards,
     requeues = tmp_path / "scontrol.log"
     env = _env(SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_ID="4242", SLURM_NNODES="1", SLURM_JOB_NODELIST="node1",
                GPUS_PER_NODE="2", LAUNCHER="torchrun", TRACKGO_TRAIN_CONFIG="tiny-cpu", PYTHON=sys.executable,
-               MASTER_PORT=str(_free_port()), SCONTROL_LOG=str(requeues))
+               MASTER_PORT=str(free_port()), SCONTROL_LOG=str(requeues))
     env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
     log = tmp_path / "sbatch.log"
     proc = _start(["bash", "infra/train/slurm.sbatch", *ov], log, env)
