@@ -337,7 +337,10 @@ def load_ground_truth(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def _check_folder(out: Path, cfg: SyntheticConfig) -> None:
+def prepare_folder(out: Path, cfg: SyntheticConfig) -> None:
+    """Create ``out`` and record the world's config in it, or check that it holds this world
+    (:class:`ConfigError` for a folder made with another config)."""
+    out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG_FILE
     chash = config_hash(cfg)
     if path.is_file():
@@ -374,8 +377,7 @@ def generate_videos(out_dir: str | Path, cfg: SyntheticConfig, indices: list[int
     only ``indices`` — and return every video path in index order. Videos already present are
     kept (a rerun only fills gaps), and a folder made with another config is refused."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_folder(out, cfg)
+    prepare_folder(out, cfg)
     todo = range(cfg.num_videos) if indices is None else indices
     made = sum(write_video(out, cfg, i) for i in todo)
     log.info("synthetic videos in %s: %d written, %d already there", out, made, len(todo) - made)

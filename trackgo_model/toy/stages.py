@@ -101,17 +101,18 @@ def run_stage(cfg: ToyConfig, stage: str, inputs: Any, fn: Callable[..., dict[st
 
 # ------------------------------------------------------------------------------------- videos
 def make_videos(cfg: ToyConfig) -> dict[str, Any]:
-    from trackgo_data.synthetic import generate_videos, video_paths
+    from trackgo_data.synthetic import generate_videos, prepare_folder, video_paths
 
     out = {}
     workers = cfg.build_processes
     for split, world in (("train", cfg.train_videos), ("heldout", cfg.heldout_videos)):
         folder = cfg.out_path / "videos" / split
-        generate_videos(folder, world, indices=[])  # records / checks the world's config
+        prepare_folder(folder, world)
         chunks = [list(range(i, world.num_videos, workers)) for i in range(workers)]
         with process_pool(workers) as pool:
             list(pool.map(generate_videos, [folder] * len(chunks), [world] * len(chunks), chunks))
         out[split] = {"folder": str(folder), "videos": len(video_paths(folder, world))}
+        log.info("toy: %d %s videos in %s", out[split]["videos"], split, folder)
     return out
 
 
