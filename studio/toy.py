@@ -72,21 +72,12 @@ def load_toy_model(run: str | Path = TOY_RUN, variant: str = "trackgo", *, devic
     from .model import load_model
 
     base, checkpoint, step = toy_checkpoint(run, variant)
-    model = load_model(checkpoint, base, device=device or "cpu", max_side=int(base_sample_side(base)))
+    model = load_model(checkpoint, base, device=device or "cpu")
+    unet = model.pipe.unet.unet.config  # the side the base model was trained to generate
+    side = max(unet.sample_size) if isinstance(unet.sample_size, (list, tuple)) else unet.sample_size
     ev = ToyEvalConfig()
-    return dataclasses.replace(model, steps=ev.num_inference_steps, guidance=ev.max_guidance_scale,
-                               toy=f"{Path(run)} · `{variant}` at step {step}")
-
-
-def base_sample_side(base: str | Path) -> int:
-    """The longest side the toy base model generates: latent sample size × the VAE's factor."""
-    import json
-
-    unet = json.loads((Path(base) / "unet" / "config.json").read_text())
-    vae = json.loads((Path(base) / "vae" / "config.json").read_text())
-    size = unet["sample_size"]
-    side = max(size) if isinstance(size, (list, tuple)) else size
-    return int(side * 2 ** (len(vae["block_out_channels"]) - 1))
+    return dataclasses.replace(model, max_side=int(side * model.pipe.vae_scale_factor), steps=ev.num_inference_steps,
+                               guidance=ev.max_guidance_scale, toy=f"{Path(run)} · `{variant}` at step {step}")
 
 
 def toy_examples(run: str | Path = TOY_RUN, count: int = 6) -> list[ToyExample]:

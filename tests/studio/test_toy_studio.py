@@ -18,7 +18,7 @@ from trackgo_model.pipeline import TRACKGO_FILES, MissingWeightsError
 
 from studio import core
 from studio.app import Handlers
-from studio.toy import base_sample_side, load_toy_model, toy_checkpoint, toy_examples
+from studio.toy import load_toy_model, toy_checkpoint, toy_examples
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,7 +102,9 @@ def test_picking_an_example_fills_in_its_masks_and_arrows(toy_run, tmp_path):
 
 def test_toy_model_settings_and_generation(toy_run, tmp_path):
     model = load_toy_model(toy_run)
-    assert model.max_side == base_sample_side(toy_run / "base-model")
+    unet = json.loads((toy_run / "base-model" / "unet" / "config.json").read_text())
+    vae = json.loads((toy_run / "base-model" / "vae" / "config.json").read_text())
+    assert model.max_side == unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
     assert (model.steps, model.guidance) == (12, 2.0) and not model.random_weights
     assert "make toy" in model.banner() and "step 200" in model.banner()
     example = toy_examples(toy_run)[0]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -33,17 +32,8 @@ def test_run_stage_skips_and_refuses_other_inputs(tmp_path):
 
     cfg = _cfg(tmp_path)
     calls = []
-
-    def work():  # 0.05 s of this process's CPU, then 0.05 s asleep
-        start = time.process_time()
-        while time.process_time() - start < 0.05:
-            pass
-        time.sleep(0.05)
-        calls.append(1)
-        return {"made": 1}
-
-    rec = run_stage(cfg, "videos", {"a": 1}, work)
-    assert rec["product"] == {"made": 1} and rec["cpu_s"] >= 0.049 and rec["wall_s"] >= rec["cpu_s"] + 0.049
+    rec = run_stage(cfg, "videos", {"a": 1}, lambda: calls.append(1) or {"made": 1})
+    assert rec["product"] == {"made": 1}  # the seconds it records: test_stage_times_are_measured
     again = run_stage(cfg, "videos", {"a": 1}, lambda: calls.append(2) or {})
     assert calls == [1] and again["skipped"] and read_record(cfg, "videos")["hash"] == rec["hash"]
     with pytest.raises(StageMismatch, match="other inputs"):
