@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from .configs import ATTENTION_KERNELS as KERNELS
 from .configs import ATTENTION_MODES as MODES
 
-__all__ = ["KERNELS", "MODES", "TrackAttention", "track_attention"]
+__all__ = ["KERNELS", "MODES", "TrackAttention", "adapter_map", "track_attention"]
 
 
 class TrackAttention(NamedTuple):
@@ -181,14 +181,21 @@ def _blend_unspecified(out: torch.Tensor, v: torch.Tensor, n_hit: torch.Tensor, 
     return torch.where(unspecified, blended, out)
 
 
+def adapter_map(q_prime: torch.Tensor, k_prime: torch.Tensor, alpha: float, scale: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 2–3 on (…, F, d) inputs: (A′ = softmax(Q′K′ᵀ·scale) in fp32, the hit map A′ ≥ α (bool)),
+    each (…, F, F). Shared by every base model's adapter."""
+    a_prime = torch.softmax(torch.matmul(q_prime, k_prime.transpose(-1, -2)).float() * scale, dim=-1)
+    return a_prime, a_prime >= alpha
+
+
 def _adapter_branch(q_prime: torch.Tensor, k_prime: torch.Tensor, alpha: float, gap: float, scale: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(A′ in fp32, the hit map A′ ≥ α, the additive mask with each row's maximum subtracted).
 
     The mask is built from python scalars only: no host→device copies (they would synchronise
     the stream). Constant rows (every entry masked, or none) become exact zeros."""
-    a_prime = torch.softmax(torch.matmul(q_prime, k_prime.transpose(-1, -2)).float() * scale, dim=-1)
-    hit = a_prime >= alpha
+    a_prime, hit = adapter_map(q_prime, k_prime, alpha, scale)
     am = hit.float() * gap
     return a_prime, hit, am - am.amax(dim=-1, keepdim=True)
 

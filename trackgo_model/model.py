@@ -290,63 +290,81 @@ class TrackGoUNet(nn.Module):
         return sum(p.numel() for p in self.named_group_parameters(("encoder", "adapter")).values())
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _checkpoint_groups(self) -> tuple[str, ...]:
+    def checkpoint_groups(self) -> tuple[str, ...]:
+        """The groups a TrackGo checkpoint holds: encoder, adapter, and temporal_qkv when trained."""
         return ("encoder", "adapter") + (("temporal_qkv",) if "temporal_qkv" in self.cfg.trainable else ())
 
     def checkpoint_parameters(self) -> dict[str, nn.Parameter]:
         """{key: parameter} of what :meth:`save_trackgo` writes (encoder, adapters, trained q/k/v)."""
-        return self.named_group_parameters(self._checkpoint_groups())
+        return self.named_group_parameters(self.checkpoint_groups())
 
     def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
-        """Write ``trackgo.safetensors`` (TrackGo tensors only) and ``trackgo_config.json``, atomically.
-
-        tensors: the values to write instead of this module's own (e.g. full tensors gathered from
-        a sharded training run); the keys must be those of :meth:`checkpoint_parameters`.
-        """
-        from safetensors.torch import save
-
-        directory = Path(directory)
-        params = self.checkpoint_parameters()
-        if tensors is None:
-            tensors = params
-        elif sorted(tensors) != sorted(params):
-            raise ValueError(f"save_trackgo: tensors must have exactly the keys of checkpoint_parameters(); "
-                             f"missing {sorted(set(params) - set(tensors))[:3]} "
-                             f"unexpected {sorted(set(tensors) - set(params))[:3]}")
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
-        atomic_write_json(directory / CONFIG_NAME, {
-            "format": FORMAT,
-            "trackgo": self.cfg.to_dict(),
-            "num_adapters": len(self.adapters),
-            "adapter_widths": list(self.encoder.widths),
-            "groups": list(self._checkpoint_groups()),
-        })
-        log.info("saved %d TrackGo tensors to %s", len(tensors), directory)
-        return directory
+        """Write ``trackgo.safetensors`` (TrackGo tensors only) and ``trackgo_config.json``, atomically
+        (:func:`save_checkpoint`)."""
+        return save_checkpoint(self, directory, tensors, base="svd")
 
     def load_trackgo(self, directory: str | Path) -> "TrackGoUNet":
         """Load TrackGo tensors saved by :meth:`save_trackgo` (strict: same keys and shapes)."""
-        from safetensors.torch import load_file
+        return load_checkpoint(self, directory, base="svd")
 
-        meta = read_trackgo_config(directory)
-        if meta["num_adapters"] != len(self.adapters):
-            raise ValueError(f"{directory}: checkpoint has {meta['num_adapters']} adapters, this UNet {len(self.adapters)}")
-        state = load_file(str(Path(directory) / WEIGHTS_NAME))
-        params = self.checkpoint_parameters()
-        if self.cfg.mode == "paper":  # files written before gates left the paper-mode groups
-            params.update({k: g for k, g in self.gates().items() if k in state})
-        missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-        if missing or unexpected:
-            raise ValueError(f"{directory}: checkpoint keys do not match this model; "
-                             f"missing {missing[:5]}{'…' if len(missing) > 5 else ''} "
-                             f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}")
-        with torch.no_grad():
-            for k, p in params.items():
-                if tuple(state[k].shape) != tuple(p.shape):
-                    raise ValueError(f"{directory}: {k} has shape {tuple(state[k].shape)}, model {tuple(p.shape)}")
-                p.copy_(state[k])
-        return self
+
+def save_checkpoint(model, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None, *,
+                    base: str) -> Path:
+    """Write a TrackGo model's own tensors and config (any base: ``model`` has ``cfg``, ``adapters``,
+    ``encoder`` and ``checkpoint_parameters()``), atomically.
+
+    tensors: the values to write instead of the model's own (e.g. full tensors gathered from a
+    sharded training run); the keys must be those of ``checkpoint_parameters()``.
+    """
+    from safetensors.torch import save
+
+    directory = Path(directory)
+    params = model.checkpoint_parameters()
+    if tensors is None:
+        tensors = params
+    elif sorted(tensors) != sorted(params):
+        raise ValueError(f"save_trackgo: tensors must have exactly the keys of checkpoint_parameters(); "
+                         f"missing {sorted(set(params) - set(tensors))[:3]} "
+                         f"unexpected {sorted(set(tensors) - set(params))[:3]}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+    atomic_write_json(directory / CONFIG_NAME, {
+        "format": FORMAT,
+        "base": base,
+        "trackgo": model.cfg.to_dict(),
+        "num_adapters": len(model.adapters),
+        "adapter_widths": list(model.encoder.widths),
+        "groups": list(model.checkpoint_groups()),
+    })
+    log.info("saved %d TrackGo tensors to %s", len(tensors), directory)
+    return directory
+
+
+def load_checkpoint(model, directory: str | Path, *, base: str):
+    """Load into ``model`` the tensors :func:`save_checkpoint` wrote (strict: same base, keys and
+    shapes); returns ``model``."""
+    from safetensors.torch import load_file
+
+    meta = read_trackgo_config(directory)
+    if meta.get("base", "svd") != base:
+        raise ValueError(f"{directory}: a TrackGo checkpoint for the {meta['base']!r} base, this model is {base!r}")
+    if meta["num_adapters"] != len(model.adapters):
+        raise ValueError(f"{directory}: checkpoint has {meta['num_adapters']} adapters, this model {len(model.adapters)}")
+    state = load_file(str(Path(directory) / WEIGHTS_NAME))
+    params = model.checkpoint_parameters()
+    if model.cfg.mode == "paper":  # files written before gates left the paper-mode groups
+        params.update({k: g for k, g in model.gates().items() if k in state})
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"{directory}: checkpoint keys do not match this model; "
+                         f"missing {missing[:5]}{'…' if len(missing) > 5 else ''} "
+                         f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}")
+    with torch.no_grad():
+        for k, p in params.items():
+            if tuple(state[k].shape) != tuple(p.shape):
+                raise ValueError(f"{directory}: {k} has shape {tuple(state[k].shape)}, model {tuple(p.shape)}")
+            p.copy_(state[k])
+    return model
 
 
 def read_trackgo_config(directory: str | Path) -> dict[str, Any]:
