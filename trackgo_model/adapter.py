@@ -19,8 +19,9 @@ from torch import nn
 from .attention import track_attention
 from .configs import alpha_at
 
-__all__ = ["AttentionKnobs", "CollectedMap", "ForwardState", "TrackAdapterProcessor", "TrackContext",
-           "install_track_adapters", "remove_track_adapters", "restore_track_adapters", "temporal_attn1_paths"]
+__all__ = ["AttentionKnobs", "CollectedMap", "ForwardState", "TrackAdapterProcessor", "TrackContext", "install_adapters",
+           "install_track_adapters", "remove_adapters", "remove_track_adapters", "restore_track_adapters",
+           "set_processors", "temporal_attn1_paths"]
 
 _TARGET = re.compile(r"(^|\.)temporal_transformer_blocks\.\d+\.attn1\.processor$")
 
@@ -276,11 +277,35 @@ def temporal_attn1_paths(unet) -> list[str]:
     return [k[: -len(".processor")] for k in unet.attn_processors if _TARGET.search(k)]
 
 
-def _set_processors(unet, replace: dict[str, object]) -> None:
-    procs = dict(unet.attn_processors)  # set_attn_processor needs a full dict
+def set_processors(model, replace: dict[str, object]) -> None:
+    """Put ``replace``'s processors ({attention module path: processor}) on ``model``'s attention
+    modules, keeping every other (diffusers' ``set_attn_processor`` needs the full dict)."""
+    procs = dict(model.attn_processors)
     for path, proc in replace.items():
         procs[f"{path}.processor"] = proc
-    unet.set_attn_processor(procs)
+    model.set_attn_processor(procs)
+
+
+def install_adapters(model, paths: list[str], adapter_type: type, make_adapter) -> dict[str, Any]:
+    """``make_adapter(attention module, path)`` (an ``adapter_type``) on each of ``paths``; a path
+    that already has one raises. Returns {path: adapter}."""
+    adapters = {}
+    for path in paths:
+        attn = model.get_submodule(path)
+        if isinstance(attn.processor, adapter_type):
+            raise ValueError(f"{path} already has a TrackAdapter")
+        adapters[path] = make_adapter(attn, path)
+    set_processors(model, adapters)
+    return adapters
+
+
+def remove_adapters(model, paths: list[str], adapter_type: type, make_stock) -> dict[str, Any]:
+    """Put ``make_stock()`` back on every path whose processor is an ``adapter_type``; returns the
+    removed adapters."""
+    removed = {p: model.get_submodule(p).processor for p in paths
+               if isinstance(model.get_submodule(p).processor, adapter_type)}
+    set_processors(model, {p: make_stock() for p in removed})
+    return removed
 
 
 def install_track_adapters(unet, context: TrackContext, cfg=None, *, expected: int | None = None
@@ -298,26 +323,17 @@ def install_track_adapters(unet, context: TrackContext, cfg=None, *, expected: i
     if len(paths) != expected:
         raise ValueError(f"found {len(paths)} temporal attn1 layers, the UNet config implies {expected}")
     gate_init = 1.0 if cfg is None else cfg.gate_init
-    adapters = {}
-    for path in paths:
-        attn = unet.get_submodule(path)
-        if isinstance(attn.processor, TrackAdapterProcessor):
-            raise ValueError(f"{path} already has a TrackAdapter")
-        adapters[path] = TrackAdapterProcessor(attn, context, name=path, gate_init=gate_init)
-    _set_processors(unet, adapters)
-    return adapters
+    return install_adapters(unet, paths, TrackAdapterProcessor, lambda attn, path: TrackAdapterProcessor(
+        attn, context, name=path, gate_init=gate_init))
 
 
 def remove_track_adapters(unet) -> dict[str, TrackAdapterProcessor]:
     """Restore the stock processor on every adapted layer; returns the removed adapters."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    removed = {p: unet.get_submodule(p).processor for p in temporal_attn1_paths(unet)
-               if isinstance(unet.get_submodule(p).processor, TrackAdapterProcessor)}
-    _set_processors(unet, {p: AttnProcessor2_0() for p in removed})
-    return removed
+    return remove_adapters(unet, temporal_attn1_paths(unet), TrackAdapterProcessor, AttnProcessor2_0)
 
 
 def restore_track_adapters(unet, adapters: dict[str, TrackAdapterProcessor]) -> None:
     """Put previously removed adapters back (their weights are kept)."""
-    _set_processors(unet, adapters)
+    set_processors(unet, adapters)

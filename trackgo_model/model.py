@@ -25,6 +25,7 @@ from trackgo_data.config import atomic_write_bytes, atomic_write_json, config_fr
 from .adapter import TrackContext, install_track_adapters, remove_track_adapters, restore_track_adapters
 from .configs import ATTENTION_MODES, KernelConfig, TrackGoConfig, unet_config
 from .encoder import TrajectoryEncoder
+from .groups import TrackGoModel
 from .losses import attention_loss
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class EncodedTrajectories:
         return EncodedTrajectories(torch.cat([self.trunk] * n), self.batch * n, self.frames)
 
 
-class TrackGoUNet(nn.Module):
+class TrackGoUNet(TrackGoModel):
     """SVD UNet with a TrackAdapter on every temporal attn1 and the trajectory encoder.
 
     Attributes: ``unet`` (the diffusers model; adapters live inside it as the attn1
@@ -181,14 +182,6 @@ class TrackGoUNet(nn.Module):
 
         return UNetSpatioTemporalConditionOutput(sample=out)
 
-    def attention_maps(self) -> list:
-        """``CollectedMap``s of the last forward with ``collect_attention=True`` (model order)."""
-        return [self.context.collected[p] for p in self.adapters if p in self.context.collected]
-
-    def mask_hits(self) -> dict[str, float]:
-        """{layer path: fraction of its A′ entries ≥ α} in the last forward with trajectories."""
-        return {p: float(self.context.hits[p]) for p in self.adapters if p in self.context.hits}
-
     def attention_loss(self, motion_masks: torch.Tensor | None = None) -> torch.Tensor:
         """Unweighted L_attn (Eq. 8) of the last collected maps; multiply by ``cfg.attn_loss.weight``."""
         masks = motion_masks if motion_masks is not None else self._motion_masks
@@ -270,34 +263,7 @@ class TrackGoUNet(nn.Module):
                 raise ValueError(f"unknown parameter group {g!r}")
         return out
 
-    def gates(self) -> dict[str, nn.Parameter]:
-        """{``adapters.<path>.gate``: per-head gate} of every adapter, whatever the mode."""
-        return {f"adapters.{path}.gate": a.gate for path, a in self.adapters.items()}
-
-    def trainable_parameters(self, groups: tuple[str, ...] | list[str] | None = None) -> list[nn.Parameter]:
-        return list(self.named_group_parameters(groups).values())
-
-    def freeze_for_training(self, cfg: TrackGoConfig | None = None) -> list[nn.Parameter]:
-        """requires_grad only on ``cfg.trainable`` groups (default: this model's config); returns them."""
-        params = self.trainable_parameters((cfg or self.cfg).trainable)
-        self.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        return params
-
-    def added_parameters(self) -> int:
-        """Encoder + adapters (W′_q, W′_k, and the gates in gated mode): what TrackGo adds to SVD."""
-        return sum(p.numel() for p in self.named_group_parameters(("encoder", "adapter")).values())
-
     # -- checkpoints ---------------------------------------------------------------------------
-    def checkpoint_groups(self) -> tuple[str, ...]:
-        """The groups a TrackGo checkpoint holds: encoder, adapter, and temporal_qkv when trained."""
-        return ("encoder", "adapter") + (("temporal_qkv",) if "temporal_qkv" in self.cfg.trainable else ())
-
-    def checkpoint_parameters(self) -> dict[str, nn.Parameter]:
-        """{key: parameter} of what :meth:`save_trackgo` writes (encoder, adapters, trained q/k/v)."""
-        return self.named_group_parameters(self.checkpoint_groups())
-
     def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
         """Write ``trackgo.safetensors`` (TrackGo tensors only) and ``trackgo_config.json``, atomically
         (:func:`save_checkpoint`)."""

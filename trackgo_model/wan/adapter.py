@@ -13,7 +13,7 @@ import re
 import torch
 from torch import nn
 
-from ..adapter import CollectedMap, TrackContext
+from ..adapter import CollectedMap, TrackContext, install_adapters, remove_adapters
 from ..configs import alpha_at
 from .attention import track_attention_3d
 
@@ -118,28 +118,12 @@ def install_wan_adapters(transformer, context: TrackContext, cfg=None) -> dict[s
     if len(paths) != transformer.config.num_layers:
         raise ValueError(f"found {len(paths)} self-attention layers, the config has {transformer.config.num_layers} blocks")
     gate_init = 1.0 if cfg is None else cfg.gate_init
-    adapters = {}
-    for path in paths:
-        attn = transformer.get_submodule(path)
-        if isinstance(attn.processor, WanTrackAdapterProcessor):
-            raise ValueError(f"{path} already has a TrackAdapter")
-        adapters[path] = WanTrackAdapterProcessor(attn, context, name=path, gate_init=gate_init)
-    _set(transformer, adapters)
-    return adapters
+    return install_adapters(transformer, paths, WanTrackAdapterProcessor, lambda attn, path: WanTrackAdapterProcessor(
+        attn, context, name=path, gate_init=gate_init))
 
 
 def remove_wan_adapters(transformer) -> dict[str, WanTrackAdapterProcessor]:
     """Restore Wan's stock processor on every adapted layer; returns the removed adapters."""
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
-    removed = {p: transformer.get_submodule(p).processor for p in self_attention_paths(transformer)
-               if isinstance(transformer.get_submodule(p).processor, WanTrackAdapterProcessor)}
-    _set(transformer, {p: WanAttnProcessor() for p in removed})
-    return removed
-
-
-def _set(transformer, replace: dict[str, object]) -> None:
-    procs = dict(transformer.attn_processors)
-    for path, proc in replace.items():
-        procs[f"{path}.processor"] = proc
-    transformer.set_attn_processor(procs)
+    return remove_adapters(transformer, self_attention_paths(transformer), WanTrackAdapterProcessor, WanAttnProcessor)

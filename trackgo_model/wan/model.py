@@ -23,9 +23,10 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..adapter import TrackContext
+from ..adapter import TrackContext, set_processors
 from ..configs import ATTENTION_MODES, TrackGoConfig
 from ..encoder import TrajectoryEncoder
+from ..groups import TrackGoModel
 from ..losses import attention_loss
 from ..model import EncodedTrajectories, load_checkpoint, save_checkpoint
 from .adapter import install_wan_adapters, remove_wan_adapters
@@ -101,7 +102,7 @@ def latent_frame_masks(masks: torch.Tensor, ratio: int) -> torch.Tensor:
     return torch.cat([m[:, :1], rest], dim=1)
 
 
-class TrackGoWan(nn.Module):
+class TrackGoWan(TrackGoModel):
     """Wan DiT with a TrackAdapter on every block's self-attention and the trajectory encoder.
 
     ``temporal_ratio``/``spatial_ratio``: the VAE's compression (Wan2.1's VAE: 4 and 8).
@@ -184,14 +185,6 @@ class TrackGoWan(nn.Module):
         finally:
             self.context.end()
 
-    def attention_maps(self) -> list:
-        """``CollectedMap``s of the last forward with ``collect_attention=True`` (block order)."""
-        return [self.context.collected[p] for p in self.adapters if p in self.context.collected]
-
-    def mask_hits(self) -> dict[str, float]:
-        """{layer path: fraction of its A′ entries ≥ α} in the last forward with trajectories."""
-        return {p: float(self.context.hits[p]) for p in self.adapters if p in self.context.hits}
-
     def attention_loss(self, motion_masks: torch.Tensor | None = None) -> torch.Tensor:
         """Unweighted L_attn (Eq. 8) of the last collected maps. Masks with L = r·(F − 1) + 1
         frames are first brought to the latent frames (:func:`latent_frame_masks`)."""
@@ -211,9 +204,7 @@ class TrackGoWan(nn.Module):
         try:
             yield self.transformer
         finally:
-            procs = dict(self.transformer.attn_processors)
-            procs.update({f"{p}.processor": a for p, a in removed.items()})
-            self.transformer.set_attn_processor(procs)
+            set_processors(self.transformer, removed)
 
     def named_group_parameters(self, groups: tuple[str, ...] | list[str] | None = None) -> dict[str, nn.Parameter]:
         """{checkpoint key: parameter} of the groups (default ``cfg.trainable``; module docstring).
@@ -238,27 +229,6 @@ class TrackGoWan(nn.Module):
             else:
                 raise ValueError(f"unknown parameter group {g!r}")
         return out
-
-    def gates(self) -> dict[str, nn.Parameter]:
-        return {f"adapters.{path}.gate": a.gate for path, a in self.adapters.items()}
-
-    def freeze_for_training(self, cfg: TrackGoConfig | None = None) -> list[nn.Parameter]:
-        """requires_grad only on the trainable groups; returns them."""
-        params = list(self.named_group_parameters((cfg or self.cfg).trainable).values())
-        self.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        return params
-
-    def added_parameters(self) -> int:
-        """Encoder + adapters: what TrackGo adds to the base."""
-        return sum(p.numel() for p in self.named_group_parameters(("encoder", "adapter")).values())
-
-    def checkpoint_groups(self) -> tuple[str, ...]:
-        return ("encoder", "adapter") + (("temporal_qkv",) if "temporal_qkv" in self.cfg.trainable else ())
-
-    def checkpoint_parameters(self) -> dict[str, nn.Parameter]:
-        return self.named_group_parameters(self.checkpoint_groups())
 
     def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
         """TrackGo's own tensors and config (the transformer comes from its own folder)."""
