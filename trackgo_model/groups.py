@@ -16,8 +16,45 @@ __all__ = ["TrackGoModel"]
 class TrackGoModel(nn.Module):
     """Base class of ``TrackGoUNet`` and ``TrackGoWan`` (module docstring)."""
 
-    def named_group_parameters(self, groups=None) -> dict[str, nn.Parameter]:
-        raise NotImplementedError
+    #: the attribute that holds the base network, also the key prefix of its parameters
+    base_attr = "unet"
+
+    def named_group_parameters(self, groups: tuple[str, ...] | list[str] | None = None) -> dict[str, nn.Parameter]:
+        """{checkpoint key: parameter} of the groups (default ``cfg.trainable``).
+
+        encoder → ``encoder.*`` (:meth:`encoder_group`); adapter → ``adapters.<path>.*`` — W′_q,
+        W′_k (and their norms where the base has them) and, in ``mode="gated"`` only, the gate
+        (:meth:`adapter_group`); temporal_qkv → ``<base>.<path>.to_{q,k,v}.*`` of every adapted
+        attention; unet → ``<base>.*``, every base parameter outside the adapters (a base trained
+        from scratch). The groups follow ``cfg.mode``, not the inference-time mode switch.
+        """
+        base = getattr(self, self.base_attr)
+        out: dict[str, nn.Parameter] = {}
+        for g in tuple(self.cfg.trainable if groups is None else groups):
+            if g == "encoder":
+                out.update(self.encoder_group())
+            elif g == "adapter":
+                out.update(self.adapter_group())
+            elif g == "temporal_qkv":
+                for path in self.adapters:
+                    attn = base.get_submodule(path)
+                    for lin in ("to_q", "to_k", "to_v"):
+                        out.update({f"{self.base_attr}.{path}.{lin}.{n}": p
+                                    for n, p in getattr(attn, lin).named_parameters()})
+            elif g == "unet":
+                out.update({f"{self.base_attr}.{n}": p for n, p in base.named_parameters() if ".processor." not in n})
+            else:
+                raise ValueError(f"unknown parameter group {g!r}")
+        return out
+
+    def encoder_group(self) -> dict[str, nn.Parameter]:
+        return {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}
+
+    def adapter_group(self) -> dict[str, nn.Parameter]:
+        """Every adapter's parameters; the gates only in ``mode="gated"`` (the paper's O = (A + A′)·V
+        has none: an unused parameter would stall DDP and take optimizer state for nothing)."""
+        return {f"adapters.{path}.{n}": p for path, a in self.adapters.items() for n, p in a.named_parameters()
+                if n != "gate" or self.cfg.mode == "gated"}
 
     def attention_maps(self) -> list:
         """``CollectedMap``s of the last forward with ``collect_attention=True`` (model order)."""

@@ -227,41 +227,17 @@ class TrackGoUNet(TrackGoModel):
             restore_track_adapters(self.unet, removed)
 
     # -- parameter groups ---------------------------------------------------------------------
-    def named_group_parameters(self, groups: tuple[str, ...] | list[str] | None = None) -> dict[str, nn.Parameter]:
-        """{checkpoint key: parameter} of the groups (default ``cfg.trainable``).
+    def encoder_group(self) -> dict[str, nn.Parameter]:
+        """The encoder; in ``mode="injection"`` without its own heads, which that mode does not use."""
+        return {f"encoder.{n}": p for n, p in self.encoder.named_parameters()
+                if self.injection is None or not n.startswith("heads.")}
 
-        encoder → ``encoder.*``; adapter → ``adapters.<path>.{to_q_prime,to_k_prime}`` and, in
-        ``mode="gated"`` only, ``adapters.<path>.gate`` (the paper's O = (A + A′)·V has no gate: an
-        unused parameter would stall DDP and take optimizer state for nothing, so in ``mode="paper"``
-        the gates are neither trained nor saved); temporal_qkv → ``unet.<path>.to_{q,k,v}.*`` of
-        every adapted attn1; unet → ``unet.*``, every UNet parameter outside the adapters. The groups
-        follow ``cfg.mode``, not the inference-time mode switch. In ``mode="injection"`` the adapter
-        group is the injection's projections (``injection.heads.*``) and the encoder group leaves
-        out the encoder's own heads, which that mode does not use.
-        """
-        groups = tuple(self.cfg.trainable if groups is None else groups)
-        out: dict[str, nn.Parameter] = {}
-        for g in groups:
-            if g == "encoder":
-                out.update({f"encoder.{n}": p for n, p in self.encoder.named_parameters()
-                            if self.injection is None or not n.startswith("heads.")})
-            elif g == "adapter" and self.injection is not None:
-                out.update({f"injection.{n}": p for n, p in self.injection.named_parameters()})
-            elif g == "adapter":
-                for path, a in self.adapters.items():
-                    out.update({f"adapters.{path}.{n}": p for n, p in a.named_parameters()
-                                if n != "gate" or self.cfg.mode == "gated"})
-            elif g == "temporal_qkv":
-                for path in self.adapters:
-                    attn = self.unet.get_submodule(path)
-                    for lin in ("to_q", "to_k", "to_v"):
-                        for n, p in getattr(attn, lin).named_parameters():
-                            out[f"unet.{path}.{lin}.{n}"] = p
-            elif g == "unet":  # the whole UNet, adapters excluded (a base model trained from scratch)
-                out.update({f"unet.{n}": p for n, p in self.unet.named_parameters() if ".processor." not in n})
-            else:
-                raise ValueError(f"unknown parameter group {g!r}")
-        return out
+    def adapter_group(self) -> dict[str, nn.Parameter]:
+        """The adapters (:class:`~trackgo_model.groups.TrackGoModel`), or in ``mode="injection"`` the
+        injection's projections (``injection.heads.*``)."""
+        if self.injection is not None:
+            return {f"injection.{n}": p for n, p in self.injection.named_parameters()}
+        return super().adapter_group()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from torch import nn
 
 from ..adapter import TrackContext, set_processors
 from ..configs import ATTENTION_MODES, TrackGoConfig
@@ -108,6 +107,8 @@ class TrackGoWan(TrackGoModel):
     ``temporal_ratio``/``spatial_ratio``: the VAE's compression (Wan2.1's VAE: 4 and 8).
     Attributes: ``transformer``, ``encoder``, ``adapters`` ({path: processor}), ``context``, ``cfg``.
     """
+
+    base_attr = "transformer"
 
     def __init__(self, transformer, cfg: TrackGoConfig | dict | None = None, *, temporal_ratio: int = 4,
                  spatial_ratio: int = 8) -> None:
@@ -205,30 +206,6 @@ class TrackGoWan(TrackGoModel):
             yield self.transformer
         finally:
             set_processors(self.transformer, removed)
-
-    def named_group_parameters(self, groups: tuple[str, ...] | list[str] | None = None) -> dict[str, nn.Parameter]:
-        """{checkpoint key: parameter} of the groups (default ``cfg.trainable``; module docstring).
-        In ``mode="paper"`` the gates are neither trained nor saved (the rule has none)."""
-        groups = tuple(self.cfg.trainable if groups is None else groups)
-        out: dict[str, nn.Parameter] = {}
-        for g in groups:
-            if g == "encoder":
-                out.update({f"encoder.{n}": p for n, p in self.encoder.named_parameters()})
-            elif g == "adapter":
-                for path, a in self.adapters.items():
-                    out.update({f"adapters.{path}.{n}": p for n, p in a.named_parameters()
-                                if n != "gate" or self.cfg.mode == "gated"})
-            elif g == "temporal_qkv":
-                for path in self.adapters:
-                    attn = self.transformer.get_submodule(path)
-                    for lin in ("to_q", "to_k", "to_v"):
-                        out.update({f"transformer.{path}.{lin}.{n}": p for n, p in getattr(attn, lin).named_parameters()})
-            elif g == "unet":
-                out.update({f"transformer.{n}": p for n, p in self.transformer.named_parameters()
-                            if ".processor." not in n})
-            else:
-                raise ValueError(f"unknown parameter group {g!r}")
-        return out
 
     def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
         """TrackGo's own tensors and config (the transformer comes from its own folder)."""
