@@ -15,11 +15,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import track_attention
 from .configs import alpha_at
 
-__all__ = ["AttentionKnobs", "CollectedMap", "ForwardState", "TrackAdapterProcessor", "TrackContext", "install_adapters",
+__all__ = ["AttentionKnobs", "CheckpointedForward", "CollectedMap", "ForwardState", "checkpointed_blocks", "TrackAdapterProcessor", "TrackContext", "install_adapters",
            "install_track_adapters", "remove_adapters", "remove_track_adapters", "restore_track_adapters",
            "set_processors", "temporal_attn1_paths"]
 
@@ -270,6 +271,42 @@ def _copy_linear(src: nn.Linear) -> nn.Linear:
         if src.bias is not None:
             dst.bias.copy_(src.bias)
     return dst
+
+
+class CheckpointedForward:
+    """The ``forward`` of one checkpointed block: the block's class forward under non-reentrant
+    activation checkpointing, re-run in backward with the adapters' state of the first run.
+
+    block: the module (its class's ``forward`` is what runs); context: the model's
+    :class:`~trackgo_model.adapter.TrackContext`. Without gradients the block runs as usual.
+    """
+
+    def __init__(self, block: torch.nn.Module, context) -> None:
+        self.block = block
+        self.context = context
+
+    def __call__(self, *args, **kwargs):
+        forward = type(self.block).forward
+        if not torch.is_grad_enabled():
+            return forward(self.block, *args, **kwargs)
+        state = self.context.state
+        rerun_state = None if state is None else state.for_rerun()
+        runs = 0
+
+        def run(*a, **kw):
+            nonlocal runs
+            runs += 1
+            if runs == 1 or rerun_state is None:
+                return forward(self.block, *a, **kw)
+            with self.context.running(rerun_state.for_rerun()):  # the re-run during backward
+                return forward(self.block, *a, **kw)
+
+        return checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+
+def checkpointed_blocks(model) -> list[torch.nn.Module]:
+    """The blocks of ``model`` that run under a :class:`CheckpointedForward`."""
+    return [m for m in model.modules() if isinstance(getattr(m, "forward", None), CheckpointedForward)]
 
 
 def temporal_attn1_paths(unet) -> list[str]:

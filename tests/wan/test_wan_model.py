@@ -217,3 +217,31 @@ def test_added_parameters_are_counted_by_hand():
     assert got["temporal_qkv_params"] == 2 * 3 * (24 * 24 + 24)
     assert got["num_adapters"] == 2
     assert got["transformer_params"] == sum(p.numel() for p in build_transformer("tiny").parameters())
+
+
+def test_block_checkpointing_gives_the_same_gradients_and_diffusers_own_is_refused(bare):
+    preset, transformer = bare
+    x, t, text, image, p = inputs(preset, seed=2)
+    masks = torch.rand(B, 9, 8 * H, 8 * W) > 0.6
+
+    def grads(checkpointing: bool):
+        model = wrapped(transformer, alpha_frames=None, alpha=0.5)
+        with torch.no_grad():  # an adapter that masks, as after training
+            for head in model.encoder.heads.values():
+                head.weight.normal_(std=2.0, generator=torch.Generator().manual_seed(5))
+        model.freeze_for_training()
+        if checkpointing:
+            assert model.enable_gradient_checkpointing() == 2
+        out = model(x, t, text, image, trajectories=p, collect_attention=True, motion_masks=masks)
+        (out.square().mean() + model.attention_loss()).backward()
+        return {k: v.grad.clone() for k, v in model.named_group_parameters().items()}, model
+
+    plain, _ = grads(False)
+    checked, model = grads(True)
+    assert plain.keys() == checked.keys()
+    for k in plain:
+        torch.testing.assert_close(checked[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
+    model.disable_gradient_checkpointing()
+    model.transformer.enable_gradient_checkpointing()
+    with pytest.raises(ValueError, match="enable_gradient_checkpointing"):
+        model(x, t, text, image, trajectories=p)

@@ -31,9 +31,8 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch.utils.checkpoint import checkpoint
-
 from trackgo_data.config import ConfigError
+from trackgo_model.adapter import CheckpointedForward, checkpointed_blocks
 
 log = logging.getLogger(__name__)
 
@@ -42,42 +41,6 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 #: parameter groups that can have their own learning rate (optim.group_lr)
 LR_GROUPS = ("encoder", "adapter", "gate", "temporal_qkv", "unet")
 SCOPE_CLASS = {"temporal": "TemporalBasicTransformerBlock", "transformer": "TransformerSpatioTemporalModel"}
-
-
-class CheckpointedForward:
-    """The ``forward`` of one checkpointed block: the block's class forward under non-reentrant
-    activation checkpointing, re-run in backward with the adapters' state of the first run.
-
-    block: the module (its class's ``forward`` is what runs); context: the model's
-    :class:`~trackgo_model.adapter.TrackContext`. Without gradients the block runs as usual.
-    """
-
-    def __init__(self, block: torch.nn.Module, context) -> None:
-        self.block = block
-        self.context = context
-
-    def __call__(self, *args, **kwargs):
-        forward = type(self.block).forward
-        if not torch.is_grad_enabled():
-            return forward(self.block, *args, **kwargs)
-        state = self.context.state
-        rerun_state = None if state is None else state.for_rerun()
-        runs = 0
-
-        def run(*a, **kw):
-            nonlocal runs
-            runs += 1
-            if runs == 1 or rerun_state is None:
-                return forward(self.block, *a, **kw)
-            with self.context.running(rerun_state.for_rerun()):  # the re-run during backward
-                return forward(self.block, *a, **kw)
-
-        return checkpoint(run, *args, use_reentrant=False, **kwargs)
-
-
-def checkpointed_blocks(unet) -> list[torch.nn.Module]:
-    """The blocks of ``unet`` that run under a :class:`CheckpointedForward`."""
-    return [m for m in unet.modules() if isinstance(getattr(m, "forward", None), CheckpointedForward)]
 
 
 def enable_checkpointing(model, scope: str = "diffusers") -> int:

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ..adapter import TrackContext, set_processors
+from ..adapter import CheckpointedForward, TrackContext, checkpointed_blocks, set_processors
 from ..configs import ATTENTION_MODES, TrackGoConfig
 from ..encoder import TrajectoryEncoder
 from ..groups import TrackGoModel
@@ -165,6 +165,9 @@ class TrackGoWan(TrackGoModel):
         """
         if hidden_states.ndim != 5:
             raise ValueError(f"hidden_states must be (B, C, F, h, w); got {tuple(hidden_states.shape)}")
+        if self.transformer.gradient_checkpointing and torch.is_grad_enabled():
+            raise ValueError("diffusers' gradient checkpointing re-runs Wan's blocks after the forward, without the "
+                             "adapters' state; use TrackGoWan.enable_gradient_checkpointing() instead")
         b, _, frames, h, w = hidden_states.shape
         enc = trajectories
         if isinstance(trajectories, torch.Tensor):
@@ -197,6 +200,19 @@ class TrackGoWan(TrackGoModel):
             masks = latent_frame_masks(masks, self.temporal_ratio)
         return attention_loss(maps, masks, normalisation=self.cfg.attn_loss.normalisation,
                               pooling=self.cfg.encoder.pooling)
+
+    def enable_gradient_checkpointing(self) -> int:
+        """Activation checkpointing of every transformer block: each re-runs in backward with the
+        adapters' state of its first run (:class:`~trackgo_model.adapter.CheckpointedForward`); the
+        same gradients, attention loss included. Returns the number of blocks."""
+        self.transformer.disable_gradient_checkpointing()
+        for block in self.transformer.blocks:
+            block.forward = CheckpointedForward(block, self.context)
+        return len(self.transformer.blocks)
+
+    def disable_gradient_checkpointing(self) -> None:
+        for block in checkpointed_blocks(self.transformer):
+            del block.forward  # the class's forward again
 
     @contextlib.contextmanager
     def without_adapters(self) -> Iterator[Any]:
