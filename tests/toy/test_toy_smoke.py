@@ -44,7 +44,6 @@ def test_every_stage_made_its_product(toy_run):
 
     from trackgo_data.loader import make_dataset
     from trackgo_model.model import read_trackgo_config
-    from trackgo_model.train.config import load_train_config
 
     cfg, recs = toy_run
     out = cfg.out_path
