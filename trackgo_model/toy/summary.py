@@ -70,8 +70,14 @@ def summarise(per_clip: dict[str, list[dict[str, Any]]], model_rows: list[str], 
         for row in stats:
             stats[row]["gap_closed"] = gap_closed(stats[STATIC]["objmc"], stats[row]["objmc"], stats[FLOOR]["objmc"])
 
+    return assemble(point, reps, model_rows, len(keys), replicates)
+
+
+def assemble(point: dict[str, dict[str, Any]], reps: dict[str, dict[str, Any]], model_rows: list[str],
+             num_clips: int, replicates: int) -> dict[str, Any]:
+    """results.json's body from each row's point figures and bootstrap replicates (with G)."""
     def describe(row: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"num_clips": len(keys)}
+        out: dict[str, Any] = {"num_clips": num_clips}
         for name in ("objmc", "gap_closed", "psnr", "lost_points", "path_error"):
             out[name] = float(point[row][name])
             out[f"{name}_ci95"] = interval(reps[row][name])
@@ -86,7 +92,7 @@ def summarise(per_clip: dict[str, list[dict[str, Any]]], model_rows: list[str], 
         differences[f"{a}-{b}"] = d
     return {"rows": {r: describe(r) for r in model_rows}, "references": {r: describe(r) for r in REFERENCES},
             "differences": differences, "claims": table2_verdicts(differences),
-            "replicates": replicates, "num_clips": len(keys)}
+            "replicates": replicates, "num_clips": num_clips}
 
 
 def summarise_seeds(per_clip: dict[str, list[dict[str, Any]]], runs: dict[str, list[str]], *,
@@ -130,25 +136,10 @@ def summarise_seeds(per_clip: dict[str, list[dict[str, Any]]], runs: dict[str, l
     for n in per_run:
         per_run[n]["gap_closed"] = float(gap_closed(point[STATIC]["objmc"], per_run[n]["objmc"], point[FLOOR]["objmc"]))
 
-    def describe(row: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"num_clips": len(keys)}
-        for name in ("objmc", "gap_closed", "psnr", "lost_points", "path_error"):
-            out[name] = float(point[row][name])
-            out[f"{name}_ci95"] = interval(reps[row][name])
-        if row in runs:
-            out["runs"] = {n: per_run[n] for n in runs[row]}
-        return out
-
-    differences = {}
-    for a, b in comparison_pairs(list(runs)):
-        d: dict[str, Any] = {}
-        for name in ("objmc", "gap_closed", "psnr"):
-            d[name] = float(point[a][name] - point[b][name])
-            d[f"{name}_ci95"] = interval(reps[a][name] - reps[b][name])
-        differences[f"{a}-{b}"] = d
-    return {"rows": {r: describe(r) for r in runs}, "references": {r: describe(r) for r in REFERENCES},
-            "differences": differences, "claims": table2_verdicts(differences),
-            "replicates": replicates, "num_clips": len(keys)}
+    results = assemble(point, reps, list(runs), len(keys), replicates)
+    for row, names in runs.items():
+        results["rows"][row]["runs"] = {n: per_run[n] for n in names}
+    return results
 
 
 def comparison_pairs(rows: list[str]) -> list[tuple[str, str]]:
