@@ -44,7 +44,6 @@ def test_every_stage_made_its_product(toy_run):
 
     from trackgo_data.loader import make_dataset
     from trackgo_model.model import read_trackgo_config
-    from trackgo_model.train.config import load_train_config
 
     cfg, recs = toy_run
     out = cfg.out_path
@@ -139,6 +138,30 @@ def test_compare_trains_and_scores_the_injection_row(toy_run):
     assert res["rows"]["trackgo"]["objmc"] == res_main["rows"]["trackgo"]["objmc"]  # the same videos, same score
     assert "peers' injection" in (out / "compare.md").read_text()
     assert compare(cfg).get("skipped")
+
+
+def test_seeds_train_every_variant_again_and_score_over_seeds(toy_run):
+    import dataclasses
+
+    from trackgo_model.toy.seeds import seeds
+
+    cfg, _ = toy_run
+    cfg = dataclasses.replace(cfg, seeds=[1])
+    out = cfg.out_path
+    record = seeds(cfg)
+    assert not record.get("skipped") and set(record["product"]) == {"base", *VARIANTS}
+    for v in VARIANTS:
+        run = out / "seeds" / f"{v}-seed1"
+        assert json.loads((run / "config.json").read_text())["seed"] == 1, v
+        assert (out / "eval" / f"{v}-seed1").is_dir(), v
+    res = json.loads((out / "seeds.json").read_text())
+    assert res["seeds"] == [0, 1] and set(res["rows"]["trackgo"]["runs"]) == {"trackgo", "trackgo-seed1"}
+    main = json.loads((out / "results.json").read_text())
+    tg = res["rows"]["trackgo"]["runs"]
+    assert tg["trackgo"]["objmc"] == pytest.approx(main["rows"]["trackgo"]["objmc"])  # seed 0 is the main run
+    assert res["rows"]["trackgo"]["objmc"] == pytest.approx((tg["trackgo"]["objmc"] + tg["trackgo-seed1"]["objmc"]) / 2)
+    assert len(res["claims"]) == 3 and "over seeds and clips" in (out / "seeds.md").read_text()
+    assert seeds(cfg).get("skipped")
 
 
 def test_rerun_skips_and_changed_inputs_are_refused(toy_run):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trackgo_model.toy.summary import FLOOR, REAL, STATIC, comparison_pairs, summarise, table2_verdicts
+from trackgo_model.toy.summary import FLOOR, REAL, STATIC, comparison_pairs, summarise, summarise_seeds, table2_verdicts
 
 
 class FixedTracker:
@@ -103,3 +103,37 @@ def test_rows_must_share_clips():
     per["trackgo"] = per["trackgo"][::-1]
     with pytest.raises(ValueError, match="other clips"):
         summarise(per, ["base", "trackgo"], replicates=100)
+
+
+def test_one_run_per_row_gives_exactly_the_clip_bootstrap():
+    rows = ["base", "trackgo", "no_attn_loss", "no_mask_no_loss"]
+    per = fixture_scores()
+    plain = summarise(per, rows, replicates=300, seed=4)
+    seeded = summarise_seeds(per, {r: [r] for r in rows}, replicates=300, seed=4)
+    for r in rows:
+        got = {k: v for k, v in seeded["rows"][r].items() if k != "runs"}
+        assert got.keys() == plain["rows"][r].keys()
+        for k, v in got.items():
+            assert np.allclose(v, plain["rows"][r][k], equal_nan=True), (r, k)
+    for pair, d in plain["differences"].items():
+        for k, v in d.items():
+            assert np.allclose(seeded["differences"][pair][k], v, equal_nan=True), (pair, k)
+    assert seeded["rows"]["trackgo"]["runs"]["trackgo"]["gap_closed"] == pytest.approx(2 / 3)
+
+
+def test_seeds_average_and_widen_the_interval_by_hand():
+    """A second seed of trackgo 1 px worse on every clip: the row's ObjMC is the mean (4.5); its
+    paired difference with no_attn_loss (one run, 0.1 px worse than seed 0) is −0.1 or +0.9 per
+    drawn seed, so its interval spans [−0.1, 0.9] instead of the point −0.1."""
+    keys = ["a", "b", "c", "d"]
+    per = fixture_scores()
+    per["trackgo-seed1"] = [clip(k, c["objmc_sum"] + 10.0) for k, c in zip(keys, per["trackgo"])]
+    runs = {"base": ["base"], "trackgo": ["trackgo", "trackgo-seed1"], "no_attn_loss": ["no_attn_loss"]}
+    res = summarise_seeds(per, runs, replicates=2000, seed=0)
+    tg = res["rows"]["trackgo"]
+    assert tg["objmc"] == pytest.approx(4.5) and tg["gap_closed"] == pytest.approx(3.5 / 6)
+    assert tg["runs"]["trackgo-seed1"]["objmc"] == pytest.approx(5.0)
+    d = res["differences"]["trackgo-no_attn_loss"]
+    assert d["objmc"] == pytest.approx(0.4) and d["objmc_ci95"] == pytest.approx([-0.1, 0.9])
+    assert {c["than"] + ">" + c["better"]: c for c in res["claims"]}["no_attn_loss>trackgo"][
+        "gap_closed"]["verdict"] == "cannot tell"

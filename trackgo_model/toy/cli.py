@@ -1,8 +1,9 @@
-"""``trackgo toy all|videos|data|vae|base|calibrate|trackgo|eval|status`` (registered into ``trackgo``).
+"""``trackgo toy all|videos|data|vae|base|calibrate|trackgo|eval|status|compare|seeds`` (registered into ``trackgo``).
 
     trackgo toy all                         # every stage; a rerun skips finished stages
     trackgo toy base --set base_overrides=[max_steps=100]
     trackgo toy status                      # which stages are done, their wall and CPU seconds
+    trackgo toy seeds                       # after all: each variant again with seeds 1, 2 (intervals over seeds)
     trackgo toy all --config my-toy.yaml --set out=runs/toy2
 
 Exit codes: 0 done; 2 bad config or a stage folder made from other inputs; 1 a stage failed.
@@ -23,9 +24,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("toy", help="the toy reproduction: synthetic videos → shards → VAE → base → λ → "
                                           "TrackGo + ablations → evaluation (resumable)",
                               description=__doc__.split("\n")[0])
-    p.add_argument("stage", choices=("all", *STAGES, "status", "compare"),
+    p.add_argument("stage", choices=("all", *STAGES, "status", "compare", "seeds"),
                    help="stage to run (all: every stage in order; compare: the peers' injection beside "
-                        "TrackGo, after all)")
+                        "TrackGo, after all; seeds: every variant trained with more seeds, after all)")
     p.add_argument("--config", default="toy", help="toy config name (trackgo_model/configs) or YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set out=runs/toy2 (repeatable)")
@@ -68,6 +69,10 @@ def _run(args: argparse.Namespace) -> int:
             from .compare import compare
 
             recs = {"compare": compare(cfg)}
+        elif args.stage == "seeds":
+            from .seeds import seeds
+
+            recs = {"seeds": seeds(cfg)}
         else:
             recs = run(cfg, STAGES if args.stage == "all" else (args.stage,))
     except ConfigError as exc:

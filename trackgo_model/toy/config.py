@@ -78,6 +78,9 @@ class ToyConfig:
     # budget): row name → overrides of the TrackGo config (after the calibrated λ)
     compare: dict = field(default_factory=lambda: {
         "injection": ["model.trackgo.mode=injection", "model.attention_mask=false", "objective.attn_loss_weight=0"]})
+    # `trackgo toy seeds`: every variant trained again with each of these training seeds (the
+    # trackgo stage's run is seed 0); intervals over seeds and clips
+    seeds: list = field(default_factory=lambda: [1, 2])
     # TrackGo variants: row name → overrides of the TrackGo config (after the calibrated λ)
     variants: dict = field(default_factory=lambda: {
         "trackgo": [], "no_attn_loss": ["objective.attn_loss_weight=0"],
@@ -109,6 +112,9 @@ class ToyConfig:
             if name in self.variants or name == "base" or not isinstance(over, list):
                 raise ValueError(f"compare.{name}: a row name of its own (not a variant or 'base') with a "
                                  "list of dotted key=value overrides")
+        if (not isinstance(self.seeds, list) or not all(isinstance(k, int) and k >= 1 for k in self.seeds)
+                or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds must be a list of distinct ints >= 1 (0 is the main run), got {self.seeds!r}")
         unknown = sorted(set(self.scheduler) - set(SCHEDULER_KEYS))
         if unknown:
             raise ValueError(f"scheduler: unknown key(s) {unknown}; known: {sorted(SCHEDULER_KEYS)}")

@@ -119,6 +119,27 @@ def compare_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_markdown(results: dict[str, Any]) -> str:
+    """seeds.md: every variant over its training seeds, intervals over seeds and clips, and Table 2's
+    claims judged on those intervals."""
+    w, h = results["model_size"]
+    seeds = ", ".join(str(s) for s in results["seeds"])
+    runs = ["| run | ObjMC | G | PSNR |", "|---|---|---|---|"]
+    for row, stats in results["rows"].items():
+        for name, r in stats.get("runs", {}).items():
+            if row != "base":
+                runs.append(f"| {name} | {fmt(r['objmc'])} | {fmt(r['gap_closed'], 3)} | {fmt(r['psnr'])} |")
+    lines = ["# The toy's rows over training seeds", "",
+             f"{results['num_clips']} held-out clips, {results['num_frames']} frames at {w}×{h}; every variant "
+             f"fine-tuned from the same base with training seeds {seeds}. A row's figure is the mean over its "
+             f"seeds; 95 % intervals from {results['replicates']} two-level bootstrap resamples (the clips, "
+             "shared by all rows, then each row's seeds with replacement), so they cover another training "
+             "run as well as other clips.", "",
+             *table_lines(results), "", "## Table 2's claims, over seeds and clips", "", *claim_lines(results), "",
+             "## Paired differences", "", *difference_lines(results), "", "## Every run", "", *runs]
+    return "\n".join(lines) + "\n"
+
+
 def figure_bytes(fig) -> bytes:
     import matplotlib.pyplot as plt
 

@@ -70,8 +70,14 @@ def summarise(per_clip: dict[str, list[dict[str, Any]]], model_rows: list[str], 
         for row in stats:
             stats[row]["gap_closed"] = gap_closed(stats[STATIC]["objmc"], stats[row]["objmc"], stats[FLOOR]["objmc"])
 
+    return assemble(point, reps, model_rows, len(keys), replicates)
+
+
+def assemble(point: dict[str, dict[str, Any]], reps: dict[str, dict[str, Any]], model_rows: list[str],
+             num_clips: int, replicates: int) -> dict[str, Any]:
+    """results.json's body from each row's point figures and bootstrap replicates (with G)."""
     def describe(row: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"num_clips": len(keys)}
+        out: dict[str, Any] = {"num_clips": num_clips}
         for name in ("objmc", "gap_closed", "psnr", "lost_points", "path_error"):
             out[name] = float(point[row][name])
             out[f"{name}_ci95"] = interval(reps[row][name])
@@ -86,7 +92,54 @@ def summarise(per_clip: dict[str, list[dict[str, Any]]], model_rows: list[str], 
         differences[f"{a}-{b}"] = d
     return {"rows": {r: describe(r) for r in model_rows}, "references": {r: describe(r) for r in REFERENCES},
             "differences": differences, "claims": table2_verdicts(differences),
-            "replicates": replicates, "num_clips": len(keys)}
+            "replicates": replicates, "num_clips": num_clips}
+
+
+def summarise_seeds(per_clip: dict[str, list[dict[str, Any]]], runs: dict[str, list[str]], *,
+                    replicates: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Like :func:`summarise`, with each row trained several times (training seeds).
+
+    runs: {row: [run, …]}, each run a key of ``per_clip`` (one trained model, scored on the shared
+    clips); a row with one run (the base model) has no seed variation. A row's figure is the mean
+    over its runs. Two-level bootstrap: each replicate draws the clips (shared by all rows, so
+    differences stay paired over clips) and, per row, as many runs as it has, with replacement
+    (independent between rows: different trainings); the row's statistic on the drawn clips is
+    averaged over the drawn runs. The intervals thus cover "another training seed" as well as
+    "other clips". Adds ``rows[row]["runs"]``: each run's point figures.
+    """
+    keys = [c["key"] for c in per_clip[STATIC]]
+    for name, clips in per_clip.items():
+        if [c["key"] for c in clips] != keys:
+            raise ValueError(f"run {name!r} was scored on other clips than {STATIC!r}")
+    idx = resample_indices(len(keys), replicates, seed)
+    rng = np.random.default_rng(seed + 1)
+    cols = {name: _columns(clips) for name, clips in per_clip.items()}
+    stats = ("objmc", "psnr", "lost_points", "path_error")
+    refs = {r: (_replicates(cols[r], None), _replicates(cols[r], idx)) for r in REFERENCES}
+    point: dict[str, dict[str, Any]] = {r: dict(v[0]) for r, v in refs.items()}
+    reps: dict[str, dict[str, Any]] = {r: dict(v[1]) for r, v in refs.items()}
+    per_run: dict[str, dict[str, float]] = {}
+    for row, names in runs.items():
+        run_point = [_replicates(cols[n], None) for n in names]
+        run_reps = [_replicates(cols[n], idx) for n in names]
+        draw = rng.integers(0, len(names), size=(replicates, len(names)))  # (R, S) runs per replicate
+        point[row], reps[row] = {}, {}
+        for name in stats:
+            point[row][name] = float(np.mean([rp[name] for rp in run_point]))
+            stacked = np.stack([rr[name] for rr in run_reps], axis=1)  # (R, S)
+            reps[row][name] = np.take_along_axis(stacked, draw, axis=1).mean(axis=1)
+        for n, rp in zip(names, run_point):
+            per_run[n] = {k: float(rp[k]) for k in ("objmc", "psnr")}
+    for table in (point, reps):
+        for row in table:
+            table[row]["gap_closed"] = gap_closed(table[STATIC]["objmc"], table[row]["objmc"], table[FLOOR]["objmc"])
+    for n in per_run:
+        per_run[n]["gap_closed"] = float(gap_closed(point[STATIC]["objmc"], per_run[n]["objmc"], point[FLOOR]["objmc"]))
+
+    results = assemble(point, reps, list(runs), len(keys), replicates)
+    for row, names in runs.items():
+        results["rows"][row]["runs"] = {n: per_run[n] for n in names}
+    return results
 
 
 def comparison_pairs(rows: list[str]) -> list[tuple[str, str]]:
