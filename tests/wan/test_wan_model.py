@@ -92,6 +92,26 @@ def wrapped(transformer, **cfg):
     return TrackGoWan(copy.deepcopy(transformer), TrackGoConfig(**{"alpha_frames": 25, "encoder": SMALL_ENCODER, **cfg}))
 
 
+def make_trained_like(model, seed=5):
+    """Encoder heads without the constant part and sharper adapter queries: an adapter that masks."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in model.encoder.heads.values():
+            head.weight.normal_(std=2.0, generator=g)
+            head.bias.zero_()  # only what differs between frames is left
+        for adapter in model.adapters.values():
+            adapter.norm_q_prime.weight.fill_(4.0)
+    return model
+
+
+def square_trajectories():
+    """P: a white 8×8 square crossing a black frame, (B, 9, 3, 8H, 8W) in [−1, 1]."""
+    p = -torch.ones(B, 9, 3, 8 * H, 8 * W)
+    for i in range(9):
+        p[:, i, :, 8:16, 4 * i:4 * i + 8] = 1.0
+    return p
+
+
 def test_fresh_gated_model_is_the_base_and_paper_mode_is_not(bare):
     preset, transformer = bare
     x, t, text, image, p = inputs(preset)
@@ -124,17 +144,9 @@ def test_fresh_gated_encoder_and_adapter_get_gradient_from_step_one(bare):
 def test_trained_adapter_masks_and_steers():
     torch.manual_seed(0)
     transformer = build_transformer("tiny", device="cpu").eval()
-    model = wrapped(transformer, alpha_frames=None, alpha=0.5)
-    with torch.no_grad():
-        for head in model.encoder.heads.values():
-            head.weight.normal_(std=2.0)
-            head.bias.zero_()  # only what differs between frames is left
-        for adapter in model.adapters.values():  # a sharper A′, as training makes it
-            adapter.norm_q_prime.weight.fill_(4.0)
+    model = make_trained_like(wrapped(transformer, alpha_frames=None, alpha=0.5))
     x, t, text, image, _ = inputs("tiny")
-    p = -torch.ones(B, 9, 3, 8 * H, 8 * W)  # a white 8×8 square crossing a black frame
-    for i in range(9):
-        p[:, i, :, 8:16, 4 * i:4 * i + 8] = 1.0
+    p = square_trajectories()
     with torch.no_grad():
         base = transformer(x, t, text, image, return_dict=False)[0]
         out = model(x, t, text, image, trajectories=p, collect_attention=True)
@@ -221,18 +233,17 @@ def test_added_parameters_are_counted_by_hand():
 
 def test_block_checkpointing_gives_the_same_gradients_and_diffusers_own_is_refused(bare):
     preset, transformer = bare
-    x, t, text, image, p = inputs(preset, seed=2)
+    x, t, text, image, _ = inputs(preset, seed=2)
+    p = square_trajectories()
     masks = torch.rand(B, 9, 8 * H, 8 * W) > 0.6
 
     def grads(checkpointing: bool):
-        model = wrapped(transformer, alpha_frames=None, alpha=0.5)
-        with torch.no_grad():  # an adapter that masks, as after training
-            for head in model.encoder.heads.values():
-                head.weight.normal_(std=2.0, generator=torch.Generator().manual_seed(5))
+        model = make_trained_like(wrapped(transformer, alpha_frames=None, alpha=0.5))
         model.freeze_for_training()
         if checkpointing:
             assert model.enable_gradient_checkpointing() == 2
         out = model(x, t, text, image, trajectories=p, collect_attention=True, motion_masks=masks)
+        assert min(model.mask_hits().values()) > 0  # the masked path is the one checked
         (out.square().mean() + model.attention_loss()).backward()
         return {k: v.grad.clone() for k, v in model.named_group_parameters().items()}, model
 
@@ -245,3 +256,56 @@ def test_block_checkpointing_gives_the_same_gradients_and_diffusers_own_is_refus
     model.transformer.enable_gradient_checkpointing()
     with pytest.raises(ValueError, match="enable_gradient_checkpointing"):
         model(x, t, text, image, trajectories=p)
+
+
+@pytest.mark.parametrize("mode,tau,with_diag", [("gated", None, True), ("paper", -3.0, False), ("gated", -3.0, True)])
+def test_flex_kernel_computes_the_same_attention_and_diagonal(mode, tau, with_diag):
+    g = torch.Generator().manual_seed(3)
+    b, heads, p, frames, d = 2, 2, 4, 3, 8
+    q, k, v = (torch.randn(b, heads, frames * p, d, generator=g) for _ in range(3))
+    qp, kp = (3 * torch.randn(b, heads, p, frames, d, generator=g) for _ in range(2))
+    gate = torch.tensor([0.7, -1.3]) if mode == "gated" else None
+    kw = dict(alpha=0.5, mode=mode, gate=gate, tau=tau, with_diag=with_diag, with_hits=True)
+    with torch.no_grad():
+        want = track_attention_3d(q, k, v, qp, kp, kernel="explicit", **{**kw, "with_diag": True})
+        got = track_attention_3d(q, k, v, qp, kp, kernel="flex", **kw)
+    assert float(want.hits) > 0.05
+    torch.testing.assert_close(got.out, want.out, atol=1e-5, rtol=1e-5)
+    if with_diag:
+        torch.testing.assert_close(got.diag, want.diag, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="no backward on the CPU"):
+        track_attention_3d(q.requires_grad_(), k, v, qp, kp, kernel="flex", **kw)
+
+
+def test_model_with_the_flex_kernel_matches_explicit():
+    torch.manual_seed(0)
+    transformer = build_transformer("tiny", device="cpu").eval()
+    model = make_trained_like(wrapped(transformer, alpha_frames=None, alpha=0.5))
+    x, t, text, image, _ = inputs("tiny")
+    p = square_trajectories()
+    with torch.no_grad():
+        want = model(x, t, text, image, trajectories=p, collect_attention=True)
+        maps = [m.diag for m in model.attention_maps()]
+        model.set_attention_kernel("flex")
+        got = model(x, t, text, image, trajectories=p, collect_attention=True)
+    assert max(model.mask_hits().values()) > 0
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, b in zip(model.attention_maps(), maps):
+        torch.testing.assert_close(a.diag, b, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        model.set_attention_kernel("triton")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_flex_gradients_match_explicit_on_cuda():
+    g = torch.Generator(device="cuda").manual_seed(4)
+    b, heads, p, frames, d = 2, 2, 16, 5, 16
+    q, k, v = (torch.randn(b, heads, frames * p, d, device="cuda", generator=g, requires_grad=True) for _ in range(3))
+    qp, kp = (3 * torch.randn(b, heads, p, frames, d, device="cuda", generator=g) for _ in range(2))
+    grads = {}
+    for kernel in ("explicit", "flex"):
+        res = track_attention_3d(q, k, v, qp, kp, alpha=0.4, gate=torch.tensor([0.5, 1.0], device="cuda"),
+                                 with_diag=True, kernel=kernel)
+        grads[kernel] = torch.autograd.grad(res.out.square().sum() + res.diag.sum(), (q, k, v))
+    for a, e in zip(grads["flex"], grads["explicit"]):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)

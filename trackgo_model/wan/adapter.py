@@ -56,6 +56,7 @@ class WanTrackAdapterProcessor(nn.Module):
         w = attn.to_q.weight
         self.gate = nn.Parameter(torch.full((attn.heads,), float(gate_init), device=w.device, dtype=w.dtype))
         self.context = context  # shared by every adapter; a plain object, not a submodule
+        self.kernel = "explicit"  # attention.KERNELS; TrackGoWan.set_attention_kernel sets every adapter's
         self.stock = WanAttnProcessor()
 
     def forward(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
@@ -93,7 +94,7 @@ class WanTrackAdapterProcessor(nn.Module):
                 q, k, v, adapter_side(self.to_q_prime, self.norm_q_prime), adapter_side(self.to_k_prime, self.norm_k_prime),
                 alpha=alpha_at(knobs.alpha, knobs.alpha_frames, frames), mode=knobs.mode,
                 gate=self.gate if knobs.mode == "gated" else None, tau=knobs.tau, mask_value=knobs.mask_value,
-                with_diag=state.collect, with_hits=True)
+                with_diag=state.collect, with_hits=True, kernel=self.kernel)
             out, diag = result.out, result.diag
             state.hits[self.name] = result.hits.detach()
         else:  # collecting without trajectories: plain attention, explicit map

@@ -18,6 +18,7 @@ positions' keys), so α ≤ 1/F — where a uniform A′ would mask the whole bl
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -25,7 +26,10 @@ import torch.nn.functional as F
 
 from ..attention import TrackAttention, adapter_map
 
-__all__ = ["position_mask", "track_attention_3d"]
+__all__ = ["KERNELS", "position_mask", "track_attention_3d"]
+
+#: implementations of the masked attention (see ``track_attention_3d``)
+KERNELS = ("explicit", "flex")
 
 
 def position_mask(hit: torch.Tensor, mask_value: float, tau: float | None) -> torch.Tensor:
@@ -55,6 +59,7 @@ def track_attention_3d(
     mask_value: float = -1.0e4,
     with_diag: bool = False,
     with_hits: bool = False,
+    kernel: str = "explicit",
 ) -> TrackAttention:
     """Masked full attention with the per-position adapter term (module docstring).
 
@@ -67,10 +72,15 @@ def track_attention_3d(
         with_diag: also return diag(A) — A[(t,p),(t,p)], the attention of a token to itself, what
             the attention loss reads — as (B, heads, P, F) fp32, differentiable.
         with_hits: also return the fraction of A′ entries ≥ α.
+        kernel: how the masked N×N attention runs — the same function either way. ``explicit``:
+            A formed in fp32 when ``with_diag``, else ``scaled_dot_product_attention`` with a dense
+            (B, heads, N, N) mask (without any mask when nothing is hit: the base's own call);
+            for the tiny and toy sizes. ``flex``: FlexAttention with a ``score_mod`` that adds
+            AM_p[t, u] where query and key share a position — nothing N×N in memory when compiled
+            (on CUDA it is; PyTorch has no FlexAttention backward on the CPU) — and diag(A) from the
+            log-sum-exp: A[i, i] = exp(q_i·k_i/√d + AM_ii − lse_i).
 
     Returns :class:`~trackgo_model.attention.TrackAttention` with ``out`` (B, heads, N, d).
-    Without ``with_diag`` the masked attention runs through ``scaled_dot_product_attention``
-    (without a mask when nothing is hit: the base's own call); with it, A is formed in fp32.
     """
     b, heads, n, d = q.shape
     _, _, p, frames, _ = q_prime.shape
@@ -87,12 +97,16 @@ def track_attention_3d(
     if frames > 1 and alpha <= 1.0 / frames:
         raise ValueError(f"alpha {alpha:g} must exceed 1/F = 1/{frames}: a uniform A′ would mask every "
                          "same-position key and the base model would change (set trackgo.alpha_frames)")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     scale = 1.0 / math.sqrt(d)
     a_prime, hit = adapter_map(q_prime, k_prime, alpha, scale)  # (B, heads, P, F, F)
     if frames == 1:  # one frame: no temporal structure to act on
         hit = torch.zeros_like(hit)
     diag = None
-    if with_diag:
+    if kernel == "flex":
+        out, diag = _flex(q, k, v, hit, mask_value, tau, scale, with_diag)
+    elif with_diag:
         logits = torch.matmul(q, k.transpose(-1, -2)).float() * scale + position_mask(hit, mask_value, tau)
         a = torch.softmax(logits, dim=-1)
         out = torch.matmul(a.to(v.dtype), v)
@@ -111,3 +125,34 @@ def track_attention_3d(
         out = out + g * term
     hits = hit.float().mean() if with_hits else None
     return TrackAttention(out, diag, None, hits)
+
+
+def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hit: torch.Tensor, mask_value: float,
+          tau: float | None, scale: float, with_diag: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The masked attention through FlexAttention: (out (B, heads, N, d), diag (B, heads, P, F) or None)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if q.device.type == "cpu" and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise ValueError("kernel='flex' has no backward on the CPU (PyTorch's FlexAttention); use kernel='explicit'")
+    b, heads, p, frames, _ = hit.shape
+    am = torch.where(hit, float(mask_value), 0.0 if tau is None else float(tau)).to(torch.float32)
+
+    def score_mod(score, bi, hi, qi, ki):
+        same = (qi % p) == (ki % p)
+        return score + torch.where(same, am[bi, hi, qi % p, qi // p, ki // p], 0.0)
+
+    run = _compiled_flex() if q.device.type == "cuda" else flex_attention
+    out, lse = run(q, k, v, score_mod=score_mod, scale=scale, return_lse=True)
+    if not with_diag:
+        return out, None
+    self_logit = (q.float() * k.float()).sum(-1) * scale  # (B, heads, N): q_i·k_i/√d
+    own = am.diagonal(dim1=-2, dim2=-1).transpose(-1, -2).reshape(b, heads, frames * p)  # AM_ii, frame-major
+    diag = torch.exp(self_logit + own - lse.float())
+    return out, diag.reshape(b, heads, frames, p).transpose(-1, -2)
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)

@@ -201,6 +201,16 @@ class TrackGoWan(TrackGoModel):
         return attention_loss(maps, masks, normalisation=self.cfg.attn_loss.normalisation,
                               pooling=self.cfg.encoder.pooling)
 
+    def set_attention_kernel(self, kernel: str) -> None:
+        """How every adapter computes the masked attention (``explicit`` | ``flex``: the same function;
+        see :func:`~trackgo_model.wan.attention.track_attention_3d`)."""
+        from .attention import KERNELS
+
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        for adapter in self.adapters.values():
+            adapter.kernel = kernel
+
     def enable_gradient_checkpointing(self) -> int:
         """Activation checkpointing of every transformer block: each re-runs in backward with the
         adapters' state of its first run (:class:`~trackgo_model.adapter.CheckpointedForward`); the
