@@ -309,3 +309,4 @@ def test_flex_gradients_match_explicit_on_cuda():
         grads[kernel] = torch.autograd.grad(res.out.square().sum() + res.diag.sum(), (q, k, v))
     for a, e in zip(grads["flex"], grads["explicit"]):
         torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+
