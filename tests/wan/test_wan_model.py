@@ -141,12 +141,17 @@ def test_fresh_gated_encoder_and_adapter_get_gradient_from_step_one(bare):
     assert len(params) == len(grads)
 
 
-def test_trained_adapter_masks_and_steers():
+def masking_setup():
+    """A tiny Wan2.1-layout transformer, a trained-like TrackGo on a copy, inputs and a moving square."""
     torch.manual_seed(0)
     transformer = build_transformer("tiny", device="cpu").eval()
     model = make_trained_like(wrapped(transformer, alpha_frames=None, alpha=0.5))
     x, t, text, image, _ = inputs("tiny")
-    p = square_trajectories()
+    return transformer, model, (x, t, text, image), square_trajectories()
+
+
+def test_trained_adapter_masks_and_steers():
+    transformer, model, (x, t, text, image), p = masking_setup()
     with torch.no_grad():
         base = transformer(x, t, text, image, return_dict=False)[0]
         out = model(x, t, text, image, trajectories=p, collect_attention=True)
@@ -278,11 +283,7 @@ def test_flex_kernel_computes_the_same_attention_and_diagonal(mode, tau, with_di
 
 
 def test_model_with_the_flex_kernel_matches_explicit():
-    torch.manual_seed(0)
-    transformer = build_transformer("tiny", device="cpu").eval()
-    model = make_trained_like(wrapped(transformer, alpha_frames=None, alpha=0.5))
-    x, t, text, image, _ = inputs("tiny")
-    p = square_trajectories()
+    _, model, (x, t, text, image), p = masking_setup()
     with torch.no_grad():
         want = model(x, t, text, image, trajectories=p, collect_attention=True)
         maps = [m.diag for m in model.attention_maps()]
