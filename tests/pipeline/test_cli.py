@@ -45,6 +45,11 @@ def test_stats_prints_one_flat_json(run_cli, capsys):
     assert xt["unet_params"] == 1_524_623_082 and xt["num_adapters"] == 16
     with pytest.raises(SystemExit, match="unknown --config"):
         run_cli("model", "stats", "--config", "huge")
+    assert run_cli("model", "stats", "--base", "wan") == 0
+    wan = json.loads(capsys.readouterr().out)
+    assert wan["transformer_params"] == 16_394_878_784 and wan["num_adapters"] == 40
+    with pytest.raises(SystemExit, match="for --base wan"):
+        run_cli("model", "stats", "--base", "wan", "--config", "svd-xt")
 
 
 def test_preview_puts_points_where_the_arrows_say(run_cli, scene, capsys):

@@ -2,6 +2,7 @@
 
     trackgo model init-tiny --out DIR [--seed 0]
     trackgo model stats --config svd-xt|tiny
+    trackgo model stats --base wan --config wan2.1-i2v-14b|wan2.2-i2v-a14b|tiny|tiny-2.2
     trackgo generate --image IMG --masks a.png b.png --arrows x0,y0,x1,y1 x0,y0,x1,y1 \\
         --checkpoint DIR [--svd PATH] [--frames 14] [--steps 25] [--height H --width W] \\
         [--tau T] [--motion M] [--seed 0] [--dtype fp32|fp16|bf16] [--device cpu|cuda] \\
@@ -41,7 +42,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_init_tiny)
 
     p = msub.add_parser("stats", help="parameter counts on the meta device, as one JSON object")
-    p.add_argument("--config", default="svd-xt", help="UNet preset: svd-xt or tiny")
+    p.add_argument("--base", default="svd", choices=("svd", "wan"), help="base model family")
+    p.add_argument("--config", default=None, help="preset of the base: svd-xt or tiny (svd); wan2.1-i2v-14b, "
+                                                  "wan2.2-i2v-a14b, tiny or tiny-2.2 (wan)")
     p.set_defaults(func=cmd_stats)
 
     g = subparsers.add_parser("generate", help="image + masks + arrows → video")
@@ -94,13 +97,18 @@ def cmd_init_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from trackgo_model.configs import UNET_PRESETS
-    from trackgo_model.model import count_params
-
-    if args.config not in UNET_PRESETS:
-        raise SystemExit(f"trackgo model stats: unknown --config {args.config!r}; "
-                         f"choose one of {', '.join(sorted(UNET_PRESETS))}")
-    _emit(count_params(args.config))
+    if args.base == "wan":
+        from trackgo_model.wan import WAN_PRESETS as presets
+        from trackgo_model.wan import count_params
+        config = args.config or "wan2.1-i2v-14b"
+    else:
+        from trackgo_model.configs import UNET_PRESETS as presets
+        from trackgo_model.model import count_params
+        config = args.config or "svd-xt"
+    if config not in presets:
+        raise SystemExit(f"trackgo model stats: unknown --config {config!r} for --base {args.base}; "
+                         f"choose one of {', '.join(sorted(presets))}")
+    _emit(count_params(config))
     return 0
 
 
