@@ -20,9 +20,9 @@ from torch.utils.checkpoint import checkpoint
 from .attention import track_attention
 from .configs import alpha_at
 
-__all__ = ["AttentionKnobs", "CheckpointedForward", "CollectedMap", "ForwardState", "checkpointed_blocks", "TrackAdapterProcessor", "TrackContext", "install_adapters",
-           "install_track_adapters", "remove_adapters", "remove_track_adapters", "restore_track_adapters",
-           "set_processors", "temporal_attn1_paths"]
+__all__ = ["AttentionKnobs", "CheckpointedForward", "CollectedMap", "ForwardState", "TrackAdapterProcessor",
+           "TrackContext", "checkpointed_blocks", "install_adapters", "install_track_adapters", "remove_adapters",
+           "remove_track_adapters", "restore_track_adapters", "set_processors", "temporal_attn1_paths"]
 
 _TARGET = re.compile(r"(^|\.)temporal_transformer_blocks\.\d+\.attn1\.processor$")
 
@@ -323,15 +323,21 @@ def set_processors(model, replace: dict[str, object]) -> None:
     model.set_attn_processor(procs)
 
 
-def install_adapters(model, paths: list[str], adapter_type: type, make_adapter) -> dict[str, Any]:
-    """``make_adapter(attention module, path)`` (an ``adapter_type``) on each of ``paths``; a path
-    that already has one raises. Returns {path: adapter}."""
+def install_adapters(model, paths: list[str], adapter_type: type, context: TrackContext, cfg=None, *,
+                     expected: int, what: str) -> dict[str, Any]:
+    """An ``adapter_type(attention module, context, name=path, gate_init=…)`` on each of ``paths``.
+
+    ``expected``: how many paths the model's config implies (``what`` names them in the error);
+    a mismatch, or a path that already has an adapter, raises. Returns {path: adapter}."""
+    if len(paths) != expected:
+        raise ValueError(f"found {len(paths)} {what}, the config implies {expected}")
+    gate_init = 1.0 if cfg is None else cfg.gate_init
     adapters = {}
     for path in paths:
         attn = model.get_submodule(path)
         if isinstance(attn.processor, adapter_type):
             raise ValueError(f"{path} already has a TrackAdapter")
-        adapters[path] = make_adapter(attn, path)
+        adapters[path] = adapter_type(attn, context, name=path, gate_init=gate_init)
     set_processors(model, adapters)
     return adapters
 
@@ -357,11 +363,8 @@ def install_track_adapters(unet, context: TrackContext, cfg=None, *, expected: i
     paths = temporal_attn1_paths(unet)
     if expected is None:
         expected = expected_temporal_layers(dict(unet.config))
-    if len(paths) != expected:
-        raise ValueError(f"found {len(paths)} temporal attn1 layers, the UNet config implies {expected}")
-    gate_init = 1.0 if cfg is None else cfg.gate_init
-    return install_adapters(unet, paths, TrackAdapterProcessor, lambda attn, path: TrackAdapterProcessor(
-        attn, context, name=path, gate_init=gate_init))
+    return install_adapters(unet, paths, TrackAdapterProcessor, context, cfg, expected=expected,
+                            what="temporal attn1 layers")
 
 
 def remove_track_adapters(unet) -> dict[str, TrackAdapterProcessor]:

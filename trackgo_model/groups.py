@@ -2,13 +2,17 @@
 parameter groups' derived views, the adapters' collected maps and mask hits.
 
 A subclass sets ``cfg`` (TrackGoConfig), ``adapters`` ({module path: processor with a ``gate``}),
-``encoder`` and ``context`` (TrackContext), and defines ``named_group_parameters(groups)``:
-{checkpoint key: parameter} of the named groups (``encoder``, ``adapter``, ``temporal_qkv``,
-``unet``).
+``encoder``, ``context`` (TrackContext) and ``base_attr`` (the attribute holding the base network),
+and defines ``remove_adapters()`` (the stock processors back, the adapters returned).
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Any, Iterator
+
 from torch import nn
+
+from .adapter import set_processors
 
 __all__ = ["TrackGoModel"]
 
@@ -46,6 +50,19 @@ class TrackGoModel(nn.Module):
             else:
                 raise ValueError(f"unknown parameter group {g!r}")
         return out
+
+    def remove_adapters(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def without_adapters(self) -> Iterator[Any]:
+        """Temporarily the stock processors (e.g. for ``save_pretrained``); yields the base network."""
+        base = getattr(self, self.base_attr)
+        removed = self.remove_adapters()
+        try:
+            yield base
+        finally:
+            set_processors(base, removed)
 
     def encoder_group(self) -> dict[str, nn.Parameter]:
         return {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}

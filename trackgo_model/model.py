@@ -10,19 +10,18 @@ to_q/to_k/to_v); the SVD UNet itself comes from its own checkpoint.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from trackgo_data.config import atomic_write_bytes, atomic_write_json, config_from_dict
 
-from .adapter import TrackContext, install_track_adapters, remove_track_adapters, restore_track_adapters
+from .adapter import TrackContext, install_track_adapters, remove_track_adapters
 from .configs import ATTENTION_MODES, KernelConfig, TrackGoConfig, unet_config
 from .encoder import TrajectoryEncoder
 from .groups import TrackGoModel
@@ -217,14 +216,8 @@ class TrackGoUNet(TrackGoModel):
         return KernelConfig(attention=self.context.kernel, fused_projections=self.context.fused_projections,
                             encoder_channels_last=self.encoder.channels_last)
 
-    @contextlib.contextmanager
-    def without_adapters(self) -> Iterator[Any]:
-        """Temporarily restore the stock processors (e.g. ``unet.save_pretrained``); yields the UNet."""
-        removed = remove_track_adapters(self.unet)
-        try:
-            yield self.unet
-        finally:
-            restore_track_adapters(self.unet, removed)
+    def remove_adapters(self) -> dict[str, Any]:
+        return remove_track_adapters(self.unet)
 
     # -- parameter groups ---------------------------------------------------------------------
     def encoder_group(self) -> dict[str, nn.Parameter]:

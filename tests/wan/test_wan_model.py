@@ -311,3 +311,15 @@ def test_flex_gradients_match_explicit_on_cuda():
     for a, e in zip(grads["flex"], grads["explicit"]):
         torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
 
+
+
+def test_adapters_install_once_and_come_off(bare):
+    from trackgo_model.wan.adapter import WanTrackAdapterProcessor, install_wan_adapters
+
+    preset, transformer = bare
+    model = wrapped(transformer)
+    with pytest.raises(ValueError, match="already has a TrackAdapter"):
+        install_wan_adapters(model.transformer, model.context)
+    with model.without_adapters() as base:
+        assert not any(isinstance(p, WanTrackAdapterProcessor) for p in base.attn_processors.values())
+    assert sum(isinstance(p, WanTrackAdapterProcessor) for p in model.transformer.attn_processors.values()) == 2

@@ -115,12 +115,8 @@ def self_attention_paths(transformer) -> list[str]:
 def install_wan_adapters(transformer, context: TrackContext, cfg=None) -> dict[str, WanTrackAdapterProcessor]:
     """Put a :class:`WanTrackAdapterProcessor` on every block's attn1 (one per block, nowhere
     else); returns {module path: processor}. A second installation raises."""
-    paths = self_attention_paths(transformer)
-    if len(paths) != transformer.config.num_layers:
-        raise ValueError(f"found {len(paths)} self-attention layers, the config has {transformer.config.num_layers} blocks")
-    gate_init = 1.0 if cfg is None else cfg.gate_init
-    return install_adapters(transformer, paths, WanTrackAdapterProcessor, lambda attn, path: WanTrackAdapterProcessor(
-        attn, context, name=path, gate_init=gate_init))
+    return install_adapters(transformer, self_attention_paths(transformer), WanTrackAdapterProcessor, context, cfg,
+                            expected=transformer.config.num_layers, what="self-attention layers (one per block)")
 
 
 def remove_wan_adapters(transformer) -> dict[str, WanTrackAdapterProcessor]:

@@ -15,14 +15,13 @@ to_q/to_k/to_v of every adapted self-attention: Wan's only attention across fram
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from ..adapter import CheckpointedForward, TrackContext, checkpointed_blocks, set_processors
+from ..adapter import CheckpointedForward, TrackContext, checkpointed_blocks
 from ..configs import ATTENTION_MODES, TrackGoConfig
 from ..encoder import TrajectoryEncoder
 from ..groups import TrackGoModel
@@ -224,14 +223,8 @@ class TrackGoWan(TrackGoModel):
         for block in checkpointed_blocks(self.transformer):
             del block.forward  # the class's forward again
 
-    @contextlib.contextmanager
-    def without_adapters(self) -> Iterator[Any]:
-        """Temporarily restore the stock processors (e.g. ``save_pretrained``); yields the transformer."""
-        removed = remove_wan_adapters(self.transformer)
-        try:
-            yield self.transformer
-        finally:
-            set_processors(self.transformer, removed)
+    def remove_adapters(self) -> dict[str, Any]:
+        return remove_wan_adapters(self.transformer)
 
     def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
         """TrackGo's own tensors and config (the transformer comes from its own folder)."""
