@@ -39,9 +39,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .configs import ATTENTION_KERNELS as KERNELS
+from .configs import ATTENTION_KERNELS
 from .configs import ATTENTION_MODES as MODES
 
+#: the SVD temporal attention's kernels ("flex" is Wan's, trackgo_model.wan.attention)
+KERNELS = tuple(k for k in ATTENTION_KERNELS if k != "flex")
 __all__ = ["KERNELS", "MODES", "TrackAttention", "adapter_map", "track_attention"]
 
 

@@ -23,8 +23,9 @@ TRAINABLE_GROUPS = ("encoder", "adapter", "temporal_qkv")
 #: adapters: training an image-to-video base model from scratch, as the toy reproduction does)
 PARAMETER_GROUPS = TRAINABLE_GROUPS + ("unet",)
 POOLING = ("avg", "nearest")
-#: implementations of the masked temporal attention (see trackgo_model.attention.KERNELS)
-ATTENTION_KERNELS = ("explicit", "sdpa", "compiled", "triton")
+#: implementations of the masked temporal attention (see trackgo_model.attention.KERNELS); "flex"
+#: is Wan's FlexAttention kernel (trackgo_model.wan.attention), the others SVD's
+ATTENTION_KERNELS = ("explicit", "sdpa", "compiled", "triton", "flex")
 ATTN_LOSS_NORMALISATIONS = ("mean", "sum")
 
 UNET_PRESETS: dict[str, dict[str, Any]] = {

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from torch import nn
 
 from .adapter import set_processors
+from .configs import ATTENTION_MODES
 
 __all__ = ["TrackGoModel"]
 
@@ -63,6 +64,20 @@ class TrackGoModel(nn.Module):
             yield base
         finally:
             set_processors(base, removed)
+
+    def inference_modes(self) -> tuple[str, ...]:
+        """The modes :meth:`set_inference` accepts for this model."""
+        return ATTENTION_MODES
+
+    def set_inference(self, tau: float | None = None, motion: float = 1.0, mode: str | None = None) -> None:
+        """Inference knobs: τ (None → 0), unspecified-region motion strength, and optionally the mode."""
+        if motion < 0:
+            raise ValueError(f"motion must be >= 0, got {motion}")
+        if mode is not None and mode not in self.inference_modes():
+            raise ValueError(f"mode must be one of {self.inference_modes()} for this model, got {mode!r}")
+        self.context.tau, self.context.motion = tau, float(motion)
+        if mode is not None:
+            self.context.mode = mode
 
     def encoder_group(self) -> dict[str, nn.Parameter]:
         return {f"encoder.{n}": p for n, p in self.encoder.named_parameters()}

@@ -189,16 +189,8 @@ class TrackGoUNet(TrackGoModel):
         return attention_loss(self.attention_maps(), masks, normalisation=self.cfg.attn_loss.normalisation,
                               pooling=self.cfg.encoder.pooling)
 
-    def set_inference(self, tau: float | None = None, motion: float = 1.0, mode: str | None = None) -> None:
-        """Inference knobs: τ (None → 0), unspecified-region motion strength, and optionally the mode."""
-        if motion < 0:
-            raise ValueError(f"motion must be >= 0, got {motion}")
-        modes = ("injection",) if self.injection is not None else ATTENTION_MODES
-        if mode is not None and mode not in modes:
-            raise ValueError(f"mode must be one of {modes} for this model, got {mode!r}")
-        self.context.tau, self.context.motion = tau, float(motion)
-        if mode is not None:
-            self.context.mode = mode
+    def inference_modes(self) -> tuple[str, ...]:
+        return ("injection",) if self.injection is not None else ATTENTION_MODES
 
     def enable_gradient_checkpointing(self) -> None:
         self.unet.enable_gradient_checkpointing()
@@ -206,6 +198,8 @@ class TrackGoUNet(TrackGoModel):
     def set_kernels(self, kernels: KernelConfig | dict | None = None) -> KernelConfig:
         """Choose how the adapters and the encoder run (speed only; see :class:`KernelConfig`)."""
         kernels = config_from_dict(KernelConfig, kernels, path="kernels")
+        if kernels.attention == "flex":
+            raise ValueError("kernels.attention=flex is the Wan kernel; SVD's are explicit, sdpa, compiled, triton")
         self.context.kernel = kernels.attention
         self.context.fused_projections = kernels.fused_projections
         self.encoder.set_channels_last(kernels.encoder_channels_last)

@@ -21,7 +21,7 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def _sample(frames: np.ndarray, key: str, shift: tuple[float, float]):
+def moving_box_sample(frames: np.ndarray, key: str, shift: tuple[float, float]):
     """A format-v1 sample: real frames, a 16-point grid in a box moving by ``shift`` per frame."""
     from trackgo_data.render import render_trajectories
     from trackgo_data.sample import Sample, downsample_labels
@@ -43,21 +43,25 @@ def _sample(frames: np.ndarray, key: str, shift: tuple[float, float]):
                   meta={"fps": 8.0, "width": SIZE, "height": SIZE})
 
 
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory, sample_videos) -> Path:
-    """Two shards: clips-000000.tar (3 training samples), clips-000001.tar (1 held out)."""
+def write_tiny_shards(out: Path, video: Path, frames: int = FRAMES) -> Path:
+    """Two shards of SIZE² clips of ``video``: clips-000000.tar (3 training samples), clips-000001.tar (1 held out)."""
     from trackgo_data.sample import encode_sample
     from trackgo_data.shards import ShardSpec, write_shards
     from trackgo_data.video import read_frames
 
-    out = tmp_path_factory.mktemp("shards")
     samples = []
     for i, start in enumerate((0, 20, 40, 60)):
-        frames = read_frames(sample_videos["carphone"], start=start, count=FRAMES, size=(SIZE, SIZE))
-        samples.append(encode_sample(_sample(frames, f"carphone-{start:06d}", (2.0 * (i % 2) - 1.0, 1.0))))
+        clip = read_frames(video, start=start, count=frames, size=(SIZE, SIZE))
+        samples.append(encode_sample(moving_box_sample(clip, f"carphone-{start:06d}", (2.0 * (i % 2) - 1.0, 1.0))))
     write_shards(samples, out, "clips", ShardSpec(maxcount=3))
     assert len(list(out.glob("*.tar"))) == 2
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory, sample_videos) -> Path:
+    """Two shards of FRAMES-frame clips (:func:`write_tiny_shards`)."""
+    return write_tiny_shards(tmp_path_factory.mktemp("shards"), sample_videos["carphone"])
 
 
 @pytest.fixture(scope="session")

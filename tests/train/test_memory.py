@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,10 +107,11 @@ def test_prepare_model_applies_scope_and_kernels(model, monkeypatch):
     cfg = load_train_config("tiny-cpu", ["mixed_precision=no", "model.gradient_checkpointing=true",
                                          "model.checkpointing=temporal", "model.kernels.fused_projections=true",
                                          "model.kernels.encoder_channels_last=true"])
-    comp = type("Components", (), {})()
-    comp.model = copy.deepcopy(model)
-    comp.vae, comp.image_encoder = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
-    comp.vae.config = type("VaeConfig", (), {"force_upcast": True})()
+    from trackgo_model.train.data import Components
+
+    vae = torch.nn.Linear(1, 1)
+    vae.config = type("VaeConfig", (), {"force_upcast": True})()
+    comp = Components(copy.deepcopy(model), vae, torch.nn.Linear(1, 1), None, None, Path("."))
     params = prepare_model(comp, cfg, torch.device("cpu"))
     m = comp.model
     assert params and m.context.fused_projections and m.encoder.channels_last and m.context.kernel == "explicit"

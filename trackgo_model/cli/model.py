@@ -1,12 +1,20 @@
 """``trackgo model init-tiny|stats`` and ``trackgo generate``.
 
-    trackgo model init-tiny --out DIR [--seed 0]
+    trackgo model init-tiny --out DIR [--seed 0] [--base svd|wan]
     trackgo model stats --config svd-xt|tiny
     trackgo model stats --base wan --config wan2.1-i2v-14b|wan2.2-i2v-a14b|tiny|tiny-2.2
     trackgo generate --image IMG --masks a.png b.png --arrows x0,y0,x1,y1 x0,y0,x1,y1 \\
         --checkpoint DIR [--svd PATH] [--frames 14] [--steps 25] [--height H --width W] \\
         [--tau T] [--motion M] [--seed 0] [--dtype fp32|fp16|bf16] [--device cpu|cuda] \\
         --out out.mp4 [--preview]
+    trackgo generate --base wan --wan WAN_FOLDER --checkpoint DIR --frames 81 [--prompt TEXT \
+        --negative-prompt TEXT --guidance 5] …
+
+``--base wan`` samples with :class:`~trackgo_model.wan.pipeline.WanTrackGoPipeline` (a diffusers
+Wan image-to-video folder and a TrackGo checkpoint trained with ``model.base=wan``): 4k + 1
+frames, sides multiples of 16, classifier-free guidance against the negative prompt; the SVD
+knobs (--fps conditioning, --motion-bucket-id, --noise-aug-strength, --min/--max-guidance,
+--decode-chunk-size, --cpu-offload) do not apply and are refused when changed.
 
 ``generate`` checks the masks and arrows and turns them into point tracks
 (``trackgo_data.user_input``: colours ordered by mask area as in training, at most the
@@ -39,6 +47,8 @@ def register(subparsers) -> None:
     p = msub.add_parser("init-tiny", help="write a tiny random-weight TrackGo (SVD layout + TrackGo files)")
     p.add_argument("--out", required=True, type=Path, help="folder to write (replaced as a whole)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", default="svd", choices=("svd", "wan"),
+                   help="svd: SVD layout + TrackGo files; wan: a diffusers Wan image-to-video folder (Wan2.1 layout)")
     p.set_defaults(func=cmd_init_tiny)
 
     p = msub.add_parser("stats", help="parameter counts on the meta device, as one JSON object")
@@ -55,10 +65,16 @@ def register(subparsers) -> None:
                    help="one arrow per mask, x0,y0,x1,y1 (or a polyline x0,y0,x1,y1,x2,y2,…), image pixels")
     g.add_argument("--checkpoint", type=Path, help="TrackGo checkpoint folder (trackgo_config.json, "
                    "trackgo.safetensors); not needed with --preview")
+    g.add_argument("--base", default="svd", choices=("svd", "wan"), help="base model family of the checkpoint")
     g.add_argument("--svd", type=Path, help="SVD folder in diffusers layout (default: --checkpoint when "
                    "it has unet/)")
+    g.add_argument("--wan", type=Path, help="--base wan: Wan image-to-video folder in diffusers layout")
+    g.add_argument("--prompt", default="", help="--base wan: the text prompt (training used model.prompt)")
+    g.add_argument("--negative-prompt", default="", help="--base wan: the guidance's negative prompt")
+    g.add_argument("--guidance", type=float, default=1.0, help="--base wan: classifier-free guidance scale "
+                   "(1 = none)")
     g.add_argument("--out", required=True, type=Path, help="output video (.mp4)")
-    g.add_argument("--frames", type=int, default=14)
+    g.add_argument("--frames", type=int, default=None, help="frames (default 14 for svd, 81 for wan: 4k + 1)")
     g.add_argument("--steps", type=int, default=25)
     g.add_argument("--height", type=int, help="output height (default: the image's, fitted to the model)")
     g.add_argument("--width", type=int, help="output width (default: the image's, fitted to the model)")
@@ -69,7 +85,8 @@ def register(subparsers) -> None:
     g.add_argument("--mode", choices=("gated", "paper"), default=None,
                    help="adapter mode (default: the checkpoint's)")
     g.add_argument("--seed", type=int, default=0, help="seed of the point sampling and of the noise")
-    g.add_argument("--fps", type=int, default=7, help="SVD fps conditioning and output frame rate")
+    g.add_argument("--fps", type=int, default=None, help="output frame rate (default 7 for svd, also its fps "
+                   "conditioning; 16 for wan)")
     g.add_argument("--motion-bucket-id", type=int, default=127)
     g.add_argument("--noise-aug-strength", type=float, default=0.02)
     g.add_argument("--min-guidance", type=float, default=1.0)
@@ -89,10 +106,13 @@ def _emit(obj: dict) -> None:
 
 
 def cmd_init_tiny(args: argparse.Namespace) -> int:
-    from trackgo_model.tiny import init_tiny
+    if args.base == "wan":
+        from trackgo_model.wan.tiny import init_tiny_wan as init_tiny
+    else:
+        from trackgo_model.tiny import init_tiny
 
     out = init_tiny(args.out, seed=args.seed)
-    _emit({"out": str(out), "seed": args.seed})
+    _emit({"out": str(out), "seed": args.seed, "base": args.base})
     return 0
 
 
@@ -120,6 +140,11 @@ def side_paths(out: Path) -> tuple[Path, Path]:
 def sample(pipe, image, P, args: argparse.Namespace, progress: bool = False, callback=None):
     """The pipeline call of ``trackgo generate`` (the studio makes the same one): image (H,W,3)
     uint8 and P (L,H,W,3) at the output size → frames (L,H,W,3) uint8."""
+    if getattr(pipe, "base", "svd") == "wan":
+        return pipe(image, P, num_frames=len(P), height=P.shape[1], width=P.shape[2],
+                    num_inference_steps=args.steps, guidance_scale=args.guidance, prompt=args.prompt,
+                    negative_prompt=args.negative_prompt, seed=args.seed, tau=args.tau, motion=args.motion,
+                    mode=args.mode, progress=progress, callback=callback)
     return pipe(image, P, num_frames=args.frames, height=P.shape[1], width=P.shape[2],
                 num_inference_steps=args.steps, min_guidance_scale=args.min_guidance,
                 max_guidance_scale=args.max_guidance, fps=args.fps,
@@ -139,6 +164,36 @@ def _resolve_svd(args: argparse.Namespace) -> Path:
 
 #: the size multiple of every Stable Video Diffusion model (VAE /8, three UNet down-samplings)
 SVD_SIZE_MULTIPLE = 64
+#: ... and of every Wan image-to-video model (VAE /8, 2×2 patches)
+WAN_SIZE_MULTIPLE = 16
+#: the SVD-only options and their defaults (``--base wan`` refuses other values)
+SVD_ONLY = {"motion_bucket_id": 127, "noise_aug_strength": 0.02, "min_guidance": 1.0,
+            "max_guidance": 3.0, "decode_chunk_size": None, "cpu_offload": False}
+
+
+def _resolve_wan(args: argparse.Namespace) -> Path:
+    if args.wan is None:
+        raise SystemExit("trackgo generate: --base wan needs --wan PATH (a diffusers Wan image-to-video folder)")
+    return args.wan
+
+
+def check_base_options(args: argparse.Namespace) -> None:
+    """Fill the base's default frame count; refuse options the base does not have (UserInputError)."""
+    from trackgo_data.user_input import UserInputError
+
+    base = getattr(args, "base", "svd")
+    if args.frames is None:
+        args.frames = 81 if base == "wan" else 14
+    if args.fps is None:
+        args.fps = 16 if base == "wan" else 7
+    if base != "wan":
+        return
+    changed = [k for k, v in SVD_ONLY.items() if getattr(args, k, v) != v]
+    if changed:
+        names = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise UserInputError(f"--base wan does not take the SVD option(s) {names}")
+    if (args.frames - 1) % 4:
+        raise UserInputError(f"--base wan generates 4k + 1 frames (5, 9, …, 81); got --frames {args.frames}")
 
 
 def _size_multiple(args: argparse.Namespace, pipe=None) -> int:
@@ -146,6 +201,10 @@ def _size_multiple(args: argparse.Namespace, pipe=None) -> int:
     (read from its configs, no weights loaded); a preview without a model folder uses SVD's."""
     if pipe is not None:
         return pipe.size_multiple
+    if getattr(args, "base", "svd") == "wan":
+        from trackgo_model.wan.pipeline import wan_size_multiple
+
+        return WAN_SIZE_MULTIPLE if args.preview and args.wan is None else wan_size_multiple(_resolve_wan(args))
     if args.preview and args.svd is None and not (args.checkpoint and (args.checkpoint / "unet").is_dir()):
         return SVD_SIZE_MULTIPLE
     from trackgo_model.pipeline import folder_size_multiple
@@ -155,12 +214,13 @@ def _size_multiple(args: argparse.Namespace, pipe=None) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from trackgo_data.user_input import UserInputError
+    from trackgo_model.pipeline import MissingWeightsError
 
     if args.checkpoint is None and not args.preview:
         raise SystemExit("trackgo generate: --checkpoint is required (unless --preview)")
     try:
         result = run_generate(args)
-    except UserInputError as exc:
+    except (UserInputError, MissingWeightsError) as exc:
         raise SystemExit(f"trackgo generate: {exc}") from None
     _emit(result)
     return 0
@@ -181,6 +241,7 @@ def run_generate(args: argparse.Namespace, pipe=None, callback=None, max_objects
                                          preview_image)
     from trackgo_data.video import encode_lossless_rgb, encode_mp4
 
+    check_base_options(args)
     if args.frames < 2 or args.steps < 1:
         raise UserInputError("--frames must be >= 2 and --steps >= 1")
     if max_objects is None:
@@ -203,7 +264,15 @@ def run_generate(args: argparse.Namespace, pipe=None, callback=None, max_objects
         result["preview"] = str(preview_path)
         return result
 
-    if pipe is None:
+    if pipe is None and getattr(args, "base", "svd") == "wan":
+        import torch
+
+        from trackgo_model.wan.pipeline import WanTrackGoPipeline
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pipe = WanTrackGoPipeline.from_pretrained(_resolve_wan(args), args.checkpoint, torch_dtype=args.dtype,
+                                                  device=device)
+    elif pipe is None:
         import torch
 
         from trackgo_model.pipeline import TrackGoPipeline

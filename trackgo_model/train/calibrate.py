@@ -43,7 +43,7 @@ def calibrate_attention_weight(cfg, *, batches: int = 8, ratio: float = 1.0, com
     λ is ignored). Returns {"weight": λ, "ratio": ratio, "batches", "mse_grad_norms",
     "attn_grad_norms", "mse", "attn"} (per-batch lists)."""
     from .data import data_stream, load_components, shard_urls
-    from .loss import batch_to_inputs, compute_loss
+    from .loss import batch_to_inputs
 
     if batches < 1 or ratio <= 0:
         raise ValueError("batches must be >= 1 and ratio > 0")
@@ -53,8 +53,8 @@ def calibrate_attention_weight(cfg, *, batches: int = 8, ratio: float = 1.0, com
     params = qk_parameters(core)
     for p in params:
         p.requires_grad_(True)
-    with_attn, without = copy.deepcopy(cfg.objective), copy.deepcopy(cfg.objective)
-    with_attn.attn_loss_weight, without.attn_loss_weight = 1.0, 0.0
+    with_attn, without = copy.deepcopy(cfg), copy.deepcopy(cfg)
+    with_attn.objective.attn_loss_weight, without.objective.attn_loss_weight = 1.0, 0.0
     stream = data_stream(cfg, shard_urls(cfg)[0], rank=0, world=1, segment_start=0, skip_batches=0)
     generator = torch.Generator().manual_seed(cfg.seed)
     device = next(core.parameters()).device
@@ -62,12 +62,10 @@ def calibrate_attention_weight(cfg, *, batches: int = 8, ratio: float = 1.0, com
     for _ in range(batches):
         inputs = batch_to_inputs(next(stream), device, cfg.data.fps)
         state = generator.get_state()
-        parts = compute_loss(core, core, comp.vae, comp.image_encoder, comp.feature_extractor, inputs, with_attn,
-                             generator=generator, motion_bucket_id=cfg.data.motion_bucket_id)
+        parts = comp.loss(core, inputs, with_attn, generator)
         attn = core.attention_loss(inputs.motion_masks)
         generator.set_state(state)
-        plain = compute_loss(core, core, comp.vae, comp.image_encoder, comp.feature_extractor, inputs, without,
-                             generator=generator, motion_bucket_id=cfg.data.motion_bucket_id)
+        plain = comp.loss(core, inputs, without, generator)
         out["mse_grad_norms"].append(gradient_norm(plain.loss, params))
         out["attn_grad_norms"].append(gradient_norm(attn, params))
         out["mse"].append(float(parts.mse))

@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         if not cfg.model.tiny:
-            cfg.resolved_svd_path()  # one clear error before anything heavy
+            cfg.resolved_weights_path()  # one clear error before anything heavy
         result = train(cfg, resume=args.resume, stop_at=args.max_steps)
     except (ConfigError, MissingShardsError, NonFiniteLossError) as exc:
         log.error("%s", exc)
@@ -55,7 +55,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         if not cfg.model.tiny:
-            cfg.resolved_svd_path()
+            cfg.resolved_weights_path()
         result = calibrate_attention_weight(cfg, batches=args.batches, ratio=args.ratio)
     except (ConfigError, MissingShardsError) as exc:
         log.error("%s", exc)

@@ -33,6 +33,7 @@ from .memory import CHECKPOINTING, LR_GROUPS, OPTIMIZERS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SVD_PATH_ENV = "TRACKGO_SVD_PATH"
+BASES = ("svd", "wan")
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 DISTRIBUTED = ("ddp", "fsdp", "deepspeed_zero2")
@@ -42,10 +43,18 @@ PROGRESS = ("tqdm", "rich", "none")
 
 @dataclass
 class ModelConfig:
+    # The base model family: "svd" (Stable Video Diffusion's UNet) or "wan" (Wan's image-to-video DiT,
+    # trackgo_model.wan; flow-matching objective).
+    base: str = "svd"
     # Folder in diffusers layout (unet/, vae/, image_encoder/, feature_extractor/) of SVD(-xt).
     # Falls back to the TRACKGO_SVD_PATH environment variable. Ignored when ``tiny`` is true.
     svd_path: str | None = None
-    # Use the tiny random-initialised SVD-layout model (created under <run_dir>/tiny-model if absent).
+    # base=wan: a diffusers Wan image-to-video folder (transformer/, vae/, text_encoder/, tokenizer/,
+    # scheduler/, Wan2.1: image_encoder/, image_processor/); falls back to $TRACKGO_WAN_PATH.
+    wan_path: str | None = None
+    # base=wan: the fixed prompt whose text tokens condition every sample (the data has no captions).
+    prompt: str = ""
+    # Use the tiny random-initialised model of the base's layout (created under <run_dir>/tiny-model if absent).
     tiny: bool = False
     tiny_seed: int = 0
     tiny_dir: str = ""  # where the tiny model lives / is created (default <run_dir>/tiny-model)
@@ -63,18 +72,33 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     # What gradient checkpointing re-runs in backward (trackgo_model.train.memory): "diffusers"
     # (resnets + spatial transformer blocks), "temporal" (+ the temporal transformer blocks),
-    # "transformer" (+ each spatio-temporal transformer as one unit). Needs gradient_checkpointing.
+    # "transformer" (+ each spatio-temporal transformer as one unit); base=wan: "blocks" (every DiT
+    # block, TrackGoWan.enable_gradient_checkpointing). Needs gradient_checkpointing.
     checkpointing: str = "diffusers"
     # Speed switches of the adapters and the encoder (trackgo_model.configs.KernelConfig: attention,
     # fused_projections, encoder_channels_last); the same function whatever they are.
     kernels: KernelConfig = field(default_factory=KernelConfig)
 
     def __post_init__(self) -> None:
+        if self.base not in BASES:
+            raise ValueError(f"model.base must be one of {BASES}, got {self.base!r}")
         if not self.trainable:
             raise ValueError("model.trainable must name at least one parameter group")
-        if self.checkpointing not in CHECKPOINTING:
-            raise ValueError(f"model.checkpointing must be one of {CHECKPOINTING}, got {self.checkpointing!r}")
-        if self.checkpointing != "diffusers" and not self.gradient_checkpointing:
+        scopes = CHECKPOINTING if self.base == "svd" else ("blocks",)
+        if self.gradient_checkpointing and self.checkpointing not in scopes:
+            raise ValueError(f"model.checkpointing must be one of {scopes} for base={self.base}, "
+                             f"got {self.checkpointing!r}")
+        if self.checkpointing not in CHECKPOINTING + ("blocks",):
+            raise ValueError(f"model.checkpointing must be one of {CHECKPOINTING + ('blocks',)}, "
+                             f"got {self.checkpointing!r}")
+        if self.base == "wan" and self.kernels != KernelConfig(attention=self.kernels.attention):
+            raise ValueError("model.kernels: base=wan takes only kernels.attention (explicit or flex)")
+        if self.base == "wan" and self.kernels.attention not in ("explicit", "flex"):
+            raise ValueError(f"model.kernels.attention for base=wan must be explicit or flex, "
+                             f"got {self.kernels.attention!r}")
+        if self.base == "svd" and self.kernels.attention == "flex":
+            raise ValueError("model.kernels.attention=flex is the Wan kernel (base=wan)")
+        if self.checkpointing not in ("diffusers", "blocks") and not self.gradient_checkpointing:
             raise ValueError(f"model.checkpointing={self.checkpointing} needs model.gradient_checkpointing=true")
         if "unet" in self.trainable and self.trajectories:
             raise ValueError("model.trainable=[unet] trains a plain image-to-video base model: set "
@@ -118,6 +142,9 @@ class ObjectiveConfig:
     # Conditioning dropout for classifier-free guidance (independent draws per sample).
     drop_clip_prob: float = 0.1
     drop_image_prob: float = 0.1
+    # base=wan: the flow-matching noise levels σ = s·u/(1 + (s − 1)·u), u ~ U(0, 1), shift s
+    # (p_mean/p_std and cond_log_* are SVD's EDM settings and are not read).
+    flow_shift: float = 3.0
     # λ in L = L_mse + λ·L_attn (Eq. 9); not given by the paper. With the default "mean"
     # normalisation of losses.attention_loss, λ = 1 puts λ·L_attn at the order of L_mse at the
     # start. 0 disables the attention loss (ablation "no attention loss").
@@ -130,6 +157,8 @@ class ObjectiveConfig:
                 raise ValueError(f"objective.{name} must be in [0, 1], got {v}")
         if self.attn_loss_weight < 0:
             raise ValueError("objective.attn_loss_weight must be >= 0")
+        if self.flow_shift <= 0:
+            raise ValueError("objective.flow_shift must be > 0")
 
 
 @dataclass
@@ -187,6 +216,10 @@ class TrainConfig:
     mixed_precision: str = "bf16"
     distributed: str = "ddp"
     fsdp_version: int = 1  # with distributed=fsdp: 1 (FullyShardedDataParallel) or 2 (fully_shard)
+    # with distributed=fsdp: false keeps each unit's gathered parameters from forward to backward
+    # (ZeRO-2-like); true shards them again after forward and gathers them once more in backward
+    # (ZeRO-3-like: with per-block units only one block's full weights are held at a time)
+    fsdp_reshard_after_forward: bool = False
     checkpoint_every: int = 500
     keep_checkpoints: int = 3  # 0 keeps all
     log_every: int = 10
@@ -214,6 +247,10 @@ class TrainConfig:
             raise ValueError(f"progress must be one of {PROGRESS}, got {self.progress!r}")
         if self.max_steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("max_steps, checkpoint_every and log_every must be >= 1")
+        data = self.data
+        if self.model.base == "wan" and ((data.num_frames - 1) % 4 or data.width % 16 or data.height % 16):
+            raise ValueError(f"base=wan takes clips of 4k + 1 frames with sides that are multiples of 16 (VAE /8, "
+                             f"2×2 patches); got {data.num_frames} frames of {data.width}x{data.height}")
 
     @property
     def run_path(self) -> Path:
@@ -228,6 +265,15 @@ class TrainConfig:
                 f"data.batch_size {self.data.batch_size} × {num_processes} process(es)"
             )
         return self.global_batch_size // per_step
+
+    def resolved_weights_path(self) -> Path:
+        """The base's weights folder (:meth:`resolved_svd_path`, or Wan's
+        :func:`~trackgo_model.wan.training.resolved_wan_path`); one clear error when it is not set."""
+        if self.model.base == "wan":
+            from trackgo_model.wan.training import resolved_wan_path
+
+            return resolved_wan_path(self)
+        return self.resolved_svd_path()
 
     def resolved_svd_path(self) -> Path:
         """The SVD folder from config or $TRACKGO_SVD_PATH; one clear error when neither is set."""

@@ -35,12 +35,46 @@ class MissingShardsError(ConfigError):
 
 @dataclass
 class Components:
+    """The TrackGoUNet to train and SVD's frozen parts. Every base's components have ``model``,
+    ``vae``, ``source`` and the methods ``place``, ``encode_latents``, ``loss`` and ``generate``
+    (Wan's: :class:`~trackgo_model.wan.training.WanComponents`)."""
+
     model: torch.nn.Module  # TrackGoUNet
     vae: torch.nn.Module
     image_encoder: torch.nn.Module
     feature_extractor: Any
     scheduler: Any
     source: Path  # the SVD-layout folder the frozen parts came from
+
+    def place(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Frozen parts to ``device`` in ``dtype`` (a VAE that asks for ``force_upcast`` stays float32 under fp16)."""
+        upcast = dtype == torch.float16 and self.vae.config.force_upcast
+        self.vae.to(device, dtype=torch.float32 if upcast else dtype)
+        self.image_encoder.to(device, dtype=dtype)
+
+    def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, L, 3, H, W) in [-1, 1] → latents (B, L, 4, H/8, W/8) (the latent cache's entries)."""
+        from trackgo_model.conditioning import encode_video_latents
+
+        return encode_video_latents(self.vae, video.to(next(self.vae.parameters()).dtype))
+
+    def loss(self, model, inputs, cfg, generator: torch.Generator, x0: torch.Tensor | None = None):
+        """The EDM objective of :func:`~trackgo_model.train.loss.compute_loss` for one batch."""
+        from .loss import compute_loss
+
+        return compute_loss(model, self.model, self.vae, self.image_encoder, self.feature_extractor, inputs,
+                            cfg.objective, generator=generator, motion_bucket_id=cfg.data.motion_bucket_id, x0=x0)
+
+    def generate(self, image: np.ndarray, trajectories: np.ndarray, cfg, device: torch.device) -> np.ndarray:
+        """One validation video: image (H, W, 3) uint8, P (L, H, W, 3) uint8 → (L, H, W, 3) uint8."""
+        from trackgo_model.pipeline import TrackGoPipeline
+
+        v = cfg.validation
+        pipe = TrackGoPipeline(self.model, self.vae, self.image_encoder, self.feature_extractor, self.scheduler,
+                               device=device)
+        return pipe(image, trajectories, num_inference_steps=v.num_inference_steps, seed=v.seed,
+                    min_guidance_scale=v.min_guidance_scale, max_guidance_scale=v.max_guidance_scale,
+                    fps=int(round(float(cfg.data.fps))), motion_bucket_id=int(cfg.data.motion_bucket_id))
 
 
 def trackgo_config_for(cfg) -> "Any":
@@ -57,8 +91,13 @@ def trackgo_config_for(cfg) -> "Any":
     return TrackGoConfig.from_dict(data)
 
 
-def load_components(cfg, run_dir: Path) -> Components:
-    """Frozen SVD parts + a TrackGoUNet to train (weights: SVD folder, or the tiny model)."""
+def load_components(cfg, run_dir: Path):
+    """The components of ``model.base``: frozen SVD parts + a TrackGoUNet to train (weights: SVD
+    folder, or the tiny model), or Wan's (:func:`~trackgo_model.wan.training.load_wan_components`)."""
+    if cfg.model.base == "wan":
+        from trackgo_model.wan.training import load_wan_components
+
+        return load_wan_components(cfg, run_dir)
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler
     from diffusers import UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
@@ -260,17 +299,13 @@ def _uint8_frames(x) -> np.ndarray:
 
 
 @torch.no_grad()
-def write_validation(comp: Components, batches: list[Any], cfg, step: int, out_dir: Path,
+def write_validation(comp, batches: list[Any], cfg, step: int, out_dir: Path,
                      device: torch.device) -> list[Path]:
     """Generate one video per held-out batch with a fixed seed; write ``<key>.mp4`` and
     ``<key>-sbs.mp4`` (real | generated | trajectories) under ``out_dir/step-XXXXXX``."""
     from trackgo_data.video import encode_mp4
-    from trackgo_model.pipeline import TrackGoPipeline
 
-    v = cfg.validation
     target = out_dir / f"step-{step:06d}"
-    pipe = TrackGoPipeline(comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
-                           comp.scheduler, device=device)
     written = []
     ctx = comp.model.context
     saved = (ctx.tau, ctx.motion, ctx.mode)
@@ -283,9 +318,7 @@ def write_validation(comp: Components, batches: list[Any], cfg, step: int, out_d
             real = _uint8_frames(torch.as_tensor(batch.video)[0])
             traj = _uint8_frames(torch.as_tensor(batch.trajectory)[0])
             fps = float(cfg.data.fps)
-            gen = pipe(image, traj, num_inference_steps=v.num_inference_steps, seed=v.seed,
-                       min_guidance_scale=v.min_guidance_scale, max_guidance_scale=v.max_guidance_scale,
-                       fps=int(round(fps)), motion_bucket_id=int(cfg.data.motion_bucket_id))
+            gen = comp.generate(image, traj, cfg, device)
             sbs = np.concatenate([real, gen, traj], axis=2)
             for name, frames in ((f"{key}.mp4", gen), (f"{key}-sbs.mp4", sbs)):
                 encode_mp4(frames, target / name, fps=fps)  # atomic write

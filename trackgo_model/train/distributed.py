@@ -46,13 +46,20 @@ def accelerate_kwargs(cfg: TrainConfig, accumulation: int) -> dict[str, Any]:
     if cfg.distributed == "fsdp":
         from accelerate.utils import FullyShardedDataParallelPlugin
 
-        # ZeRO-2-like: parameters stay gathered from forward to backward, gradients and optimizer
-        # state are sharded. FSDP1 needs use_orig_params: only some parameters of the UNet train.
+        # ZeRO-2-like by default: parameters stay gathered from forward to backward, gradients and
+        # optimizer state are sharded (fsdp_reshard_after_forward: ZeRO-3-like). FSDP1 needs
+        # use_orig_params: only some parameters train. Wan: one unit per DiT block.
+        reshard = cfg.fsdp_reshard_after_forward
+        units = {}
+        if cfg.model.base == "wan":
+            units = {"auto_wrap_policy": "transformer_based_wrap",
+                     "transformer_cls_names_to_wrap": ["WanTransformerBlock"]}
         if cfg.fsdp_version == 1:
-            plugin = FullyShardedDataParallelPlugin(fsdp_version=1, reshard_after_forward="SHARD_GRAD_OP",
-                                                    use_orig_params=True)
+            strategy = "FULL_SHARD" if reshard else "SHARD_GRAD_OP"
+            plugin = FullyShardedDataParallelPlugin(fsdp_version=1, use_orig_params=True,
+                                                    reshard_after_forward=strategy, **units)
         else:
-            plugin = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=False)
+            plugin = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=reshard, **units)
         kw["fsdp_plugin"] = plugin
     elif cfg.distributed == "deepspeed_zero2":
         import importlib.util
@@ -110,12 +117,12 @@ def prepare_model(comp, cfg: TrainConfig, device: torch.device) -> list[torch.nn
     weight_dtype = DTYPES[cfg.mixed_precision]
     core = comp.model
     params = core.freeze_for_training()
-    if cfg.model.gradient_checkpointing:  # diffusers' blocks, plus those of model.checkpointing
+    if cfg.model.gradient_checkpointing and cfg.model.base == "wan":  # every DiT block
+        core.enable_gradient_checkpointing()
+    elif cfg.model.gradient_checkpointing:  # diffusers' blocks, plus those of model.checkpointing
         enable_checkpointing(core, cfg.model.checkpointing)
     core.set_kernels(cfg.model.kernels)
-    vae_dtype = torch.float32 if (weight_dtype == torch.float16 and comp.vae.config.force_upcast) else weight_dtype
-    comp.vae.to(device, dtype=vae_dtype)
-    comp.image_encoder.to(device, dtype=weight_dtype)
+    comp.place(device, weight_dtype)
     core.to(device)
     if weight_dtype != torch.float32 and cfg.distributed != "fsdp":
         with torch.no_grad():

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -51,9 +52,13 @@ def shard_digest(path: str | Path, length: int = 16) -> str:
 class LatentCache:
     """x0 latents by sample key for a list of shards (see the module docstring)."""
 
-    def __init__(self, root: str | Path, vae: torch.nn.Module, *, width: int, height: int, num_frames: int):
+    def __init__(self, root: str | Path, vae: torch.nn.Module, *, width: int, height: int, num_frames: int,
+                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """encode: video (1, L, 3, H, W) in [-1, 1] → latents (1, …) (default: SVD's
+        ``encode_video_latents`` with ``vae``); ``vae`` names the cache files either way."""
         self.root = Path(root)
         self.vae = vae
+        self.encode = encode
         self.size = (width, height)
         self.num_frames = num_frames
         self.vae_id = vae_identity(vae)
@@ -76,6 +81,7 @@ class LatentCache:
         from trackgo_model.conditioning import encode_video_latents
 
         dtype = next(self.vae.parameters()).dtype
+        encode = self.encode or (lambda video: encode_video_latents(self.vae, video.to(dtype)))
         written = 0
         for shard in shards[rank::world]:
             target = self.path_for(shard)
@@ -86,7 +92,7 @@ class LatentCache:
             latents = {}
             for batch in ds:
                 video = batch.video.to(device=device, dtype=torch.float32) / 127.5 - 1.0
-                latents[batch.key[0]] = encode_video_latents(self.vae, video.to(dtype))[0].to("cpu").contiguous()
+                latents[batch.key[0]] = encode(video)[0].float().to("cpu").contiguous()
             atomic_write_bytes(target, save(latents, metadata={"shard": Path(shard).name, "vae": self.vae_id}))
             written += 1
             log.info("cached the latents of %d samples of %s in %s", len(latents), shard, target.name)
@@ -107,7 +113,7 @@ class LatentCache:
         return len(self._index)
 
     def get(self, keys: list[str], device: torch.device) -> torch.Tensor | None:
-        """(B, L, 4, H/8, W/8) float32 for the batch's keys, or None when one is not cached."""
+        """(B, …) float32 (SVD: (B, L, 4, H/8, W/8)) for the batch's keys, or None when one is not cached."""
         from safetensors import safe_open
 
         if not all(k in self._index for k in keys):

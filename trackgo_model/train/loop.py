@@ -129,7 +129,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stop_at: int | None = None,
     schedule, which always spans ``cfg.max_steps`` — a resumed run continues the same curve.
     callback(step, metrics): called on the main process every ``log_every`` steps.
     components: a ready :class:`~trackgo_model.train.data.Components` (tests, benchmarks); by
-    default they are loaded from ``model.svd_path`` or the tiny model.
+    default they are loaded for ``model.base`` from its folder or the tiny model.
     """
     from .data import data_stream, write_validation
 
@@ -230,7 +230,7 @@ def _start(cfg: TrainConfig, resume: bool, components: Any | None) -> _Run:
 
         data = cfg.data
         run.cache = LatentCache(data.latent_cache, components.vae, width=data.width, height=data.height,
-                                num_frames=data.num_frames)
+                                num_frames=data.num_frames, encode=components.encode_latents)
         run.cache.build(train_urls, device, rank=rank, world=accelerator.num_processes)
         accelerator.wait_for_everyone()
         log.info("latent cache %s: %d samples", data.latent_cache, run.cache.open(train_urls))
@@ -247,7 +247,7 @@ def _start(cfg: TrainConfig, resume: bool, components: Any | None) -> _Run:
 def _optimizer_step(run: _Run, batches) -> _Step:
     """One optimizer step: ``run.accumulation`` micro-batches of loss and backward, global-norm
     clipping, the step (skipped when not finite)."""
-    from .loss import batch_to_inputs, compute_loss
+    from .loss import batch_to_inputs
 
     cfg, accelerator, comp = run.cfg, run.accelerator, run.comp
     sums = torch.zeros(3, device=accelerator.device)
@@ -259,9 +259,7 @@ def _optimizer_step(run: _Run, batches) -> _Step:
         x0 = run.cache.get(list(batch.key), accelerator.device) if run.cache is not None else None
         with accelerator.accumulate(run.model):
             with accelerator.autocast():
-                parts = compute_loss(run.model, comp.model, comp.vae, comp.image_encoder, comp.feature_extractor,
-                                     inputs, cfg.objective, generator=run.state.generator,
-                                     motion_bucket_id=cfg.data.motion_bucket_id, x0=x0)
+                parts = comp.loss(run.model, inputs, cfg, run.state.generator, x0=x0)
             accelerator.backward(parts.loss)
         sums += torch.stack([parts.loss.detach().float(), parts.mse.float(), parts.attn.float()])
     losses = accelerator.reduce(sums, reduction="mean") / run.accumulation

@@ -126,7 +126,9 @@ class TrackGoWan(TrackGoModel):
         p = next(transformer.parameters())
         inner = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         with torch.device(p.device):
-            self.encoder = TrajectoryEncoder([inner], cfg.encoder).to(p.dtype)
+            self.encoder = TrajectoryEncoder([inner], cfg.encoder)
+        if next(self.encoder.parameters()).dtype != p.dtype:
+            self.encoder.to(p.dtype)
         self._motion_masks: torch.Tensor | None = None
 
     @property
@@ -209,6 +211,19 @@ class TrackGoWan(TrackGoModel):
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         for adapter in self.adapters.values():
             adapter.kernel = kernel
+
+    def set_kernels(self, kernels=None):
+        """The training config's ``model.kernels``: only ``attention`` (explicit | flex) applies to Wan."""
+        from trackgo_data.config import config_from_dict
+
+        from ..configs import KernelConfig
+
+        kernels = config_from_dict(KernelConfig, kernels, path="kernels")
+        if kernels != KernelConfig(attention=kernels.attention):
+            raise ValueError("TrackGo on Wan has no fused projections or channels-last encoder switch; "
+                             "set only kernels.attention")
+        self.set_attention_kernel(kernels.attention)
+        return kernels
 
     def enable_gradient_checkpointing(self) -> int:
         """Activation checkpointing of every transformer block: each re-runs in backward with the

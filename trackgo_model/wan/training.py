@@ -1,0 +1,155 @@
+"""What ``trackgo train`` needs for ``model.base=wan``: the frozen parts, the flow-matching objective
+and validation sampling (the training loop, data, optimizer groups and checkpoints are shared with SVD).
+
+Objective for one batch (docs/wan.md, "Training"):
+L = mean_b ‖F(x_σ ⊕ c; 1000σ) − (ε − x0)‖² + λ·L_attn, x_σ = (1 − σ)·x0 + σ·ε, σ = shift(u), u ~ U(0, 1), c the first-frame condition; the text tokens
+are the fixed prompt ``model.prompt`` encoded once (the trajectory data has no captions).
+Conditioning dropout keeps SVD's switches: ``drop_clip_prob`` zeroes Wan2.1's CLIP image tokens,
+``drop_image_prob`` the first-frame latents of c (the mask channels stay). Random draws, in order,
+from the step's CPU generator: dropout uniforms (2·B), u (B), ε (B, 16, F, h, w).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import conditioning as wcond
+
+log = logging.getLogger(__name__)
+__all__ = ["WAN_PATH_ENV", "WanComponents", "flow_loss", "load_wan_components", "resolved_wan_path"]
+
+WAN_PATH_ENV = "TRACKGO_WAN_PATH"
+
+
+def resolved_wan_path(cfg) -> Path:
+    """The Wan folder of ``model.wan_path`` or $TRACKGO_WAN_PATH; one clear error when neither is set."""
+    import os
+
+    from trackgo_data.config import ConfigError
+
+    raw = cfg.model.wan_path or os.environ.get(WAN_PATH_ENV)
+    if not raw:
+        raise ConfigError(f"config {cfg.name!r} needs Wan weights: set model.wan_path=/path/to/Wan2.1-I2V-14B-480P-"
+                          f"Diffusers (a diffusers folder with transformer/, vae/, text_encoder/, tokenizer/, "
+                          f"image_encoder/, image_processor/, scheduler/) or export {WAN_PATH_ENV}. Nothing is "
+                          f"downloaded. Without weights: make train CONFIG=tiny-wan-cpu")
+    return Path(raw).expanduser()
+
+
+@dataclass
+class WanComponents:
+    """The TrackGoWan to train and the frozen parts of its folder (``parts.text_encoder`` is dropped
+    once the prompt is encoded). text: (1, 512, text_dim) float32 tokens of ``model.prompt``."""
+
+    model: Any
+    parts: Any
+    text: torch.Tensor
+    source: Path
+
+    @property
+    def vae(self):
+        return self.parts.vae
+
+    def place(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Frozen parts to ``device``: the VAE in float32 (as Wan runs it), the image encoder in ``dtype``."""
+        self.parts.vae.to(device)  # loaded in float32
+        if self.parts.image_encoder is not None:
+            self.parts.image_encoder.to(device, dtype=dtype)
+        self.text = self.text.to(device)
+
+    def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
+        """video (B, L, 3, H, W) in [-1, 1] → normalised latents (B, 16, F, H/8, W/8)."""
+        return wcond.encode_video(self.parts.vae, video)
+
+    def loss(self, model, inputs, cfg, generator: torch.Generator, x0: torch.Tensor | None = None):
+        return flow_loss(model, self, inputs, cfg.objective, generator=generator, x0=x0)
+
+    def generate(self, image, trajectories, cfg, device: torch.device):
+        """One validation video: image (H, W, 3) uint8, P (L, H, W, 3) uint8 → (L, H, W, 3) uint8."""
+        from .pipeline import WanTrackGoPipeline
+
+        v = cfg.validation
+        pipe = WanTrackGoPipeline(self.model, self.parts, device=device)
+        return pipe(image, trajectories, num_inference_steps=v.num_inference_steps, seed=v.seed,
+                    guidance_scale=1.0, prompt_embeds=self.text)
+
+
+def flow_loss(model, comp: WanComponents, inputs, obj, *, generator: torch.Generator,
+              x0: torch.Tensor | None = None):
+    """The objective of the module docstring for one batch → ``LossParts`` (sigma: (B,) σ).
+
+    model: what runs the forward (the TrackGoWan, possibly wrapped for DDP/FSDP); comp.model the
+    bare one (its collected maps give L_attn). inputs: a ``TrainInputs`` (video (B, L, 3, H, W)).
+    x0: cached latents (B, 16, F, h, w), else encoded here.
+    """
+    from ..train.loss import LossParts
+
+    core, vae = comp.model, comp.parts.vae
+    device = inputs.video.device
+    b, length = inputs.video.shape[:2]
+    r = core.temporal_ratio
+    with torch.no_grad():
+        if x0 is None:
+            x0 = wcond.encode_video(vae, inputs.video)
+        frames = (length - 1) // r + 1
+        if tuple(x0.shape[:3]) != (b, vae.config.z_dim, frames):
+            raise ValueError(f"latents {tuple(x0.shape)} do not fit the batch {tuple(inputs.video.shape)}")
+        condition = wcond.condition_latents(vae, inputs.image, length, r)
+        tokens = wcond.image_tokens(comp.parts.image_encoder, comp.parts.image_processor, inputs.image)
+    u = torch.rand(2, b, generator=generator)
+    if tokens is not None:
+        tokens = tokens * (u[0] >= obj.drop_clip_prob).float().to(device).view(b, 1, 1)
+    keep_image = (u[1] >= obj.drop_image_prob).float().to(device).view(b, 1, 1, 1, 1)
+    condition = torch.cat([condition[:, :r], condition[:, r:] * keep_image], dim=1)
+    sigma = wcond.shift_sigmas(torch.rand(b, generator=generator), obj.flow_shift).to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    s = sigma.view(b, 1, 1, 1, 1)
+    x_noisy = (1.0 - s) * x0 + s * noise
+    dtype = next(p for p in core.parameters()).dtype
+    lam = float(obj.attn_loss_weight)
+    pred = model(torch.cat([x_noisy, condition], dim=1).to(dtype), sigma * wcond.NUM_TRAIN_TIMESTEPS,
+                 comp.text.expand(b, -1, -1).to(dtype), None if tokens is None else tokens.to(dtype),
+                 trajectories=inputs.trajectories, motion_masks=inputs.motion_masks, collect_attention=lam > 0)
+    mse = ((pred.float() - (noise - x0)) ** 2).reshape(b, -1).mean(dim=1).mean()
+    if lam > 0:
+        attn = core.attention_loss(inputs.motion_masks).float()
+        loss = mse + lam * attn
+    else:
+        attn = torch.zeros((), device=device)
+        loss = mse
+    return LossParts(loss=loss, mse=mse.detach(), attn=attn.detach(), sigma=sigma)
+
+
+def load_wan_components(cfg, run_dir: Path) -> WanComponents:
+    """Frozen Wan parts + a TrackGoWan to train, from ``model.wan_path`` or the tiny folder
+    (created under ``<run_dir>/tiny-wan`` on first use); the prompt is encoded once."""
+    from ..train.data import trackgo_config_for
+    from .model import TrackGoWan
+    from .pipeline import load_wan_folder
+    from .tiny import init_tiny_wan
+
+    if cfg.model.tiny:
+        folder = Path(cfg.model.tiny_dir) if cfg.model.tiny_dir else run_dir / "tiny-wan"
+        if not (folder / "transformer").is_dir():
+            log.info("creating the tiny random Wan folder in %s", folder)
+            init_tiny_wan(folder, seed=cfg.model.tiny_seed)
+    else:
+        folder = resolved_wan_path(cfg)
+    parts = load_wan_folder(folder)
+    text = wcond.encode_prompt(parts.tokenizer, parts.text_encoder, cfg.model.prompt)
+    parts.text_encoder = None  # not needed again: the prompt is fixed
+    state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.seed)  # fresh encoder and adapters, deterministic given the run seed
+    try:
+        model = TrackGoWan(parts.transformer, trackgo_config_for(cfg),
+                           temporal_ratio=parts.vae.config.scale_factor_temporal or 4)
+    finally:
+        torch.random.set_rng_state(state)
+    parts.vae.requires_grad_(False).eval()
+    if parts.image_encoder is not None:
+        parts.image_encoder.requires_grad_(False).eval()
+    return WanComponents(model=model, parts=parts, text=text, source=folder)
