@@ -247,7 +247,7 @@ def _run_capped(runner: Any, batch_task: Any, plan: B.BuildPlan, cfg: B.BuildCon
 def build_dataset_flow(
     source: str = "samples",
     output: str = "data/sample",
-    profile: Literal["local", "paper"] = "local",
+    profile: Literal["local", "paper", "wan"] = "local",
     max_clips: Optional[int] = None,
     num_frames: Optional[int] = None,
     width: Optional[int] = None,
@@ -273,7 +273,8 @@ def build_dataset_flow(
     Args:
         source: folder, glob, list file (.txt/.lst, one path per line) or "samples" (bundled clips).
         output: output folder (shards/, parts/, manifest.parquet, summary.json, previews/).
-        profile: "local" (offline flow segmenter + LK tracker) or "paper" (DEVA + Co-Tracker3).
+        profile: "local" (offline flow segmenter + LK tracker), "paper" (DEVA + Co-Tracker3) or
+            "wan" (the paper's backends on Wan's clips: 81 frames at 16 fps, 832×480).
         max_clips: cap on accepted clips (exact; batches then run in source order).
         num_frames, width, height: clip length and size (None: the profile's).
         shard_maxcount: samples per shard (None: the profile's).

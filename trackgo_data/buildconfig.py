@@ -35,10 +35,13 @@ class BuildConfig:
     video_crf: int | None = None  # None: the video encoder's visually lossless default
 
 
-#: Profiles name the backends; everything else keeps the BuildConfig defaults.
+#: Profiles name the backends (and, for wan, the clips); everything else keeps the BuildConfig defaults.
 PROFILES: dict[str, dict[str, Any]] = {
     "local": {"segmenter": {"name": "flow"}, "tracker": {"name": "lk"}},
     "paper": {"segmenter": {"name": "deva"}, "tracker": {"name": "cotracker3_offline"}},
+    # Wan's clips: 81 frames (4·20 + 1) at 16 fps, about 5 s, at 832×480 (the 480P models' size)
+    "wan": {"segmenter": {"name": "deva"}, "tracker": {"name": "cotracker3_offline"},
+            "clip": {"num_frames": 81, "fps": 16.0, "width": 832, "height": 480}},
 }
 
 

@@ -26,8 +26,11 @@ def register(subparsers) -> None:
         cmd.add_argument("--source", required=True,
                          help="folder, glob, list-file (.txt), a video file, or 'samples' (bundled clips)")
         cmd.add_argument("--out", required=True, help="output folder (shards/, parts/, manifest.parquet)")
-        cmd.add_argument("--profile", default="local", help="backends: local (flow + lk) | paper (deva + cotracker3)")
-        cmd.add_argument("--frames", type=int, default=None, help="frames per clip (default 25)")
+        cmd.add_argument("--profile", default="local", help="local (flow + lk) | paper (deva + cotracker3) | "
+                                                            "wan (deva + cotracker3; 81 frames at 16 fps, 832×480)")
+        cmd.add_argument("--frames", type=int, default=None, help="frames per clip (default: the profile's, 25)")
+        cmd.add_argument("--fps", type=float, default=None, help="clip frame rate: sources are resampled to it "
+                                                                 "(default: the profile's; local, paper: the source's)")
         cmd.add_argument("--width", type=int, default=None, help="clip width (default 1024)")
         cmd.add_argument("--height", type=int, default=None, help="clip height (default 576)")
         cmd.add_argument("--stride", type=int, default=None, help="frames between window starts")
@@ -57,8 +60,8 @@ def build_config_from_args(args: argparse.Namespace):
     from .config import apply_overrides
 
     over: dict = {}
-    clip = {k: v for k, v in (("num_frames", args.frames), ("width", args.width),
-                              ("height", args.height), ("stride", args.stride)) if v is not None}
+    clip = {k: v for k, v in (("num_frames", args.frames), ("width", args.width), ("height", args.height),
+                              ("stride", args.stride), ("fps", args.fps)) if v is not None}
     if clip:
         over["clip"] = clip
     apply_overrides(over, list(args.overrides))

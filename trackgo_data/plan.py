@@ -262,8 +262,7 @@ def plan_summary(source: str | Path | list, out_dir: str | Path, cfg: Any, batch
     for i in pick:
         try:
             info = probe(plan.sources[i])
-            check_source(info, cfg.clip)
-            windows.append(len(plan_windows(info.num_frames, cfg.clip)))
+            windows.append(len(plan_windows(len(check_source(info, cfg.clip)), cfg.clip)))
         except VideoError:
             unusable += 1
             windows.append(0)

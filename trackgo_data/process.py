@@ -134,7 +134,7 @@ def _clip_stages(ctx: SourceContext, key: str, start: int, frames: Any, clock: S
     with clock("encode"):
         sample = make_sample(video_id=vid, start=start, frames=frames, labels=labels, tracks=tracks,
                              visibility=vis, components=comps, trajectory=traj, source=src, fps=ctx.fps or 25.0,
-                             config_hash=ctx.config_hash, backends=ctx.backends, stats=stats,
+                             config_hash=ctx.config_hash, backends=ctx.backends, stats=stats, profile=cfg.profile,
                              masks=downsample_coarse_labels(seg_coarse, *labels.shape[1:]))
         members = encode_sample(sample, crf=cfg.video_crf)
     size = sum(len(v) for k, v in members.items() if not k.startswith("__"))
@@ -196,7 +196,8 @@ def iter_video(path: str | Path, cfg: BuildConfig, segmenter: Any, tracker: Any,
         if is_gone(exc):
             raise SourceGone(src) from exc
         raise
-    ctx = SourceContext(src, vid, cfg, segmenter, tracker, info.fps, (info.width, info.height), config_hash(cfg),
+    ctx = SourceContext(src, vid, cfg, segmenter, tracker, cfg.clip.fps or info.fps, (info.width, info.height),
+                        config_hash(cfg),
                         {"segmenter": {"name": segmenter.name, "version": str(segmenter.version)},
                          "tracker": {"name": tracker.name, "version": str(tracker.version)}})
     n_rows = n_acc = 0

@@ -293,13 +293,15 @@ def make_sample(
     backends: dict[str, dict[str, str]],
     stats: dict[str, Any],
     masks: np.ndarray | None = None,
+    profile: str = "",
 ) -> Sample:
     """Assemble a format-v1 :class:`Sample` (and its meta.json) from one processed clip.
 
     frames (L,H,W,3) uint8; labels (L,H,W) int (0 bg, j+1 component j); tracks (L,N,2) float32;
     visibility (L,N) bool; components (N,) int; trajectory (L,H,W,3) uint8 (rendered P);
     masks (L,H/8,W/8) uint8: ``downsample_labels(labels)`` when None, else already computed from
-    the same labels (e.g. by :func:`downsample_coarse_labels`).
+    the same labels (e.g. by :func:`downsample_coarse_labels`). profile: the build profile that made it
+    (``local``, ``paper``, ``wan``), recorded in meta.json.
     """
     from .render import COLOURS
 
@@ -327,6 +329,7 @@ def make_sample(
         "format_version": FORMAT_VERSION,
         "config_hash": config_hash,
         "backends": backends,
+        "profile": profile,
         "mask_stride": MASK_STRIDE,
         "mask_operator": "plurality",
         "components": comp_meta,

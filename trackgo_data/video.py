@@ -31,7 +31,7 @@ import numpy as np
 from .faults import STORAGE_ERRNOS
 from .video_encode import encode_lossless_rgb, encode_mp4
 
-__all__ = ["EMPTY_FILE", "TOO_SHORT", "TOO_SMALL", "UNDECODABLE", "VIDEO_REASONS", "VideoError", "VideoInfo",
+__all__ = ["EMPTY_FILE", "LOW_FRAME_RATE", "TOO_SHORT", "TOO_SMALL", "UNDECODABLE", "VIDEO_REASONS", "VideoError", "VideoInfo",
            "cover_size", "decode_mp4", "encode_lossless_rgb", "encode_mp4", "get_decode_threads", "is_storage_error",
            "iter_frames", "probe", "pyav_threads_scaler", "read_frames", "read_windows", "resize_crop",
            "set_decode_threads"]
@@ -41,8 +41,10 @@ log = logging.getLogger(__name__)
 EMPTY_FILE = "empty_file"
 UNDECODABLE = "undecodable"
 TOO_SHORT = "too_short"
+#: the clip profile asks for a higher frame rate than the source has (frames would repeat)
+LOW_FRAME_RATE = "low_frame_rate"
 TOO_SMALL = "too_small"
-VIDEO_REASONS = (EMPTY_FILE, UNDECODABLE, TOO_SHORT, TOO_SMALL)
+VIDEO_REASONS = (EMPTY_FILE, UNDECODABLE, TOO_SHORT, TOO_SMALL, LOW_FRAME_RATE)
 
 #: threads per stream for FFmpeg's decoder and for libswscale's RGB conversion; 0 lets FFmpeg
 #: choose (one per core). Decoded frames do not depend on it. A worker process sharing the cores

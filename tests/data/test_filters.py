@@ -23,7 +23,7 @@ def test_reasons_are_named_constants():
     assert set(F.REASONS) == {"too_little_motion", "too_few_visible_points", "scene_cut", "camera_motion",
                               "too_small", "too_short", "undecodable", "empty_file", "no_components",
                               "low_quality_blur", "low_quality_blocks", "low_quality_letterbox",
-                              "low_quality_static"}
+                              "low_quality_static", "low_frame_rate"}
     assert set(F.FRAME_REASONS) <= set(F.REASONS)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trackgo_data.clips import ClipConfig, check_source, iter_clips, plan_windows
+from trackgo_data.clips import ClipConfig, check_source, iter_clips, plan_windows, resample_indices
 from trackgo_data.video import (
     VideoError,
     cover_size,
@@ -261,6 +261,34 @@ def test_iter_clips_real_video(sample_videos):
     assert [s for s, _ in clips] == [0, 50, 100]
     assert all(f.shape == (8, 32, 64, 3) and f.dtype == np.uint8 for _, f in clips)
     np.testing.assert_array_equal(clips[1][1], read_frames(sample_videos["carphone"], 50, 8, size=(64, 32)))
+
+
+def test_resample_indices_by_hand():
+    # 10 frames at 30 fps = 1/3 s; at 16 fps output frame k starts at source frame 1.875·k
+    assert resample_indices(10, 30.0, 16.0) == [0, 1, 3, 5, 7, 9]
+    assert resample_indices(10, 30.0, None) == list(range(10))
+    assert resample_indices(10, 29.97, 30.0) == list(range(10))  # within 1 %: the source's own rate
+    assert resample_indices(6, 25.0, 12.5) == [0, 2, 4]
+
+
+def test_iter_clips_resampled_to_another_rate(sample_videos):
+    """carphone is 29.97 fps: 120 frames → 65 at 16 fps; each clip frame is the source frame on screen."""
+    video = sample_videos["carphone"]
+    cfg = ClipConfig(num_frames=9, stride=20, width=64, height=32, fps=16.0)
+    indices = resample_indices(120, 30000 / 1001, 16.0)
+    assert len(indices) == 65 and indices[:4] == [0, 1, 3, 5]
+    clips = list(iter_clips(video, cfg))
+    assert [s for s, _ in clips] == [indices[k] for k in (0, 20, 40)]  # 60 + 9 > 65: three windows
+    source = read_frames(video, size=(64, 32))
+    for s, frames in clips:
+        k = indices.index(s)
+        np.testing.assert_array_equal(frames, source[indices[k:k + 9]])
+    assert _reason(lambda: list(iter_clips(video, ClipConfig(num_frames=8, width=64, height=32, fps=60.0)))) == \
+        "low_frame_rate"
+    assert _reason(lambda: list(iter_clips(video, ClipConfig(num_frames=81, width=64, height=32, fps=16.0)))) == \
+        "too_short"  # 65 frames at 16 fps
+    with pytest.raises(ValueError, match="fps"):
+        ClipConfig(fps=0)
 
 
 # ---- bad input → reason ----------------------------------------------------------------------

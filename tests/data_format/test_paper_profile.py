@@ -122,3 +122,30 @@ def test_paper_build_without_weights_is_one_clear_error(tmp_path, sample_videos)
     assert "sam_weights=(not set) (sam_vit_h_4b8939.pth)" in stderr and "random_init=true" in stderr
     assert "Traceback" not in stderr and "Overwriting tiny_vit" not in stderr
     assert not list((tmp_path / "out").glob("shards/*.tar"))
+
+
+def test_wan_profile_makes_81_frames_at_16_fps_through_the_upstream_backends(tmp_path, sample_videos):
+    """`--profile wan`: bigbuckbunny (25 fps, 132 frames) resampled to 16 fps (85 frames), one clip of
+    Wan's 81 frames — longer than Co-Tracker3's 60-frame window — through DEVA and Co-Tracker3."""
+    from trackgo_data.clips import resample_indices
+    from trackgo_data.video import decode_mp4, read_frames
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(sample_videos["bigbuckbunny"], src / "bigbuckbunny.mp4")
+    argv = _build_argv(src, tmp_path / "out", PAPER_SETTINGS)
+    argv[argv.index("--profile") + 1] = "wan"
+    del argv[argv.index("--frames"):argv.index("--frames") + 2]  # the profile's 81
+    rc, stdout, stderr = trackgo(argv)
+    assert rc == 0, stderr
+    assert json.loads(stdout)["accepted"] == 1
+    m = _members(tmp_path / "out")
+    meta = json.loads(m["meta.json"])
+    assert (meta["num_frames"], meta["fps"], meta["profile"]) == (81, 16.0, "wan")
+    assert np.load(io.BytesIO(m["tracks.npy"])).shape[0] == 81
+    video = decode_mp4(m["video.mp4"]).astype(float)
+    indices = resample_indices(132, 25.0, 16.0)
+    assert len(indices) == 85 and video.shape == (81, 96, 128, 3)
+    source = read_frames(src / "bigbuckbunny.mp4", size=(128, 96)).astype(float)
+    err = {off: np.abs(video - source[np.clip(np.array(indices[:81]) + off, 0, 131)]).mean() for off in (-1, 0, 1)}
+    assert err[0] < 5 and err[0] < 0.9 * min(err[-1], err[1])  # those source frames, not their neighbours
