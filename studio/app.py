@@ -165,14 +165,15 @@ def layout(model, samples: list[Path], sam=None, examples_label: str = "Sample f
             w.status = gr.Markdown(elem_id="status")
     with gr.Accordion("Settings", open=True):
         with gr.Row():
-            w.frames = gr.Slider(2, 50, value=model.frames, step=1, label="frames", elem_id="frames")
+            low, high, step = model.frame_range
+            w.frames = gr.Slider(low, high, value=model.frames, step=step, label="frames", elem_id="frames")
             w.steps = gr.Slider(1, 100, value=model.steps, step=1, label="steps", elem_id="steps")
             w.strength = gr.Slider(0, 2, value=1.0, step=0.05, label="strength (motion outside the "
                                    "masks: 0 frozen, 1 as SVD, > 1 more)", elem_id="strength")
         with gr.Row():
             w.tau = gr.Number(0.0, label="τ (0 masks most strongly, -10000 turns masking off)", elem_id="tau")
-            w.guidance = gr.Slider(1, 10, value=model.guidance, step=0.5, label="guidance (last frame; first is 1)",
-                                   elem_id="guidance")
+            label = "guidance (prompt)" if model.base == "wan" else "guidance (last frame; first is 1)"
+            w.guidance = gr.Slider(1, 10, value=model.guidance, step=0.5, label=label, elem_id="guidance")
             w.seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
     w.go = gr.Button("Generate", variant="primary", elem_id="generate")
     w.masks = gr.File(file_count="multiple", type="filepath", visible=False, label="masks")

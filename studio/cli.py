@@ -1,6 +1,7 @@
 """``trackgo studio``: serve the page.
 
     trackgo studio [--checkpoint DIR --svd DIR | --toy [RUN]] [--sam SAM_WEIGHTS] [--host 127.0.0.1 --port 7860]
+    trackgo studio --base wan [--wan DIR --checkpoint DIR]
 
 No model given → the tiny random-weight model, written to the cache folder on first use.
 ``--toy`` → the TrackGo that ``make toy`` trained in RUN (default runs/toy), with held-out frames,
@@ -20,6 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", type=Path, help="TrackGo checkpoint folder (default: the tiny random model)")
     p.add_argument("--svd", type=Path,
                    help="SVD folder in diffusers layout (default: --checkpoint when it has unet/)")
+    p.add_argument("--base", default="svd", choices=("svd", "wan"), help="base model family (wan: --wan + "
+                   "--checkpoint, or neither for the tiny random Wan folder)")
+    p.add_argument("--wan", type=Path, help="--base wan: Wan image-to-video folder in diffusers layout")
     p.add_argument("--toy", type=Path, nargs="?", const=Path("runs/toy"), default=None, metavar="RUN",
                    help="serve the TrackGo trained by `make toy` in RUN (default runs/toy) with held-out "
                    "examples")
@@ -46,7 +50,7 @@ def cmd_studio(args: argparse.Namespace) -> int:
 
     cache = cache_dir(args.cache_dir)
     examples = []
-    if args.toy is not None and (args.checkpoint is not None or args.svd is not None):
+    if args.toy is not None and (args.checkpoint is not None or args.svd is not None or args.base == "wan"):
         raise SystemExit("trackgo studio: --toy serves the toy's own model; leave out --checkpoint/--svd")
     try:
         if args.toy is not None:
@@ -56,7 +60,7 @@ def cmd_studio(args: argparse.Namespace) -> int:
             examples = toy_examples(args.toy)
         else:
             model = load_model(args.checkpoint, args.svd, cache=cache, device=args.device, dtype=args.dtype,
-                               cpu_offload=args.cpu_offload, max_side=args.max_side)
+                               cpu_offload=args.cpu_offload, max_side=args.max_side, base=args.base, wan=args.wan)
         sam = None
         if args.sam is not None:
             from .sam import SamClicker

@@ -279,7 +279,7 @@ def run_generation(model, image: str | Path | None, masks: Sequence[str | Path] 
             shutil.copyfile(mask, mask_paths[-1])
         parts = split_arrows(arrows)
         opts = [f"--frames={int(frames)}", f"--steps={int(steps)}", f"--strength={float(strength):g}",
-                f"--max-guidance={float(guidance):g}", f"--seed={int(seed)}", f"--width={width}",
+                f"{model.guidance_option}={float(guidance):g}", f"--seed={int(seed)}", f"--width={width}",
                 f"--height={height}"] + ([] if tau is None else [f"--tau={float(tau):g}"])
         head = ["generate", "--image", str(tmp / "image.png"), "--masks", *map(str, mask_paths), "--arrows"]
         tail = [*model.cli_args(), *opts, "--out", str(tmp / "video.mp4")]

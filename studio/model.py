@@ -3,6 +3,8 @@
 With neither ``--checkpoint`` nor ``--svd`` the studio uses the tiny random-weight TrackGo that
 ``trackgo model init-tiny`` writes, created on first use in the cache folder, so the page works end
 to end on a fresh machine. Its videos are noise; the banner says so and each run records it.
+``base="wan"`` serves a TrackGo checkpoint on a Wan image-to-video folder (``--wan``); without
+either, the tiny random Wan folder with fresh (untrained) adapters.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from trackgo_data.user_input import fit_size
 log = logging.getLogger(__name__)
 
 TINY_NAME = "tiny-model"
+TINY_WAN_NAME = "tiny-wan"
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
@@ -44,9 +47,27 @@ def tiny_model_dir(cache: Path) -> Path:
     return path
 
 
+def tiny_wan_dir(cache: Path) -> Path:
+    """The tiny random Wan folder in ``cache`` with a fresh TrackGo checkpoint in ``trackgo/``
+    (written when absent)."""
+    from trackgo_model.wan.tiny import init_tiny_wan
+
+    path = cache / TINY_WAN_NAME
+    if not (path / "trackgo" / "trackgo.safetensors").is_file():
+        from trackgo_model.configs import TrackGoConfig
+        from trackgo_model.wan import TrackGoWan, load_transformer
+
+        log.warning("writing the tiny random Wan folder to %s (first use)", path)
+        init_tiny_wan(path, seed=0)
+        # α as the Wan recipe sets it (a fixed multiple of a uniform row): valid at every clip length
+        TrackGoWan(load_transformer(path), TrackGoConfig(alpha_frames=25)).save_trackgo(path / "trackgo")
+    return path
+
+
 @dataclass
 class StudioModel:
-    """A loaded TrackGoPipeline and what the page needs to know about it."""
+    """A loaded pipeline (SVD's TrackGoPipeline or Wan's WanTrackGoPipeline) and what the page
+    needs to know about it. ``svd``: the base model's folder (SVD or Wan)."""
 
     pipe: Any
     svd: Path
@@ -61,13 +82,24 @@ class StudioModel:
     steps: int = 25
     guidance: float = 3.0      # the page's default guidance (last frame; the first is 1)
     toy: str = ""              # the toy run and checkpoint this model is (``studio.toy``), else ""
+    base: str = "svd"          # or "wan"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def multiple(self) -> int:
-        """Height and width must be multiples of this (VAE ×8 times the UNet's down-samplings)."""
-        down = len(self.pipe.unet.unet.config.block_out_channels) - 1
-        return int(self.pipe.vae_scale_factor * 2 ** down)
+        """Height and width must be multiples of this (SVD: VAE ×8 times the UNet's down-samplings;
+        Wan: ×8 times the 2×2 patches)."""
+        return int(self.pipe.size_multiple)
+
+    @property
+    def frame_range(self) -> tuple[int, int, int]:
+        """(fewest, most, step) frames the page offers: Wan takes 4k + 1."""
+        return (5, 81, 4) if self.base == "wan" else (2, 50, 1)
+
+    @property
+    def guidance_option(self) -> str:
+        """The ``trackgo generate`` option the page's guidance slider sets."""
+        return "--guidance" if self.base == "wan" else "--max-guidance"
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         return fit_size(width, height, self.multiple, self.max_side)
@@ -78,6 +110,11 @@ class StudioModel:
                     f"trained from scratch on a synthetic world of red and cyan shapes on dark backgrounds, "
                     f"{self.frames} frames at {self.max_side}×{self.max_side}. It follows arrows on images "
                     f"like the held-out examples below, not on photographs. Device: {self.device}.")
+        if self.base == "wan":
+            what = ("the tiny random Wan folder with untrained adapters — a test model, its videos are noise. "
+                    "Start with `trackgo studio --base wan --wan DIR --checkpoint DIR` for real videos"
+                    if self.random_weights else f"TrackGo checkpoint `{self.checkpoint}`")
+            return f"**Model:** {what} on Wan `{self.svd}` ({self.dtype}, {self.device}); 4k + 1 frames."
         if self.random_weights:
             return (f"**Model:** the tiny random-weight TrackGo (`{self.checkpoint}`) — a test model, its "
                     "videos are noise. Start with `trackgo studio --checkpoint DIR --svd DIR` to generate "
@@ -88,6 +125,9 @@ class StudioModel:
 
     def cli_args(self) -> list[str]:
         """The model part of the equivalent ``trackgo generate`` command."""
+        if self.base == "wan":
+            return ["--base", "wan", "--wan", str(self.svd), "--checkpoint", str(self.checkpoint),
+                    "--device", self.device, "--dtype", self.dtype]
         args = ["--checkpoint", str(self.checkpoint)]
         if self.svd != self.checkpoint:
             args += ["--svd", str(self.svd)]
@@ -96,16 +136,47 @@ class StudioModel:
 
     def describe(self) -> dict[str, Any]:
         return {"svd": str(self.svd), "checkpoint": str(self.checkpoint), "random_weights": self.random_weights,
-                "max_objects": self.max_objects, "device": self.device, "dtype": self.dtype, "toy": self.toy}
+                "max_objects": self.max_objects, "device": self.device, "dtype": self.dtype, "toy": self.toy,
+                "base": self.base}
+
+
+def load_wan_model(checkpoint: str | Path | None, wan: str | Path | None, *, cache: str | Path | None,
+                   device: str, dtype: str, max_side: int | None) -> StudioModel:
+    """:func:`load_model` for ``base="wan"``: both folders, or neither (the tiny random Wan folder)."""
+    from trackgo_data.user_input import checkpoint_max_objects
+    from trackgo_model.pipeline import MissingWeightsError
+    from trackgo_model.wan.pipeline import WanTrackGoPipeline
+
+    random_weights = checkpoint is None and wan is None
+    if random_weights:
+        wan = tiny_wan_dir(cache_dir(cache))
+        checkpoint = Path(wan) / "trackgo"
+        log.warning("no --checkpoint/--wan given: using the tiny random Wan folder %s (videos are noise)", wan)
+    elif checkpoint is None or wan is None:
+        raise MissingWeightsError("--base wan needs both --wan PATH (a diffusers Wan image-to-video folder) and "
+                                  "--checkpoint DIR (a TrackGo checkpoint trained with model.base=wan)")
+    pipe = WanTrackGoPipeline.from_pretrained(wan, checkpoint, torch_dtype=dtype, device=device)
+    return StudioModel(pipe=pipe, svd=Path(wan), checkpoint=Path(checkpoint), random_weights=random_weights,
+                       max_objects=checkpoint_max_objects(checkpoint), device=device, dtype=dtype,
+                       max_side=max_side or (64 if random_weights else 832), frames=9 if random_weights else 81,
+                       steps=4 if random_weights else 40, guidance=1.0, base="wan")
 
 
 def load_model(checkpoint: str | Path | None = None, svd: str | Path | None = None, *,
                cache: str | Path | None = None, device: str | None = None, dtype: str = "fp32",
-               cpu_offload: bool = False, max_side: int | None = None) -> StudioModel:
+               cpu_offload: bool = False, max_side: int | None = None, base: str = "svd",
+               wan: str | Path | None = None) -> StudioModel:
     """Load the pipeline once. No model given → the tiny model in the cache folder (random weights,
     a logged warning, recorded in every run). A missing folder or file raises
-    :class:`~trackgo_model.pipeline.MissingWeightsError` naming what to supply."""
+    :class:`~trackgo_model.pipeline.MissingWeightsError` naming what to supply. ``base="wan"``:
+    ``wan`` (the Wan folder) and ``checkpoint`` instead of ``svd`` (:func:`load_wan_model`)."""
     import torch
+
+    if base == "wan":
+        if svd is not None or cpu_offload:
+            raise ValueError("--base wan takes --wan (not --svd) and has no --cpu-offload")
+        return load_wan_model(checkpoint, wan, cache=cache, dtype=dtype, max_side=max_side,
+                              device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     from trackgo_data.user_input import checkpoint_max_objects
     from trackgo_model.pipeline import MissingWeightsError, TrackGoPipeline

@@ -125,6 +125,23 @@ def test_run_generation_progress_files_and_bad_input_leaves_nothing(model, tmp_p
     assert sorted(p.name for p in out.iterdir()) == [run.folder.name]   # no other (or half-written) folder
 
 
+def test_wan_model_and_generation(tmp_path, studio_cache):
+    """--base wan: the tiny random Wan folder (made once), 4k + 1 frames, the prompt-guidance option."""
+    img, mask, _ = scene(tmp_path)
+    wan = load_model(cache=studio_cache, base="wan")
+    assert wan.base == "wan" and wan.random_weights and "tiny random Wan" in wan.banner()
+    assert wan.multiple == 16 and wan.frame_range == (5, 81, 4) and wan.describe()["base"] == "wan"
+    run = core.run_generation(wan, img, [mask], "28,32,40,30", frames=5, steps=2, strength=1.0, seed=1,
+                              guidance=1.5, out_root=tmp_path / "runs")
+    assert decode_mp4(run.video).shape == (5, 64, 64, 3)
+    assert "--base wan" in run.command and "--guidance=1.5" in run.command and "--max-guidance" not in run.command
+    with pytest.raises(UserInputError, match="4k"):
+        core.run_generation(wan, img, [mask], "28,32,40,30", frames=6, steps=1, strength=1.0, seed=0,
+                            out_root=tmp_path / "runs")
+    with pytest.raises(Exception, match="both --wan"):
+        load_model(tmp_path, cache=studio_cache, base="wan")
+
+
 def test_studio_command_errors_name_what_to_supply(tmp_path, studio_cache):
     from trackgo_model import cli
 
