@@ -213,6 +213,8 @@ def test_wan_checkpoint_refuses_the_other_base(tiny_wan_dir, tmp_path):
     (["model.gradient_checkpointing=true", "model.checkpointing=temporal"], "one of \\(.blocks.,\\)"),
     (["model.kernels.fused_projections=true"], "only kernels.attention"),
     (["model.base=svd", "model.kernels.attention=flex"], "Wan kernel"),
+    (["model.wan_move=true"], "trajectories=false"),
+    (["model.base=svd", "model.wan_move=true", "model.trajectories=false", "model.trainable=[unet]"], "Wan base"),
 ])
 def test_wan_config_errors(overrides, message):
     from trackgo_model.train.config import load_train_config
@@ -231,3 +233,62 @@ def test_missing_wan_weights_is_one_clear_error(monkeypatch):
         cfg.resolved_weights_path()
     with pytest.raises(Exception, match="missing"):
         load_wan_folder("/nonexistent/wan")
+
+
+def test_wan_move_condition_follows_the_tracks_in_a_drawn_order(wan_shards, tiny_wan_dir, tmp_path):
+    """model.wan_move: the condition's latents are edited along each sample's tracks (Wan-Move), in
+    one permutation per sample drawn after ε; the mask channels and the noisy latents are untouched."""
+    from trackgo_model.wan.training import flow_loss
+    from trackgo_model.wan.wan_move import guide_condition, track_cells
+
+    cfg, comp, inputs = _components(wan_shards, tiny_wan_dir, tmp_path / "run", **{
+        "model.wan_move": "true", "model.trajectories": "false", "model.trainable": "[unet]",
+        "objective.attn_loss_weight": 0.0, "data.batch_size": 2})
+    assert comp.wan_move and inputs.tracks is not None and len(inputs.tracks) == 2
+    x0 = wcond.encode_video(comp.vae, inputs.video)
+    spy = _Spy(torch.zeros_like(x0))
+    flow_loss(spy, comp, inputs, cfg.objective, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    torch.rand(2, 2, generator=g), torch.rand(2, generator=g), torch.randn(x0.shape, generator=g)
+    plain = wcond.condition_latents(comp.vae, inputs.image, WAN_FRAMES)
+    want = []
+    for i in range(2):
+        cells = track_cells(inputs.tracks[i][None], inputs.visibility[i][None], (32, 32))
+        order = torch.randperm(inputs.tracks[i].shape[1], generator=g)
+        want.append(guide_condition(plain[i:i + 1, 4:], cells, order))
+    x = spy.calls[0][0]
+    assert torch.allclose(x[:, 20:], torch.cat(want), atol=1e-6)
+    assert torch.equal(x[:, 16:20], plain[:, :4]) and not torch.allclose(x[:, 20:], plain[:, 4:])
+
+
+def test_wan_move_trains_and_samples_along_its_guide(wan_shards, tiny_wan_dir, tmp_path):
+    from trackgo_model.wan.wan_move import guide_condition, track_cells
+
+    over = wan_overrides(wan_shards, tiny_wan_dir, tmp_path / "run", **{
+        "model.wan_move": "true", "model.trajectories": "false", "model.trainable": "[unet]",
+        "objective.attn_loss_weight": 0.0, "validation.every": 2, "validation.num_samples": 1,
+        "validation.num_inference_steps": 2})
+    result = _train(over)
+    assert result["step"] == 2 and np.isfinite(result["loss"])
+    assert len(list((tmp_path / "run" / "val" / "step-000002").glob("*.mp4"))) == 2
+    # sampling: the conditional branch sees the edited condition, the unconditional one the plain one
+    parts = load_wan_folder(tiny_wan_dir)
+    pipe = WanTrackGoPipeline(TrackGoWan(parts.transformer, TrackGoConfig(alpha_frames=25)), parts)
+    seen = []
+    forward = pipe.model.forward
+    pipe.model.forward = lambda x, *a, **k: (seen.append(x.clone()), forward(x, *a, **k))[1]
+    tracks = np.stack([np.linspace([4.0, 4.0], [28.0, 20.0], 5), np.linspace([20.0, 8.0], [8.0, 24.0], 5)], 1)
+    visible = np.ones((5, 2), bool)
+    img = _image(32, 32)
+    pipe(img, None, num_frames=5, num_inference_steps=1, guidance_scale=2.0, guide=(tracks, visible), seed=0)
+    plain = wcond.condition_latents(parts.vae, cond_image(img), 5)
+    cells = track_cells(torch.as_tensor(tracks)[None].float(), torch.as_tensor(visible)[None], (32, 32))
+    assert torch.allclose(seen[0][:, 20:], guide_condition(plain[:, 4:], cells), atol=1e-6)
+    assert torch.allclose(seen[1][:, 20:], plain[:, 4:], atol=1e-6)
+    assert not torch.allclose(seen[0][:, 20:], seen[1][:, 20:])
+
+
+def cond_image(img):
+    from trackgo_model.conditioning import image_to_tensor
+
+    return image_to_tensor(img)

@@ -54,6 +54,10 @@ class ModelConfig:
     wan_path: str | None = None
     # base=wan: the fixed prompt whose text tokens condition every sample (the data has no captions).
     prompt: str = ""
+    # base=wan: Wan-Move's latent trajectory guidance instead of TrackGo (trackgo_model.wan.wan_move):
+    # the first frame's latent features copied along each sample's tracks into the condition; the
+    # comparison method, trained with trajectories=false (no adapters act).
+    wan_move: bool = False
     # Use the tiny random-initialised model of the base's layout (created under <run_dir>/tiny-model if absent).
     tiny: bool = False
     tiny_seed: int = 0
@@ -100,6 +104,9 @@ class ModelConfig:
             raise ValueError("model.kernels.attention=flex is the Wan kernel (base=wan)")
         if self.checkpointing not in ("diffusers", "blocks") and not self.gradient_checkpointing:
             raise ValueError(f"model.checkpointing={self.checkpointing} needs model.gradient_checkpointing=true")
+        if self.wan_move and (self.base != "wan" or self.trajectories):
+            raise ValueError("model.wan_move=true is Wan-Move's condition on the Wan base: set model.base=wan and "
+                             "model.trajectories=false (TrackGo's adapters do not act in it)")
         if "unet" in self.trainable and self.trajectories:
             raise ValueError("model.trainable=[unet] trains a plain image-to-video base model: set "
                              "model.trajectories=false (the adapters would run for nothing and stay untrained)")

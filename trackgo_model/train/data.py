@@ -65,8 +65,10 @@ class Components:
         return compute_loss(model, self.model, self.vae, self.image_encoder, self.feature_extractor, inputs,
                             cfg.objective, generator=generator, motion_bucket_id=cfg.data.motion_bucket_id, x0=x0)
 
-    def generate(self, image: np.ndarray, trajectories: np.ndarray, cfg, device: torch.device) -> np.ndarray:
-        """One validation video: image (H, W, 3) uint8, P (L, H, W, 3) uint8 → (L, H, W, 3) uint8."""
+    def generate(self, image: np.ndarray, trajectories: np.ndarray, cfg, device: torch.device,
+                 guide=None) -> np.ndarray:
+        """One validation video: image (H, W, 3) uint8, P (L, H, W, 3) uint8 → (L, H, W, 3) uint8
+        (``guide``, the sample's tracks for Wan-Move's condition, is not used on SVD)."""
         from trackgo_model.pipeline import TrackGoPipeline
 
         v = cfg.validation
@@ -318,7 +320,10 @@ def write_validation(comp, batches: list[Any], cfg, step: int, out_dir: Path,
             real = _uint8_frames(torch.as_tensor(batch.video)[0])
             traj = _uint8_frames(torch.as_tensor(batch.trajectory)[0])
             fps = float(cfg.data.fps)
-            gen = comp.generate(image, traj, cfg, device)
+            guide = None
+            if getattr(batch, "tracks", None) is not None:
+                guide = (np.asarray(batch.tracks[0]), np.asarray(batch.visibility[0]))
+            gen = comp.generate(image, traj, cfg, device, guide=guide)
             sbs = np.concatenate([real, gen, traj], axis=2)
             for name, frames in ((f"{key}.mp4", gen), (f"{key}-sbs.mp4", sbs)):
                 encode_mp4(frames, target / name, fps=fps)  # atomic write

@@ -30,7 +30,8 @@ class TrainInputs:
 
     video: (B, F, 3, H, W) in [-1, 1]; image: (B, 3, H, W) in [-1, 1] (the first frame);
     trajectories: (B, F, 3, H, W) in [-1, 1]; motion_masks: (B, F, H/8, W/8) float {0, 1} (union of
-    the moving components); fps: (B,) float.
+    the moving components); fps: (B,) float; tracks / visibility: per sample (F, N_b, 2) float32
+    pixels and (F, N_b) bool, when the batch has them (Wan-Move's condition reads them).
     """
 
     video: torch.Tensor
@@ -38,6 +39,8 @@ class TrainInputs:
     trajectories: torch.Tensor
     motion_masks: torch.Tensor
     fps: torch.Tensor
+    tracks: list | None = None
+    visibility: list | None = None
 
 
 def _to_unit(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -69,7 +72,13 @@ def batch_to_inputs(batch, device: torch.device, default_fps: float) -> TrainInp
             f"batch shapes disagree: video {tuple(video.shape)}, trajectory {tuple(traj.shape)}, "
             f"masks {tuple(masks.shape)}"
         )
-    return TrainInputs(video=video, image=image, trajectories=traj, motion_masks=masks, fps=fps)
+    tracks = getattr(batch, "tracks", None)
+    visibility = getattr(batch, "visibility", None)
+    if tracks is not None and visibility is not None:
+        tracks = [torch.as_tensor(t, dtype=torch.float32) for t in tracks]
+        visibility = [torch.as_tensor(v, dtype=torch.bool) for v in visibility]
+    return TrainInputs(video=video, image=image, trajectories=traj, motion_masks=masks, fps=fps,
+                       tracks=tracks, visibility=visibility)
 
 
 @dataclass

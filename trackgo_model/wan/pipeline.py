@@ -171,7 +171,7 @@ class WanTrackGoPipeline:
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 40,
                  guidance_scale: float = 1.0, prompt: str = "", negative_prompt: str = "",
                  prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, seed: int | None = None, tau: float | None = None,
+                 guide: tuple[Any, Any] | None = None, generator: torch.Generator | None = None, seed: int | None = None, tau: float | None = None,
                  motion: float = 1.0, mode: str | None = None, output_type: str = "np",
                  latents: torch.Tensor | None = None, progress: bool = False,
                  callback: Callable[[int, int], None] | None = None):
@@ -181,8 +181,10 @@ class WanTrackGoPipeline:
         trajectories: rendered P uint8 (L, H, W, 3), ``(tracks (L,N,2), visibility (L,N),
         components (N,))`` in input-image pixels, or None (the base model's sampling).
         num_frames: defaults to L; must be 4k + 1. prompt_embeds / negative_prompt_embeds: (1, 512, D)
-        text tokens used instead of encoding ``prompt`` / ``negative_prompt``. tau / motion / mode:
-        the adapters' inference knobs.
+        text tokens used instead of encoding ``prompt`` / ``negative_prompt``. guide: (tracks (L, N, 2)
+        pixels of the output size, visibility (L, N)) → Wan-Move's condition edit along them (written in
+        the given order; the guidance's unconditional branch keeps the unedited condition), for a
+        model trained with ``model.wan_move``. tau / motion / mode: the adapters' inference knobs.
         output_type: "np" → uint8 (L, H, W, 3); "pt" → float (1, L, 3, H, W) in [-1, 1];
         "latent" → (1, 16, F, H/8, W/8) normalised latents.
         """
@@ -208,7 +210,7 @@ class WanTrackGoPipeline:
         text = self._text(prompt, prompt_embeds)
         negative = self._text(negative_prompt, negative_prompt_embeds) if guidance_scale > 1.0 else None
         z = self._denoise(img.to(self.device), P, num_frames, num_inference_steps, guidance_scale, text, negative,
-                          generator, latents, progress, callback)
+                          generator, latents, progress, callback, guide)
         if output_type == "latent":
             return z
         frames = wcond.decode_video(self.parts.vae, z).clamp(-1, 1)
@@ -228,7 +230,7 @@ class WanTrackGoPipeline:
     def _denoise(self, img: torch.Tensor, P: np.ndarray | None, num_frames: int, steps: int, guidance: float,
                  text: torch.Tensor, negative: torch.Tensor | None, generator: torch.Generator,
                  latents: torch.Tensor | None, progress: bool,
-                 callback: Callable[[int, int], None] | None) -> torch.Tensor:
+                 callback: Callable[[int, int], None] | None, guide: tuple[Any, Any] | None = None) -> torch.Tensor:
         """Flow sampling from the initial noise: (1, 16, F, h, w) normalised latents, float32."""
         from diffusers.utils.torch_utils import randn_tensor
         from tqdm.auto import tqdm
@@ -239,7 +241,15 @@ class WanTrackGoPipeline:
         shape = (1, parts.vae.config.z_dim, f, img.shape[-2] // 8, img.shape[-1] // 8)
         z = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32) if latents is None \
             else latents.to(device, torch.float32)
-        condition = wcond.condition_latents(parts.vae, img, num_frames, r).to(dtype)
+        condition = wcond.condition_latents(parts.vae, img, num_frames, r)
+        plain = condition.to(dtype)
+        if guide is not None:
+            from .wan_move import guide_condition, track_cells
+
+            tracks, visible = (torch.as_tensor(np.asarray(a)) for a in guide)
+            cells = track_cells(tracks[None].float(), visible[None].bool(), tuple(img.shape[-2:]), temporal_ratio=r)
+            condition = torch.cat([condition[:, :r], guide_condition(condition[:, r:], cells.to(device))], dim=1)
+        condition = condition.to(dtype)
         text = text.to(dtype)
         negative = None if negative is None else negative.to(dtype)
         tokens = wcond.image_tokens(parts.image_encoder, parts.image_processor, img)
@@ -250,11 +260,12 @@ class WanTrackGoPipeline:
         parts.scheduler.set_timesteps(steps, device=device)
         timesteps = parts.scheduler.timesteps
         for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise")):
-            x = torch.cat([z, condition.float()], dim=1).to(dtype)
+            x = torch.cat([z.to(dtype), condition], dim=1)
             step_t = t.expand(1)
             pred = self.model(x, step_t, text, tokens, trajectories=enc)
             if negative is not None:
-                uncond = self.model(x, step_t, negative, tokens, trajectories=enc)
+                x_plain = torch.cat([z.to(dtype), plain], dim=1)
+                uncond = self.model(x_plain, step_t, negative, tokens, trajectories=enc)
                 pred = uncond + guidance * (pred - uncond)
             z = parts.scheduler.step(pred.float(), t, z, return_dict=False)[0]
             if callback is not None:

@@ -5,8 +5,11 @@ Objective for one batch (docs/wan.md, "Training"):
 L = mean_b ‖F(x_σ ⊕ c; 1000σ) − (ε − x0)‖² + λ·L_attn, x_σ = (1 − σ)·x0 + σ·ε, σ = shift(u), u ~ U(0, 1), c the first-frame condition; the text tokens
 are the fixed prompt ``model.prompt`` encoded once (the trajectory data has no captions).
 Conditioning dropout keeps SVD's switches: ``drop_clip_prob`` zeroes Wan2.1's CLIP image tokens,
-``drop_image_prob`` the first-frame latents of c (the mask channels stay). Random draws, in order,
-from the step's CPU generator: dropout uniforms (2·B), u (B), ε (B, 16, F, h, w).
+``drop_image_prob`` the first-frame latents of c (the mask channels stay). With ``model.wan_move``
+the condition's latents are edited along each sample's tracks first (Wan-Move's guidance,
+:mod:`~trackgo_model.wan.wan_move`), the tracks written in a random order as Wan-Move trains.
+Random draws, in order, from the step's CPU generator: dropout uniforms (2·B), u (B),
+ε (B, 16, F, h, w), then with ``wan_move`` one permutation of each sample's tracks.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import torch
 from . import conditioning as wcond
 
 log = logging.getLogger(__name__)
-__all__ = ["WAN_PATH_ENV", "WanComponents", "flow_loss", "load_wan_components", "resolved_wan_path"]
+__all__ = ["WAN_PATH_ENV", "WanComponents", "flow_loss", "load_wan_components", "resolved_wan_path",
+           "wan_move_condition"]
 
 WAN_PATH_ENV = "TRACKGO_WAN_PATH"
 
@@ -49,6 +53,7 @@ class WanComponents:
     parts: Any
     text: torch.Tensor
     source: Path
+    wan_move: bool = False
 
     @property
     def vae(self):
@@ -68,14 +73,17 @@ class WanComponents:
     def loss(self, model, inputs, cfg, generator: torch.Generator, x0: torch.Tensor | None = None):
         return flow_loss(model, self, inputs, cfg.objective, generator=generator, x0=x0)
 
-    def generate(self, image, trajectories, cfg, device: torch.device):
-        """One validation video: image (H, W, 3) uint8, P (L, H, W, 3) uint8 → (L, H, W, 3) uint8."""
+    def generate(self, image, trajectories, cfg, device: torch.device, guide=None):
+        """One validation video: image (H, W, 3) uint8, P (L, H, W, 3) uint8 → (L, H, W, 3) uint8;
+        with ``wan_move`` the condition follows ``guide`` = (tracks (L, N, 2), visibility (L, N))
+        and P is not given."""
         from .pipeline import WanTrackGoPipeline
 
         v = cfg.validation
         pipe = WanTrackGoPipeline(self.model, self.parts, device=device)
-        return pipe(image, trajectories, num_inference_steps=v.num_inference_steps, seed=v.seed,
-                    guidance_scale=1.0, prompt_embeds=self.text)
+        return pipe(image, None if self.wan_move else trajectories, num_frames=len(trajectories),
+                    num_inference_steps=v.num_inference_steps, seed=v.seed, guidance_scale=1.0, prompt_embeds=self.text,
+                    guide=guide if self.wan_move else None)
 
 
 def flow_loss(model, comp: WanComponents, inputs, obj, *, generator: torch.Generator,
@@ -107,6 +115,8 @@ def flow_loss(model, comp: WanComponents, inputs, obj, *, generator: torch.Gener
     condition = torch.cat([condition[:, :r], condition[:, r:] * keep_image], dim=1)
     sigma = wcond.shift_sigmas(torch.rand(b, generator=generator), obj.flow_shift).to(device)
     noise = torch.randn(x0.shape, generator=generator).to(device)
+    if comp.wan_move:
+        condition = wan_move_condition(condition, inputs, r, generator)
     s = sigma.view(b, 1, 1, 1, 1)
     x_noisy = (1.0 - s) * x0 + s * noise
     dtype = next(p for p in core.parameters()).dtype
@@ -122,6 +132,22 @@ def flow_loss(model, comp: WanComponents, inputs, obj, *, generator: torch.Gener
         attn = torch.zeros((), device=device)
         loss = mse
     return LossParts(loss=loss, mse=mse.detach(), attn=attn.detach(), sigma=sigma)
+
+
+def wan_move_condition(condition: torch.Tensor, inputs, ratio: int, generator: torch.Generator) -> torch.Tensor:
+    """condition (B, r + 16, F, h, w) with its latents edited along each sample's tracks (Wan-Move),
+    written in an order drawn from ``generator`` (one permutation per sample)."""
+    from .wan_move import guide_condition, track_cells
+
+    if inputs.tracks is None or inputs.visibility is None:
+        raise ValueError("model.wan_move needs the batch's tracks and visibility")
+    size = tuple(inputs.video.shape[-2:])
+    rows = []
+    for i, (tracks, visible) in enumerate(zip(inputs.tracks, inputs.visibility)):
+        cells = track_cells(tracks[None], visible[None], size, temporal_ratio=ratio)
+        order = torch.randperm(tracks.shape[1], generator=generator)
+        rows.append(guide_condition(condition[i:i + 1, ratio:], cells.to(condition.device), order))
+    return torch.cat([condition[:, :ratio], torch.cat(rows)], dim=1)
 
 
 def load_wan_components(cfg, run_dir: Path) -> WanComponents:
@@ -152,4 +178,4 @@ def load_wan_components(cfg, run_dir: Path) -> WanComponents:
     parts.vae.requires_grad_(False).eval()
     if parts.image_encoder is not None:
         parts.image_encoder.requires_grad_(False).eval()
-    return WanComponents(model=model, parts=parts, text=text, source=folder)
+    return WanComponents(model=model, parts=parts, text=text, source=folder, wan_move=cfg.model.wan_move)
