@@ -10,6 +10,7 @@ code). Modules import their heavy dependencies inside ``func`` so ``trackgo --he
     trackgo train …                    trackgo_model.train
     trackgo metrics fid|fvd|objmc …    trackgo_model.cli.eval
     trackgo eval-vipseg …              trackgo_model.cli.eval
+    trackgo eval-movebench …           trackgo_model.cli.eval
     trackgo toy all|videos|…|eval      trackgo_model.toy.cli
     trackgo studio …                   studio.cli (the browser page; gradio loads only when it runs)
 """

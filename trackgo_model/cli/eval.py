@@ -1,4 +1,4 @@
-"""``trackgo metrics fid|fvd|objmc`` and ``trackgo eval-vipseg``.
+"""``trackgo metrics fid|fvd|objmc``, ``trackgo eval-vipseg`` and ``trackgo eval-movebench``.
 
     trackgo metrics fid REAL_DIR GEN_DIR [--fid-weights FILE] [--device D] [--batch-size N] [--json]
     trackgo metrics fvd REAL_DIR GEN_DIR [--i3d FILE] [--device D] [--batch-size N] [--json]
@@ -7,6 +7,8 @@
                           [--cotracker-repo CLONE] [--grid-size 100] [--num-frames 14] [--save-tracks DIR] …
     trackgo eval-vipseg --vipseg DIR --checkpoint DIR [--svd PATH] [--out DIR] [--score-only]
                         [--tracker auto] [--cotracker-repo CLONE] [--objmc-protocol ours|draganything] …
+    trackgo eval-movebench --movebench DIR --wan WAN_DIR --checkpoint DIR [--language en] [--mode single]
+                           [--gt-dir video] [--out DIR] [--tracker cotracker3_offline] [--score-only] …
 
 REAL_DIR / GEN_DIR hold mp4 files and/or folders of frames (see ``metrics.list_videos``).
 FID pools all frames; FVD uses each video as one clip. ``objmc --gt/--pred`` compares two folders
@@ -87,6 +89,26 @@ def register(subparsers) -> None:
                    help="override any EvalConfig key (repeatable)")
     e.add_argument("--score-only", action="store_true", help="score saved videos without generating")
     e.set_defaults(func=cmd_eval_vipseg)
+
+    b = subparsers.add_parser("eval-movebench", help="MoveBench's protocol on a Wan checkpoint: generate + PSNR, "
+                              "SSIM, FID, FVD, EPE (trackgo_model.eval.movebench)")
+    b.add_argument("--movebench", required=True, help="MoveBench folder (en/, zh/)")
+    b.add_argument("--wan", help="Wan image-to-video folder in diffusers layout (not needed with --score-only)")
+    b.add_argument("--checkpoint", help="TrackGo checkpoint trained with model.base=wan")
+    for name, help_ in (("language", "en or zh"), ("mode", "single or multi"),
+                        ("gt-dir", "folder of the real clips under <language>/ (default video)"), ("out", None),
+                        ("tracker", "EPE's re-tracker (default cotracker3_offline; lk offline)"),
+                        ("device", None), ("dtype", None), ("negative-prompt", None)):
+        b.add_argument(f"--{name}", help=help_)
+    for name, kind in (("max-videos", int), ("steps", int), ("seed", int), ("guidance", float)):
+        b.add_argument(f"--{name}", type=kind)
+    b.add_argument("--cotracker-repo", help="local clone of facebookresearch/co-tracker for the re-tracker")
+    b.add_argument("--fid-weights", help="pt_inception-2015-12-05-6726825d.pth (default $TRACKGO_FID_WEIGHTS)")
+    b.add_argument("--i3d", dest="i3d_path", help="i3d_torchscript.pt (default $TRACKGO_I3D_PATH)")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any MoveBenchConfig key (repeatable)")
+    b.add_argument("--score-only", action="store_true", help="score saved videos without generating")
+    b.set_defaults(func=cmd_eval_movebench)
 
 
 def _device(name: str) -> str:
@@ -245,4 +267,35 @@ def cmd_eval_vipseg(args) -> int:
                       "objmc_protocol": results["objmc_protocol"]["protocol"],
                       "comparable_to_paper": results["comparable_to_paper"],
                       "not_comparable_because": results["not_comparable_because"]}))
+    return 0
+
+
+def cmd_eval_movebench(args) -> int:
+    from trackgo_data.config import ConfigError, apply_overrides, config_from_dict
+    from trackgo_data.track.cotracker import CoTrackerUnavailable
+    from trackgo_model.eval.movebench import MoveBenchConfig, run
+    from trackgo_model.pipeline import MissingWeightsError
+
+    data = {}
+    for key, attr in (("movebench", "movebench"), ("wan", "wan"), ("checkpoint", "checkpoint"),
+                      ("language", "language"), ("mode", "mode"), ("gt_dir", "gt_dir"), ("out", "out"),
+                      ("tracker", "tracker"), ("device", "device"), ("dtype", "dtype"),
+                      ("negative_prompt", "negative_prompt"), ("max_videos", "max_videos"),
+                      ("num_inference_steps", "steps"), ("seed", "seed"), ("guidance_scale", "guidance"),
+                      ("fid_weights", "fid_weights"), ("i3d_path", "i3d_path")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            data[key] = value
+    if args.cotracker_repo:
+        data["tracker_options"] = {"repo": args.cotracker_repo}
+    try:
+        apply_overrides(data, args.overrides)
+        results = run(config_from_dict(MoveBenchConfig, data), score_only=args.score_only)
+    except (ConfigError, MissingWeightsError, CoTrackerUnavailable, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": results["config"]["out"], "num_videos": results["num_videos"],
+                      "metrics": {k: v["value"] for k, v in results["metrics"].items()},
+                      "missing": {k: v["reason"] for k, v in results["metrics"].items() if v["status"] == "missing"},
+                      "tracker": results["tracker"]["name"]}))
     return 0
