@@ -164,3 +164,46 @@ def test_stage_times_are_measured(tmp_path):
     record = run_stage(cfg, "videos", {"x": 1}, work)
     # wall ≥ sleep + busy CPU; CPU ≥ the busy loop and ≤ the wall beyond the sleep (one thread)
     assert record["wall_s"] >= 0.6 and 0.3 <= record["cpu_s"] <= record["wall_s"] - 0.29
+
+
+def test_wan_vae_learns_and_carries_its_latent_statistics(tmp_path, sample_videos):
+    """model.family=wan: Wan's causal 3D VAE, 4k + 1 frames: a few steps on one clip lower the loss;
+    a short run writes a diffusers folder whose latents_mean/std normalise its latents."""
+    from diffusers import AutoencoderKLWan
+
+    from tests.train.conftest import write_tiny_shards
+    from trackgo_model.train.vae import VAEModelConfig, load_vae_config, train_vae, vae_loss
+    from trackgo_model.wan.conditioning import encode_video
+
+    model = VAEModelConfig(family="wan", block_out_channels=(8, 16, 16, 16), latent_channels=16)
+    torch.manual_seed(0)
+    vae = model.build(16)
+    clip = torch.tensor([0.6, -0.4, 0.1]).view(1, 1, 3, 1, 1).expand(1, 5, 3, 16, 16).contiguous()
+    opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(8):
+        loss, parts = vae_loss(vae, clip, 1e-6, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts["l1"])
+    assert losses[-1] < 0.7 * losses[0] and parts["kl"] >= 0
+    with pytest.raises(ValueError, match="4k \\+ 1"):
+        load_vae_config("toy-vae", ["model.family=wan", "window=2"])
+    shards = write_tiny_shards(tmp_path / "shards", sample_videos["carphone"], frames=5)
+    cfg = load_vae_config("toy-vae", [
+        f"data.shards={shards}", f"run_dir={tmp_path / 'run'}", "model.family=wan", "model.latent_channels=16",
+        "model.block_out_channels=[8,16,16,16]", "window=5", "data.num_frames=5", "data.width=32",
+        "data.height=32", "max_steps=2", "checkpoint_every=2", "scale_samples=2", "eval_samples=1"])
+    result = train_vae(cfg)
+    assert result["family"] == "wan" and len(result["latents_mean"]) == 16 and result["psnr_heldout"] > 0
+    loaded = AutoencoderKLWan.from_pretrained(tmp_path / "run" / "vae")
+    assert loaded.config.latents_std == result["latents_std"]
+    from trackgo_data.loader import make_dataset
+
+    batch = next(iter(make_dataset(str(shards / "clips-000000.tar"), batch_size=2, num_frames=5, size=(32, 32),
+                                   shuffle=0, resampled=False)))
+    with torch.no_grad():
+        z = encode_video(loaded, batch.video.float() / 127.5 - 1)  # normalised by the recorded statistics
+    assert abs(float(z.mean())) < 1.0 and 0.3 < float(z.std()) < 3.0

@@ -1,7 +1,9 @@
-"""Train a video VAE (diffusers ``AutoencoderKLTemporalDecoder``) from scratch on shards.
+"""Train a video VAE from scratch on shards: SVD's ``AutoencoderKLTemporalDecoder`` or Wan's
+``AutoencoderKLWan`` (``model.family``).
 
 Stable Video Diffusion's VAE encodes frames one by one (×8 down-sampling, 4 latent channels)
-and decodes a clip with temporal layers. A model trained from scratch needs its own, since a
+and decodes a clip with temporal layers; Wan's is causal in time (×8 in space, ×4 in time:
+clips of 4k + 1 frames, 16 latent channels). A model trained from scratch needs its own, since a
 random VAE cannot reconstruct anything::
 
     trackgo toy vae                          # as the first model stage of the toy reproduction
@@ -11,9 +13,10 @@ Objective: L1 (+ ``mse_weight``·MSE) reconstruction of random ``crop``×``crop`
 ``window`` consecutive frames (decoded together, so the temporal decoder trains) +
 ``chroma_weight``·MSE of the error's chroma — the error minus its mean over the three channels,
 which weighs a wrong hue apart from a wrong brightness — + ``kl_weight``·KL of the posterior to
-N(0, I) per latent element. At the end the diffusion scaling factor is set to 1/std of the
-latents (posterior mode) of ``scale_samples`` training clips, as SVD's 0.18215 was, and the model
-is saved in the diffusers layout under ``<run_dir>/vae``.
+N(0, I) per latent element. At the end the latents' statistics over ``scale_samples`` training clips
+(posterior mode) go into the model's config, as the released VAEs carry them: SVD's scaling
+factor 1/std (its 0.18215), Wan's per-channel ``latents_mean``/``latents_std``; the model is saved
+in the diffusers layout under ``<run_dir>/vae``.
 
 Outputs: ``checkpoints/checkpoint-XXXXXX/`` (``vae.safetensors``, ``optimizer.pt``, ``state.json``;
 atomic, the newest ``keep_checkpoints`` kept), ``metrics.jsonl``, ``vae/`` and ``result.json``
@@ -38,19 +41,45 @@ from trackgo_data.config import ConfigError, apply_overrides, atomic_write_json,
 log = logging.getLogger(__name__)
 
 
+#: VAE families: SVD's per-frame VAE with a temporal decoder, Wan's causal 3D VAE
+VAE_FAMILIES = ("svd", "wan")
+
+
 @dataclass
 class VAEModelConfig:
-    """``AutoencoderKLTemporalDecoder`` arguments. Widths must be multiples of 32 (GroupNorm);
-    four blocks give SVD's ×8 down-sampling."""
+    """The VAE's size. ``svd``: ``AutoencoderKLTemporalDecoder`` with four blocks of these widths
+    (multiples of 32, GroupNorm), ×8 down-sampling. ``wan``: ``AutoencoderKLWan`` with
+    base_dim = the first width and dim_mult = the widths over it (each a multiple of the first),
+    ``layers_per_block`` residual blocks per level, ×8 in space and ×4 in time."""
 
+    family: str = "svd"
     block_out_channels: tuple[int, ...] = (32, 32, 64, 64)
     layers_per_block: int = 1
     latent_channels: int = 4
 
     def __post_init__(self) -> None:
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        if len(self.block_out_channels) != 4 or any(c % 32 for c in self.block_out_channels):
+        if self.family not in VAE_FAMILIES:
+            raise ValueError(f"model.family must be one of {VAE_FAMILIES}, got {self.family!r}")
+        widths = self.block_out_channels
+        if self.family == "wan" and (len(widths) != 4 or widths[0] <= 0 or any(c % widths[0] for c in widths)):
+            raise ValueError("model.block_out_channels must be four widths, multiples of the first (Wan's dim_mult)")
+        if self.family == "svd" and (len(widths) != 4 or any(c % 32 for c in widths)):
             raise ValueError("model.block_out_channels must be four multiples of 32 (×8 down-sampling)")
+
+    def build(self, sample_size: int):
+        """A randomly initialised VAE of this family and size."""
+        if self.family == "wan":
+            from diffusers import AutoencoderKLWan
+
+            first = self.block_out_channels[0]
+            return AutoencoderKLWan(base_dim=first, z_dim=self.latent_channels, num_res_blocks=self.layers_per_block,
+                                    dim_mult=[c // first for c in self.block_out_channels], attn_scales=[],
+                                    temperal_downsample=[False, True, True],
+                                    latents_mean=[0.0] * self.latent_channels, latents_std=[1.0] * self.latent_channels)
+        from diffusers import AutoencoderKLTemporalDecoder
+
+        return AutoencoderKLTemporalDecoder(**self.diffusers_config(sample_size))
 
     def diffusers_config(self, sample_size: int) -> dict[str, Any]:
         return {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
@@ -101,6 +130,8 @@ class VAETrainConfig:
             raise ValueError(f"window must be in 1..data.num_frames ({self.data.num_frames})")
         if self.crop % 8 or self.crop < 0 or self.crop > min(self.data.width, self.data.height):
             raise ValueError("crop must be a multiple of 8 no larger than the frame (0 = whole frame)")
+        if self.model.family == "wan" and ((self.window - 1) % 4 or (self.data.num_frames - 1) % 4):
+            raise ValueError("a Wan VAE codes 4k + 1 frames: window and data.num_frames must be 1, 5, 9, …")
 
     @property
     def run_path(self) -> Path:
@@ -154,18 +185,34 @@ def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Genera
     the error's chroma + kl_weight·KL per latent element, parts). ``sample``: decode a posterior
     sample (else its mean)."""
     b, t = clips.shape[:2]
-    x = clips.flatten(0, 1)
-    post = vae.encode(x).latent_dist
-    z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator) if sample else post.mean
-    rec = vae.decode(z, num_frames=t).sample
-    err = rec - x
+    if is_wan(vae):  # a causal 3D VAE codes the clip as one (B, 3, T, h, w) volume
+        x = clips.permute(0, 2, 1, 3, 4)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator) if sample else post.mean
+        err = vae.decode(z).sample - x
+        kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()  # per latent element
+        x = clips.flatten(0, 1)
+        err = err.permute(0, 2, 1, 3, 4).flatten(0, 1)
+    else:
+        x = clips.flatten(0, 1)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator) if sample else post.mean
+        rec = vae.decode(z, num_frames=t).sample
+        err = rec - x
+        kl = post.kl().mean() / post.mean[0].numel()
     l1 = err.abs().mean()
     mse = err.pow(2).mean()
     chroma = (err - err.mean(dim=1, keepdim=True)).pow(2).mean()
-    kl = post.kl().mean() / post.mean[0].numel()
     loss = l1_weight * l1 + mse_weight * mse + chroma_weight * chroma + kl_weight * kl
     return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "chroma": float(chroma.detach()),
                   "kl": float(kl.detach())}
+
+
+def is_wan(vae) -> bool:
+    """Whether ``vae`` is Wan's causal 3D VAE (else SVD's per-frame one)."""
+    from diffusers import AutoencoderKLWan
+
+    return isinstance(vae, AutoencoderKLWan)
 
 
 def identity_time_conv(vae) -> None:
@@ -196,16 +243,35 @@ def random_windows(video: torch.Tensor, window: int, crop: int, generator: torch
     return torch.stack(out)
 
 
+def _code(vae, clip: torch.Tensor) -> torch.Tensor:
+    """One clip (T, 3, H, W) in [-1, 1] → its posterior-mode latents: (T, C, h, w) for SVD's VAE,
+    (1, C, F, h, w) for Wan's."""
+    x = clip.permute(1, 0, 2, 3).unsqueeze(0) if is_wan(vae) else clip
+    return vae.encode(x).latent_dist.mode()
+
+
+def _decode(vae, z: torch.Tensor, frames: int) -> torch.Tensor:
+    """:func:`_code`'s latents → the clip (T, 3, H, W)."""
+    if is_wan(vae):
+        return vae.decode(z).sample[0].permute(1, 0, 2, 3)
+    return vae.decode(z, num_frames=frames).sample
+
+
 @torch.no_grad()
-def latent_std(vae, urls: list[str], cfg: VAETrainConfig, samples: int) -> float:
-    """Standard deviation of the posterior-mode latents of the first ``samples`` clips."""
-    zs, n = [], 0
+def latent_values(vae, urls: list[str], cfg: VAETrainConfig, samples: int) -> torch.Tensor:
+    """The posterior-mode latents of the first ``samples`` clips as (values, C)."""
+    zs = []
     for batch in _stream(cfg, urls, 0, 1, shuffle=False):
-        zs.append(vae.encode(_unit(batch.video[0])).latent_dist.mode())
-        n += 1
-        if n >= samples:
+        z = _code(vae, _unit(batch.video[0]))
+        zs.append(z.movedim(1, -1).reshape(-1, z.shape[1]))
+        if len(zs) >= samples:
             break
-    return float(torch.cat(zs).std())
+    return torch.cat(zs)
+
+
+def latent_std(vae, urls: list[str], cfg: VAETrainConfig, samples: int) -> float:
+    """Standard deviation of all the posterior-mode latents of the first ``samples`` clips."""
+    return float(latent_values(vae, urls, cfg, samples).std())
 
 
 @torch.no_grad()
@@ -214,7 +280,7 @@ def reconstruction_psnr(vae, urls: list[str], cfg: VAETrainConfig, samples: int)
     vals, n = [], 0
     for batch in _stream(cfg, urls, 0, 1, shuffle=False):
         x = _unit(batch.video[0])
-        rec = vae.decode(vae.encode(x).latent_dist.mode(), num_frames=x.shape[0]).sample.clamp(-1, 1)
+        rec = _decode(vae, _code(vae, x), x.shape[0]).clamp(-1, 1)
         mse = float(((rec - x) / 2).pow(2).mean())
         vals.append(10 * math.log10(1.0 / max(mse, 1e-12)))
         n += 1
@@ -237,7 +303,6 @@ def _save_checkpoint(run: Path, step: int, vae, opt, keep: int) -> Path:
 
 def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
     """Train (or continue) the VAE; writes ``<run_dir>/vae`` and ``result.json``; returns the result."""
-    from diffusers import AutoencoderKLTemporalDecoder
     from safetensors.torch import load_file
 
     from . import checkpoint as ckpt
@@ -248,8 +313,9 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
     if latest is not None and not resume:
         raise ConfigError(f"{run} already holds VAE checkpoints: resume, or choose another run_dir")
     torch.manual_seed(cfg.seed)
-    vae = AutoencoderKLTemporalDecoder(**cfg.model.diffusers_config(max(cfg.data.width, cfg.data.height)))
-    identity_time_conv(vae)
+    vae = cfg.model.build(max(cfg.data.width, cfg.data.height))
+    if cfg.model.family == "svd":
+        identity_time_conv(vae)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
     if latest is not None:
@@ -284,14 +350,22 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
                 _save_checkpoint(run, step, vae, opt, cfg.keep_checkpoints)
     vae.eval()
-    std = latent_std(vae, train_urls, cfg, cfg.scale_samples)
-    vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
+    if cfg.model.family == "wan":
+        z = latent_values(vae, train_urls, cfg, cfg.scale_samples)  # per channel, as Wan's VAE records them
+        mean, spread = z.mean(0), z.std(0)
+        vae.register_to_config(latents_mean=[float(v) for v in mean],
+                               latents_std=[float(max(v, 1e-6)) for v in spread])
+        stats = {"latents_mean": vae.config.latents_mean, "latents_std": vae.config.latents_std}
+    else:
+        std = latent_std(vae, train_urls, cfg, cfg.scale_samples)
+        vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
+        stats = {"latent_std": std, "scaling_factor": vae.config.scaling_factor}
     from trackgo_model.pipeline import replace_dir
 
     tmp = run / ".vae-tmp"
     vae.save_pretrained(tmp)
     replace_dir(tmp, run / "vae")
-    result = {"step": step, "latent_std": std, "scaling_factor": vae.config.scaling_factor,
+    result = {"step": step, **stats, "family": cfg.model.family,
               "psnr_heldout": reconstruction_psnr(vae, val_urls, cfg, cfg.eval_samples),
               "params": sum(p.numel() for p in vae.parameters())}
     atomic_write_json(run / "result.json", result)
