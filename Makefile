@@ -59,9 +59,9 @@ train: setup
 
 # The toy reproduction on 2 CPU cores: synthetic videos → shards → VAE → base model → TrackGo +
 # ablations → held-out evaluation (runs/toy/results.md). A rerun resumes where it stopped.
-# TOY_ARGS="--set out=runs/toy2" passes config overrides.
+# TOY_ARGS="--set out=runs/toy2" passes config overrides; BASE=wan runs the Wan-layout toy (runs/toy-wan).
 toy: setup
-	$(BIN)/trackgo toy all $(TOY_ARGS)
+	$(BIN)/trackgo toy all $(if $(filter wan,$(BASE)),--config toy-wan) $(TOY_ARGS)
 
 # TrackGo Studio in the browser; without CHECKPOINT/SVD it serves the TrackGo that `make toy` trained
 # (runs/toy) when there is one, else the tiny random-weight model.

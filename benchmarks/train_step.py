@@ -43,7 +43,8 @@ def build_components(full: bool, cfg, device):
 
     from trackgo_model.model import TrackGoUNet, build_unet
     from trackgo_model.tiny import CLIP_PROCESSOR, SVD_SCHEDULER, TINY_CLIP, TINY_VAE
-    from trackgo_model.train.data import Components, trackgo_config_for
+    from trackgo_model.train.config import trackgo_config_for
+    from trackgo_model.train.data import Components
 
     torch.manual_seed(0)
     with torch.device(device):

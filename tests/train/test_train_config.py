@@ -157,7 +157,7 @@ def test_missing_shards_say_make_dataset(tmp_path, caplog):
 
 def test_switches_reach_the_model_config_and_accelerate():
     from trackgo_model.train import accelerate_kwargs
-    from trackgo_model.train.data import trackgo_config_for
+    from trackgo_model.train.config import trackgo_config_for
 
     full = trackgo_config_for(load_train_config("svd-xt-paper"))
     assert full.mask_value == -1.0e4 and full.attn_loss.weight == 1.0

@@ -41,7 +41,7 @@ def test_tiny_preset_both_precisions_json(bench, monkeypatch, tmp_path, capsys):
     # the trainable groups of svd-xt-paper's recipe (paper formula: no gates) on the tiny model
     from trackgo_model.model import TrackGoUNet, build_unet
     from trackgo_model.train.config import load_train_config
-    from trackgo_model.train.data import trackgo_config_for
+    from trackgo_model.train.config import trackgo_config_for
 
     cfg = trackgo_config_for(load_train_config("tiny-cpu", ["model.trackgo.mode=paper"]))
     expected = sum(p.numel() for p in TrackGoUNet.from_unet(build_unet("tiny"), cfg).trainable_parameters())

@@ -93,7 +93,7 @@ def _components(shards, tiny_dir, run, **extra):
     from trackgo_model.train.config import load_train_config
     from trackgo_model.train.data import data_stream, shard_urls
     from trackgo_model.train.loss import batch_to_inputs
-    from trackgo_model.wan.training import load_wan_components
+    from trackgo_model.train.wan import load_wan_components
 
     cfg = load_train_config("tiny-wan-cpu", wan_overrides(shards, tiny_dir, run, **extra))
     comp = load_wan_components(cfg, run)
@@ -103,7 +103,7 @@ def _components(shards, tiny_dir, run, **extra):
 
 def test_flow_loss_replays_its_draws(wan_shards, tiny_wan_dir, tmp_path):
     """L = mean ‖F(x_σ ⊕ c; 1000σ) − (ε − x0)‖², with σ, ε re-drawn here in the documented order."""
-    from trackgo_model.wan.training import flow_loss
+    from trackgo_model.train.wan import flow_loss
 
     cfg, comp, inputs = _components(wan_shards, tiny_wan_dir, tmp_path / "run", **{
         "objective.attn_loss_weight": 0.0, "objective.flow_shift": 2.0, "data.batch_size": 2})
@@ -128,7 +128,7 @@ def test_flow_loss_replays_its_draws(wan_shards, tiny_wan_dir, tmp_path):
 
 
 def test_flow_loss_attention_term_and_dropout(wan_shards, tiny_wan_dir, tmp_path):
-    from trackgo_model.wan.training import flow_loss
+    from trackgo_model.train.wan import flow_loss
 
     cfg, comp, inputs = _components(wan_shards, tiny_wan_dir, tmp_path / "run", **{
         "objective.attn_loss_weight": 0.5, "objective.drop_image_prob": 1.0, "objective.drop_clip_prob": 1.0})
@@ -238,7 +238,7 @@ def test_missing_wan_weights_is_one_clear_error(monkeypatch):
 def test_wan_move_condition_follows_the_tracks_in_a_drawn_order(wan_shards, tiny_wan_dir, tmp_path):
     """model.wan_move: the condition's latents are edited along each sample's tracks (Wan-Move), in
     one permutation per sample drawn after ε; the mask channels and the noisy latents are untouched."""
-    from trackgo_model.wan.training import flow_loss
+    from trackgo_model.train.wan import flow_loss
     from trackgo_model.wan.wan_move import guide_condition, track_cells
 
     cfg, comp, inputs = _components(wan_shards, tiny_wan_dir, tmp_path / "run", **{

@@ -89,7 +89,10 @@ def register(subparsers) -> None:
                    help="override any EvalConfig key (repeatable)")
     e.add_argument("--score-only", action="store_true", help="score saved videos without generating")
     e.set_defaults(func=cmd_eval_vipseg)
+    register_movebench(subparsers)
 
+
+def register_movebench(subparsers) -> None:
     b = subparsers.add_parser("eval-movebench", help="MoveBench's protocol on a Wan checkpoint: generate + PSNR, "
                               "SSIM, FID, FVD, EPE (trackgo_model.eval.movebench)")
     b.add_argument("--movebench", required=True, help="MoveBench folder (en/, zh/)")

@@ -15,11 +15,13 @@ from typing import Any
 from trackgo_data.config import apply_overrides, config_from_dict, load_yaml
 from trackgo_data.synthetic import SyntheticConfig
 
-#: EulerDiscreteScheduler settings a toy config may change (those of SVD's scheduler)
-SCHEDULER_KEYS = ("sigma_min", "sigma_max", "use_karras_sigmas", "timestep_spacing", "steps_offset")
-#: rows of results.json besides the base model; each is a variant of the TrackGo stage: the paper's
-#: recipe, the two ablations of its Table 2 and the gated formula
-REQUIRED_VARIANTS = ("trackgo", "no_attn_loss", "no_mask_no_loss", "gated")
+#: scheduler settings a toy config may change: SVD's EulerDiscreteScheduler's, Wan's flow shift
+SCHEDULER_KEYS = {"svd": ("sigma_min", "sigma_max", "use_karras_sigmas", "timestep_spacing", "steps_offset"),
+                  "wan": ("flow_shift",)}
+#: rows of results.json besides the base model; each is a variant of the TrackGo stage. SVD: the
+#: paper's recipe, the two ablations of its Table 2 and the gated formula; Wan: TrackGo beside
+#: Wan-Move's latent trajectory guidance (docs/wan.md)
+REQUIRED_VARIANTS = {"svd": ("trackgo", "no_attn_loss", "no_mask_no_loss", "gated"), "wan": ("trackgo", "wan_move")}
 
 
 @dataclass
@@ -55,9 +57,13 @@ class ToyConfig:
     profile: str = "local"
     build: dict = field(default_factory=dict)
     build_processes: int = 2           # dataset batches processed side by side
+    # the base family: "svd" (an SVD-layout UNet) or "wan" (a Wan-layout DiT, make toy BASE=wan)
+    base: str = "svd"
     # the from-scratch model: a diffusers UNetSpatioTemporalConditionModel config and a small CLIP
-    # vision config (frozen random features: no pretrained CLIP exists here, so this must be true)
+    # vision config (frozen random features: no pretrained CLIP exists here, so this must be true);
+    # base=wan: a WanTransformer3DModel config (Wan2.2's layout: no image encoder) instead
     unet: dict = field(default_factory=dict)
+    transformer: dict = field(default_factory=dict)
     image_encoder: dict = field(default_factory=dict)
     image_encoder_random_init: bool = False
     model_seed: int = 0
@@ -99,10 +105,13 @@ class ToyConfig:
     def __post_init__(self) -> None:
         if self.train_videos.seed == self.heldout_videos.seed:
             raise ValueError("train_videos.seed and heldout_videos.seed must differ (held-out clips are unseen)")
+        if self.base not in REQUIRED_VARIANTS:
+            raise ValueError(f"base must be one of {sorted(REQUIRED_VARIANTS)}, got {self.base!r}")
         if isinstance(self.variants, dict):
-            missing = [v for v in REQUIRED_VARIANTS if v not in self.variants]
+            required = REQUIRED_VARIANTS[self.base]
+            missing = [v for v in required if v not in self.variants]
             if missing:
-                raise ValueError(f"variants must include {list(REQUIRED_VARIANTS)}; missing {missing}")
+                raise ValueError(f"variants must include {list(required)}; missing {missing}")
             if "base" in self.variants:
                 raise ValueError("'base' is the base model's row, not a TrackGo variant")
             for name, over in self.variants.items():
@@ -115,17 +124,20 @@ class ToyConfig:
         if (not isinstance(self.seeds, list) or not all(isinstance(k, int) and k >= 1 for k in self.seeds)
                 or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError(f"seeds must be a list of distinct ints >= 1 (0 is the main run), got {self.seeds!r}")
-        unknown = sorted(set(self.scheduler) - set(SCHEDULER_KEYS))
+        unknown = sorted(set(self.scheduler) - set(SCHEDULER_KEYS[self.base]))
         if unknown:
-            raise ValueError(f"scheduler: unknown key(s) {unknown}; known: {sorted(SCHEDULER_KEYS)}")
+            raise ValueError(f"scheduler: unknown key(s) {unknown}; known: {sorted(SCHEDULER_KEYS[self.base])}")
         if self.calibrate_batches < 1 or self.calibrate_ratio <= 0:
             raise ValueError("calibrate_batches must be >= 1 and calibrate_ratio > 0")
         for name in ("vae_overrides", "base_overrides", "trackgo_overrides"):
             over = getattr(self, name)
             if not isinstance(over, list) or not all(isinstance(o, str) and "=" in o for o in over):
                 raise ValueError(f"{name} must be a list of dotted key=value strings")
-        if not self.unet or "cross_attention_dim" not in self.unet:
+        if self.base == "svd" and (not self.unet or "cross_attention_dim" not in self.unet):
             raise ValueError("unet must be a diffusers UNetSpatioTemporalConditionModel config (with cross_attention_dim)")
+        if self.base == "wan" and (self.transformer.get("in_channels") != 36 or self.transformer.get("image_dim")):
+            raise ValueError("transformer must be a WanTransformer3DModel config of the image-to-video layout "
+                             "without image tokens (in_channels 36, no image_dim)")
         if not self.subprocesses and self.processes != 1:
             raise ValueError("trainings run side by side only as child processes: set processes=1 or subprocesses=true")
         if min(self.processes, self.threads_per_process, self.threads, self.build_processes) < 1:

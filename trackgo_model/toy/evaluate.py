@@ -16,6 +16,7 @@ checkpoints on the first ``curve_clips`` clips), ``results.json``, ``results.md`
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +47,17 @@ def heldout_samples(cfg: ToyConfig, size: tuple[int, int], num_frames: int, limi
 
 @dataclass
 class GenerationJob:
-    """One model's clips: ``keys`` generated into ``folder/<key>.mp4``."""
+    """One model's clips: ``keys`` generated into ``folder/<key>.mp4``. ``transformer_from``: a
+    training checkpoint whose whole transformer the model takes, and ``guide``: the clip's tracks
+    edit the condition — the Wan toy's ``wan_move`` row."""
 
     row: str
     model_dir: str
     trackgo_dir: str | None
     folder: str
     keys: list[str]
+    transformer_from: str | None = None
+    guide: bool = False
 
 
 def generation_jobs(cfg: ToyConfig, keys: list[str], run_dirs: dict[str, Path] | None = None) -> list[GenerationJob]:
@@ -69,12 +74,17 @@ def generation_jobs(cfg: ToyConfig, keys: list[str], run_dirs: dict[str, Path] |
         found = ckpt.list_checkpoints(run_dir)
         if not found:
             raise RuntimeError(f"{row} has no checkpoint in {run_dir}: run its training stage first")
-        jobs.append(GenerationJob(row, base_model, str(found[-1][1] / "trackgo"), str(out / "eval" / row), keys))
+        wan_move = bool(json.loads((Path(run_dir) / "config.json").read_text())["model"].get("wan_move"))
+
+        def job(path: Path, folder: Path, clips: list[str]) -> GenerationJob:
+            if wan_move:  # the whole transformer trained, guided by the tracks, no adapters
+                return GenerationJob(row, base_model, None, str(folder), clips, str(path), True)
+            return GenerationJob(row, base_model, str(path / "trackgo"), str(folder), clips)
+
+        jobs.append(job(found[-1][1], out / "eval" / row, keys))
         if cfg.eval.curve_clips:
             for step, path in found[:-1]:
-                jobs.append(GenerationJob(row, base_model, str(path / "trackgo"),
-                                          str(out / "eval" / "curve" / row / f"step-{step:06d}"),
-                                          keys[: cfg.eval.curve_clips]))
+                jobs.append(job(path, out / "eval" / "curve" / row / f"step-{step:06d}", keys[: cfg.eval.curve_clips]))
     return sorted(jobs, key=lambda j: -len(j.keys))
 
 
@@ -98,9 +108,21 @@ def generate(cfg: ToyConfig, job: GenerationJob, size: tuple[int, int], num_fram
     ev = cfg.eval
     order = {s.key: i for i, s in enumerate(heldout_samples(cfg, size, num_frames))}
     samples = {s.key: s for s in heldout_samples(cfg, size, num_frames) if s.key in todo}
-    pipe = load_toy_pipeline(job.model_dir, job.trackgo_dir)
+    if cfg.base == "wan":
+        from .wan_models import load_toy_pipeline as load_wan_pipeline
+
+        pipe = load_wan_pipeline(job.model_dir, job.trackgo_dir, job.transformer_from)
+    else:
+        pipe = load_toy_pipeline(job.model_dir, job.trackgo_dir)
     for key in todo:
         sample = samples[key]
+        if cfg.base == "wan":
+            guide = (np.asarray(sample.tracks), np.asarray(sample.visibility)) if job.guide else None
+            frames = pipe(sample.image, sample.trajectory if job.trackgo_dir is not None else None,
+                          num_frames=num_frames, height=size[1], width=size[0], num_inference_steps=ev.num_inference_steps,
+                          seed=ev.seed + order[key], guide=guide)
+            encode_lossless_rgb(frames, Path(job.folder) / f"{key}.mp4", fps=float(sample.meta.get("fps", 16)))
+            continue
         frames = pipe(sample.image, sample.trajectory if job.trackgo_dir is not None else None,
                       num_frames=num_frames, height=size[1], width=size[0],
                       num_inference_steps=ev.num_inference_steps, min_guidance_scale=ev.min_guidance_scale,
@@ -125,7 +147,10 @@ def score_rows(cfg: ToyConfig, folders: dict[str, Path], samples: list, tracker,
     from trackgo_data.synthetic import load_ground_truth
     from trackgo_data.video import decode_mp4
 
-    from .scoring import gt_object_tracks, score_clip, static_video, vae_roundtrip
+    from . import scoring, wan_models
+    from .scoring import gt_object_tracks, score_clip, static_video
+
+    vae_roundtrip = wan_models.vae_roundtrip if cfg.base == "wan" else scoring.vae_roundtrip
 
     rows = [*folders, *((STATIC, FLOOR, REAL) if vae is not None else ())]
     scores: dict[str, list[dict]] = {row: [] for row in rows}
@@ -174,7 +199,10 @@ def scoring_tools(cfg: ToyConfig):
     from trackgo_data.track import get_tracker
 
     bcfg = build_config(cfg)
-    vae = AutoencoderKLTemporalDecoder.from_pretrained(cfg.out_path / "base-model" / "vae", local_files_only=True)
+    from diffusers import AutoencoderKLWan
+
+    vae_class = AutoencoderKLWan if cfg.base == "wan" else AutoencoderKLTemporalDecoder
+    vae = vae_class.from_pretrained(cfg.out_path / "base-model" / "vae", local_files_only=True)
     return get_tracker(bcfg.tracker.name, **bcfg.tracker.options), vae.eval()
 
 
@@ -194,7 +222,7 @@ def run_eval(cfg: ToyConfig, size: tuple[int, int], num_frames: int) -> dict[str
     results = summarise(scores, rows, replicates=cfg.eval.bootstrap_replicates, seed=cfg.eval.bootstrap_seed)
     curve = objmc_curve(cfg, jobs, samples, tracker, scores) if cfg.eval.curve_clips else {}
     results.update({"objmc_vs_steps": curve, "curve_clips": min(cfg.eval.curve_clips, len(samples)),
-                    "target": report.target(results), "model_size": list(size), "num_frames": num_frames,
+                    "target": report.target(results, cfg.base), "model_size": list(size), "num_frames": num_frames,
                     "per_clip": scores})
     return results
 

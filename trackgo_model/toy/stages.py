@@ -179,8 +179,14 @@ def train_config(cfg: ToyConfig, stage: str, variant: str | None = None, attn_lo
     if stage == "base":
         return load_train_config(cfg.base_config, [
             f"data.shards={shards(cfg)}", f"data.latent_cache={cfg.out_path / 'latents'}",
-            f"model.svd_path={cfg.out_path / 'init-model'}", f"run_dir={cfg.out_path / 'base'}", *cfg.base_overrides])
+            f"{model_path_key(cfg)}={cfg.out_path / 'init-model'}", f"run_dir={cfg.out_path / 'base'}",
+            *cfg.base_overrides])
     return finetune_config(cfg, variant, cfg.variants[variant], cfg.out_path / "trackgo" / variant, attn_loss_weight)
+
+
+def model_path_key(cfg: ToyConfig) -> str:
+    """The training config key that names the model folder: SVD's or Wan's."""
+    return "model.wan_path" if cfg.base == "wan" else "model.svd_path"
 
 
 def finetune_config(cfg: ToyConfig, name: str, overrides: list[str], run_dir: Path,
@@ -191,7 +197,7 @@ def finetune_config(cfg: ToyConfig, name: str, overrides: list[str], run_dir: Pa
     lam = [] if attn_loss_weight is None else [f"objective.attn_loss_weight={attn_loss_weight}"]
     return load_train_config(cfg.trackgo_config, [
         f"data.shards={shards(cfg)}", f"data.latent_cache={cfg.out_path / 'latents'}",
-        f"model.svd_path={cfg.out_path / 'base-model'}", f"run_dir={run_dir}", f"name=toy-{name}",
+        f"{model_path_key(cfg)}={cfg.out_path / 'base-model'}", f"run_dir={run_dir}", f"name=toy-{name}",
         *cfg.trackgo_overrides, *lam, *overrides])
 
 
@@ -259,19 +265,26 @@ def train_base(cfg: ToyConfig, tcfg) -> dict[str, Any]:
 
     init = cfg.out_path / "init-model"
     # rewritten on every run of the stage (seeded, so a resumed run gets the same start)
-    write_init_model(init, cfg.out_path / "vae" / "vae", cfg.unet, cfg.image_encoder, cfg.model_seed,
-                     cfg.image_encoder_random_init, cfg.scheduler)
+    if cfg.base == "wan":
+        from . import wan_models
+
+        wan_models.write_init_model(init, cfg.out_path / "vae" / "vae", cfg.transformer, cfg.model_seed, cfg.scheduler)
+    else:
+        write_init_model(init, cfg.out_path / "vae" / "vae", cfg.unet, cfg.image_encoder, cfg.model_seed,
+                         cfg.image_encoder_random_init, cfg.scheduler)
     run_training(cfg, tcfg, "base", cfg.threads)
     latest = ckpt.latest_checkpoint(tcfg.run_path)
     if latest is None:
         raise RuntimeError(f"the base training left no checkpoint in {tcfg.run_path}")
-    export_base_model(init, latest, cfg.out_path / "base-model", use_ema=tcfg.ema.enabled)
+    export = wan_models.export_base_model if cfg.base == "wan" else export_base_model
+    export(init, latest, cfg.out_path / "base-model", use_ema=tcfg.ema.enabled)
     return {"checkpoint": str(latest), "model": str(cfg.out_path / "base-model")}
 
 
 def base(cfg: ToyConfig) -> dict[str, Any]:
     tcfg = train_config(cfg, "base")
-    inputs = [need(cfg, "vae"), cfg.unet, cfg.image_encoder, cfg.model_seed, cfg.scheduler, config_to_dict(tcfg)]
+    model = cfg.transformer if cfg.base == "wan" else cfg.unet
+    inputs = [need(cfg, "vae"), model, cfg.image_encoder, cfg.model_seed, cfg.scheduler, config_to_dict(tcfg)]
     return run_stage(cfg, "base", inputs, train_base, cfg, tcfg)
 
 

@@ -33,6 +33,7 @@ from .memory import CHECKPOINTING, LR_GROUPS, OPTIMIZERS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SVD_PATH_ENV = "TRACKGO_SVD_PATH"
+WAN_PATH_ENV = "TRACKGO_WAN_PATH"
 BASES = ("svd", "wan")
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -274,13 +275,19 @@ class TrainConfig:
         return self.global_batch_size // per_step
 
     def resolved_weights_path(self) -> Path:
-        """The base's weights folder (:meth:`resolved_svd_path`, or Wan's
-        :func:`~trackgo_model.wan.training.resolved_wan_path`); one clear error when it is not set."""
-        if self.model.base == "wan":
-            from trackgo_model.wan.training import resolved_wan_path
+        """The base's weights folder (:meth:`resolved_svd_path` or :meth:`resolved_wan_path`); one
+        clear error when it is not set."""
+        return self.resolved_wan_path() if self.model.base == "wan" else self.resolved_svd_path()
 
-            return resolved_wan_path(self)
-        return self.resolved_svd_path()
+    def resolved_wan_path(self) -> Path:
+        """The Wan folder of ``model.wan_path`` or $TRACKGO_WAN_PATH; one clear error when neither is set."""
+        raw = self.model.wan_path or os.environ.get(WAN_PATH_ENV)
+        if not raw:
+            raise ConfigError(f"config {self.name!r} needs Wan weights: set model.wan_path=/path/to/Wan2.1-I2V-14B-"
+                              f"480P-Diffusers (a diffusers folder with transformer/, vae/, text_encoder/, tokenizer/, "
+                              f"image_encoder/, image_processor/, scheduler/) or export {WAN_PATH_ENV}. Nothing is "
+                              f"downloaded. Without weights: make train CONFIG=tiny-wan-cpu")
+        return Path(raw).expanduser()
 
     def resolved_svd_path(self) -> Path:
         """The SVD folder from config or $TRACKGO_SVD_PATH; one clear error when neither is set."""
@@ -300,6 +307,20 @@ class TrainConfig:
                 f"{SVD_PATH_ENV}) at a diffusers-layout stable-video-diffusion-img2vid-xt folder"
             )
         return path
+
+
+def trackgo_config_for(cfg) -> Any:
+    """TrackGoConfig from ``model.trackgo`` overrides plus the training switches (λ, groups, mask)."""
+    from trackgo_model.configs import TrackGoConfig
+
+    data = dict(cfg.model.trackgo)
+    data["trainable"] = list(cfg.model.trainable)
+    data.setdefault("attn_loss", {})
+    data["attn_loss"] = {**data["attn_loss"], "weight": float(cfg.objective.attn_loss_weight)}
+    if not cfg.model.attention_mask:  # ablation: AM ≡ 0, the original branch is never masked
+        data["mask_value"] = 0.0
+        data["tau"] = None
+    return TrackGoConfig.from_dict(data)
 
 
 BASE_KEY = "base"

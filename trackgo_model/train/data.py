@@ -26,6 +26,8 @@ import torch
 
 from trackgo_data.config import ConfigError
 
+from .config import trackgo_config_for
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,7 @@ class MissingShardsError(ConfigError):
 class Components:
     """The TrackGoUNet to train and SVD's frozen parts. Every base's components have ``model``,
     ``vae``, ``source`` and the methods ``place``, ``encode_latents``, ``loss`` and ``generate``
-    (Wan's: :class:`~trackgo_model.wan.training.WanComponents`)."""
+    (Wan's: :class:`~trackgo_model.train.wan.WanComponents`)."""
 
     model: torch.nn.Module  # TrackGoUNet
     vae: torch.nn.Module
@@ -79,25 +81,11 @@ class Components:
                     fps=int(round(float(cfg.data.fps))), motion_bucket_id=int(cfg.data.motion_bucket_id))
 
 
-def trackgo_config_for(cfg) -> "Any":
-    """TrackGoConfig from ``model.trackgo`` overrides plus the training switches (λ, groups, mask)."""
-    from trackgo_model.configs import TrackGoConfig
-
-    data = dict(cfg.model.trackgo)
-    data["trainable"] = list(cfg.model.trainable)
-    data.setdefault("attn_loss", {})
-    data["attn_loss"] = {**data["attn_loss"], "weight": float(cfg.objective.attn_loss_weight)}
-    if not cfg.model.attention_mask:  # ablation: AM ≡ 0, the original branch is never masked
-        data["mask_value"] = 0.0
-        data["tau"] = None
-    return TrackGoConfig.from_dict(data)
-
-
 def load_components(cfg, run_dir: Path):
     """The components of ``model.base``: frozen SVD parts + a TrackGoUNet to train (weights: SVD
-    folder, or the tiny model), or Wan's (:func:`~trackgo_model.wan.training.load_wan_components`)."""
+    folder, or the tiny model), or Wan's (:func:`~trackgo_model.train.wan.load_wan_components`)."""
     if cfg.model.base == "wan":
-        from trackgo_model.wan.training import load_wan_components
+        from trackgo_model.train.wan import load_wan_components
 
         return load_wan_components(cfg, run_dir)
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler

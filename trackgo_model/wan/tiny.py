@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_VAE", "init_tiny_wan", "tiny_tokenizer"]
+__all__ = ["TINY_VAE", "init_tiny_wan", "tiny_text_encoder", "tiny_tokenizer", "write_wan_folder"]
 
 #: AutoencoderKLWan at CPU size: three down-samplings in space, two of them also in time
 TINY_VAE = {"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1, "attn_scales": [],
@@ -49,12 +49,44 @@ def tiny_tokenizer():
                                    model_max_length=512)
 
 
-def init_tiny_wan(out_dir: str | Path, seed: int = 0, preset: str = "tiny") -> Path:
-    """Write the tiny Wan folder (module docstring) to ``out_dir``, replacing it as a whole."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+def tiny_text_encoder(width: int):
+    """A random one-layer ``UMT5EncoderModel`` of ``width`` channels over :func:`tiny_tokenizer`'s vocabulary."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(
+        vocab_size=len(_WORDS) + 3, d_model=width, d_kv=8, d_ff=2 * width, num_layers=1, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+
+
+def write_wan_folder(out_dir: str | Path, transformer, vae, text_encoder, tokenizer, flow_shift: float = 3.0,
+                     image_encoder=None, processor=None) -> Path:
+    """Save the parts as a diffusers Wan image-to-video folder (``WanImageToVideoPipeline``'s
+    layout, UniPC flow scheduler), replacing ``out_dir`` as a whole."""
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
 
     from ..pipeline import replace_dir
+
+    scheduler = UniPCMultistepScheduler(**{**WAN_SCHEDULER, "flow_shift": float(flow_shift)})
+    pipe = WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                                   image_processor=processor, image_encoder=image_encoder, transformer=transformer)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        pipe.save_pretrained(tmp)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def init_tiny_wan(out_dir: str | Path, seed: int = 0, preset: str = "tiny") -> Path:
+    """Write the tiny Wan folder (module docstring) to ``out_dir``, replacing it as a whole."""
+    from diffusers import AutoencoderKLWan
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
     from .model import WAN_PRESETS, build_transformer
 
     if preset not in ("tiny", "tiny-2.2"):
@@ -66,9 +98,7 @@ def init_tiny_wan(out_dir: str | Path, seed: int = 0, preset: str = "tiny") -> P
     try:
         transformer = build_transformer(preset, device="cpu")
         vae = AutoencoderKLWan(**TINY_VAE)
-        text_encoder = UMT5EncoderModel(UMT5Config(
-            vocab_size=len(_WORDS) + 3, d_model=layout["text_dim"], d_kv=8, d_ff=2 * layout["text_dim"], num_layers=1,
-            num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+        text_encoder = tiny_text_encoder(layout["text_dim"])
         image_encoder = processor = None
         if layout.get("image_dim"):
             image_encoder = CLIPVisionModel(CLIPVisionConfig(
@@ -77,16 +107,5 @@ def init_tiny_wan(out_dir: str | Path, seed: int = 0, preset: str = "tiny") -> P
             processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     finally:
         torch.random.set_rng_state(state)
-    pipe = WanImageToVideoPipeline(tokenizer=tiny_tokenizer(), text_encoder=text_encoder, vae=vae,
-                                   scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER), image_processor=processor,
-                                   image_encoder=image_encoder, transformer=transformer)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
-        pipe.save_pretrained(tmp)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return write_wan_folder(out_dir, transformer, vae, text_encoder, tiny_tokenizer(),
+                            flow_shift=WAN_SCHEDULER["flow_shift"], image_encoder=image_encoder, processor=processor)

@@ -2,8 +2,8 @@
 and validation sampling (the training loop, data, optimizer groups and checkpoints are shared with SVD).
 
 Objective for one batch (docs/wan.md, "Training"):
-L = mean_b ‖F(x_σ ⊕ c; 1000σ) − (ε − x0)‖² + λ·L_attn, x_σ = (1 − σ)·x0 + σ·ε, σ = shift(u), u ~ U(0, 1), c the first-frame condition; the text tokens
-are the fixed prompt ``model.prompt`` encoded once (the trajectory data has no captions).
+L = mean_b ‖F(x_σ ⊕ c; 1000σ) − (ε − x0)‖² + λ·L_attn, x_σ = (1 − σ)·x0 + σ·ε, σ = shift(u),
+u ~ U(0, 1), c the first-frame condition; the text tokens are the fixed prompt ``model.prompt`` encoded once (the trajectory data has no captions).
 Conditioning dropout keeps SVD's switches: ``drop_clip_prob`` zeroes Wan2.1's CLIP image tokens,
 ``drop_image_prob`` the first-frame latents of c (the mask channels stay). With ``model.wan_move``
 the condition's latents are edited along each sample's tracks first (Wan-Move's guidance,
@@ -20,29 +20,10 @@ from typing import Any
 
 import torch
 
-from . import conditioning as wcond
+from trackgo_model.wan import conditioning as wcond
 
 log = logging.getLogger(__name__)
-__all__ = ["WAN_PATH_ENV", "WanComponents", "flow_loss", "load_wan_components", "resolved_wan_path",
-           "wan_move_condition"]
-
-WAN_PATH_ENV = "TRACKGO_WAN_PATH"
-
-
-def resolved_wan_path(cfg) -> Path:
-    """The Wan folder of ``model.wan_path`` or $TRACKGO_WAN_PATH; one clear error when neither is set."""
-    import os
-
-    from trackgo_data.config import ConfigError
-
-    raw = cfg.model.wan_path or os.environ.get(WAN_PATH_ENV)
-    if not raw:
-        raise ConfigError(f"config {cfg.name!r} needs Wan weights: set model.wan_path=/path/to/Wan2.1-I2V-14B-480P-"
-                          f"Diffusers (a diffusers folder with transformer/, vae/, text_encoder/, tokenizer/, "
-                          f"image_encoder/, image_processor/, scheduler/) or export {WAN_PATH_ENV}. Nothing is "
-                          f"downloaded. Without weights: make train CONFIG=tiny-wan-cpu")
-    return Path(raw).expanduser()
-
+__all__ = ["WanComponents", "flow_loss", "load_wan_components", "wan_move_condition"]
 
 @dataclass
 class WanComponents:
@@ -67,8 +48,11 @@ class WanComponents:
         self.text = self.text.to(device)
 
     def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
-        """video (B, L, 3, H, W) in [-1, 1] → normalised latents (B, 16, F, H/8, W/8)."""
-        return wcond.encode_video(self.parts.vae, video)
+        """What the latent cache keeps of a clip, both deterministic: video (B, L, 3, H, W) in [-1, 1]
+        → its normalised latents ⊕ the latents of its first-frame condition, (B, 2·16, F, H/8, W/8)."""
+        r = self.model.temporal_ratio
+        condition = wcond.condition_latents(self.parts.vae, video[:, 0], video.shape[1], r)
+        return torch.cat([wcond.encode_video(self.parts.vae, video), condition[:, r:]], dim=1)
 
     def loss(self, model, inputs, cfg, generator: torch.Generator, x0: torch.Tensor | None = None):
         return flow_loss(model, self, inputs, cfg.objective, generator=generator, x0=x0)
@@ -77,7 +61,7 @@ class WanComponents:
         """One validation video: image (H, W, 3) uint8, P (L, H, W, 3) uint8 → (L, H, W, 3) uint8;
         with ``wan_move`` the condition follows ``guide`` = (tracks (L, N, 2), visibility (L, N))
         and P is not given."""
-        from .pipeline import WanTrackGoPipeline
+        from trackgo_model.wan.pipeline import WanTrackGoPipeline
 
         v = cfg.validation
         pipe = WanTrackGoPipeline(self.model, self.parts, device=device)
@@ -92,21 +76,26 @@ def flow_loss(model, comp: WanComponents, inputs, obj, *, generator: torch.Gener
 
     model: what runs the forward (the TrackGoWan, possibly wrapped for DDP/FSDP); comp.model the
     bare one (its collected maps give L_attn). inputs: a ``TrainInputs`` (video (B, L, 3, H, W)).
-    x0: cached latents (B, 16, F, h, w), else encoded here.
+    x0: cached latents ⊕ condition latents (B, 2·16, F, h, w) (:meth:`WanComponents.encode_latents`),
+    else both are encoded here.
     """
-    from ..train.loss import LossParts
+    from .loss import LossParts
 
     core, vae = comp.model, comp.parts.vae
     device = inputs.video.device
     b, length = inputs.video.shape[:2]
     r = core.temporal_ratio
+    z = vae.config.z_dim
     with torch.no_grad():
         if x0 is None:
             x0 = wcond.encode_video(vae, inputs.video)
-        frames = (length - 1) // r + 1
-        if tuple(x0.shape[:3]) != (b, vae.config.z_dim, frames):
-            raise ValueError(f"latents {tuple(x0.shape)} do not fit the batch {tuple(inputs.video.shape)}")
-        condition = wcond.condition_latents(vae, inputs.image, length, r)
+            condition = wcond.condition_latents(vae, inputs.image, length, r)
+        elif tuple(x0.shape[:3]) != (b, 2 * z, (length - 1) // r + 1):
+            raise ValueError(f"cached latents {tuple(x0.shape)} do not fit the batch {tuple(inputs.video.shape)}")
+        else:  # the cache holds the clip's latents and its condition's
+            x0, cached = x0[:, :z], x0[:, z:]
+            mask = wcond.first_frame_mask(b, cached.shape[2], cached.shape[3], cached.shape[4], r, cached.device)
+            condition = torch.cat([mask, cached], dim=1)
         tokens = wcond.image_tokens(comp.parts.image_encoder, comp.parts.image_processor, inputs.image)
     u = torch.rand(2, b, generator=generator)
     if tokens is not None:
@@ -137,7 +126,7 @@ def flow_loss(model, comp: WanComponents, inputs, obj, *, generator: torch.Gener
 def wan_move_condition(condition: torch.Tensor, inputs, ratio: int, generator: torch.Generator) -> torch.Tensor:
     """condition (B, r + 16, F, h, w) with its latents edited along each sample's tracks (Wan-Move),
     written in an order drawn from ``generator`` (one permutation per sample)."""
-    from .wan_move import guide_condition, track_cells
+    from trackgo_model.wan.wan_move import guide_condition, track_cells
 
     if inputs.tracks is None or inputs.visibility is None:
         raise ValueError("model.wan_move needs the batch's tracks and visibility")
@@ -153,10 +142,11 @@ def wan_move_condition(condition: torch.Tensor, inputs, ratio: int, generator: t
 def load_wan_components(cfg, run_dir: Path) -> WanComponents:
     """Frozen Wan parts + a TrackGoWan to train, from ``model.wan_path`` or the tiny folder
     (created under ``<run_dir>/tiny-wan`` on first use); the prompt is encoded once."""
-    from ..train.data import trackgo_config_for
-    from .model import TrackGoWan
-    from .pipeline import load_wan_folder
-    from .tiny import init_tiny_wan
+    from trackgo_model.wan.model import TrackGoWan
+    from trackgo_model.wan.pipeline import load_wan_folder
+    from trackgo_model.wan.tiny import init_tiny_wan
+
+    from .config import trackgo_config_for
 
     if cfg.model.tiny:
         folder = Path(cfg.model.tiny_dir) if cfg.model.tiny_dir else run_dir / "tiny-wan"
@@ -164,7 +154,7 @@ def load_wan_components(cfg, run_dir: Path) -> WanComponents:
             log.info("creating the tiny random Wan folder in %s", folder)
             init_tiny_wan(folder, seed=cfg.model.tiny_seed)
     else:
-        folder = resolved_wan_path(cfg)
+        folder = cfg.resolved_wan_path()
     parts = load_wan_folder(folder)
     text = wcond.encode_prompt(parts.tokenizer, parts.text_encoder, cfg.model.prompt)
     parts.text_encoder = None  # not needed again: the prompt is fixed
