@@ -57,3 +57,11 @@ def test_gap_closed():
     assert gap_closed(8.0, 5.0, 2.0) == pytest.approx(0.5)
     np.testing.assert_allclose(gap_closed(np.array([8.0, 6.0]), np.array([5.0, 4.0]), np.array([2.0, 2.0])),
                                [0.5, 0.5])
+
+
+def test_gap_closed_is_undefined_without_a_gap():
+    assert float(gap_closed(8.0, 9.0, 2.0)) == pytest.approx(-1 / 6)
+    # a floor no better than the frozen first frame: nothing to close, G undefined (not 1)
+    assert np.isnan(gap_closed(10.43, 10.43, 10.4299))
+    g = gap_closed(np.array([8.0, 8.0]), np.array([4.0, 8.0]), np.array([0.0, 7.9]))
+    assert g[0] == 0.5 and np.isnan(g[1])

@@ -29,14 +29,19 @@ SMOKE = [
 VARIANTS = ("trackgo", "no_attn_loss", "no_mask_no_loss", "gated")
 
 
+def run_toy(config: str, out, overrides: list[str]):
+    """Every stage of the toy config ``config`` into ``out`` → (config, {stage: record})."""
+    from trackgo_model.toy.cli import run
+    from trackgo_model.toy.config import load_toy_config
+    from trackgo_model.toy.stages import STAGES
+
+    cfg = load_toy_config(config, [f"out={out}", *overrides])
+    return cfg, run(cfg, STAGES)
+
+
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
-    from trackgo_model.toy.cli import run
-    from trackgo_model.toy.stages import STAGES
-    from trackgo_model.toy.config import load_toy_config
-
-    cfg = load_toy_config("toy", [f"out={tmp_path_factory.mktemp('toy')}", *SMOKE])
-    return cfg, run(cfg, STAGES)
+    return run_toy("toy", tmp_path_factory.mktemp("toy"), SMOKE)
 
 
 def test_every_stage_made_its_product(toy_run):

@@ -48,11 +48,19 @@ def interval(replicates: np.ndarray, level: float = 0.95) -> list[float]:
     return [float(lo), float(hi)]
 
 
+#: the floor must beat the static reference by this share of the static ObjMC for G to be defined
+MIN_GAP = 0.05
+
+
 def gap_closed(static: np.ndarray | float, row: np.ndarray | float, floor: np.ndarray | float):
     """G = (static − row) / (static − floor): 0 = no better than a frozen first frame, 1 = as good
-    as the reference floor. Works elementwise on replicate arrays."""
+    as the reference floor. Works elementwise on replicate arrays. NaN where the floor is not at
+    least ``MIN_GAP``·static below the static reference: there is no gap to close (for example
+    when the VAE's reconstructions cannot be re-tracked, so the floor scores as a frozen frame)."""
+    static, row, floor = np.asarray(static, float), np.asarray(row, float), np.asarray(floor, float)
+    gap = static - floor
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (np.asarray(static) - np.asarray(row)) / (np.asarray(static) - np.asarray(floor))
+        return np.where(gap > MIN_GAP * np.abs(static), (static - row) / gap, np.nan)
 
 
 def verdict(diff_interval: list[float]) -> str:

@@ -21,6 +21,7 @@ apply last. A missing base, or a chain that comes back to a file already in it, 
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from trackgo_model.configs import KernelConfig
 
 from .memory import CHECKPOINTING, LR_GROUPS, OPTIMIZERS
 
+log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SVD_PATH_ENV = "TRACKGO_SVD_PATH"
 WAN_PATH_ENV = "TRACKGO_WAN_PATH"
@@ -273,6 +275,18 @@ class TrainConfig:
                 f"data.batch_size {self.data.batch_size} × {num_processes} process(es)"
             )
         return self.global_batch_size // per_step
+
+    def weights_folder(self, run_dir: Path, tiny_name: str, marker: str, init_tiny) -> Path:
+        """The base's weights: with ``model.tiny`` the tiny random folder (``model.tiny_dir``, else
+        ``run_dir/tiny_name``; written by ``init_tiny(folder, seed=model.tiny_seed)`` when its
+        ``marker`` sub-folder is missing), else :meth:`resolved_weights_path`."""
+        if not self.model.tiny:
+            return self.resolved_weights_path()
+        folder = Path(self.model.tiny_dir) if self.model.tiny_dir else Path(run_dir) / tiny_name
+        if not (folder / marker).is_dir():
+            log.info("creating the tiny random model in %s", folder)
+            init_tiny(folder, seed=self.model.tiny_seed)
+        return folder
 
     def resolved_weights_path(self) -> Path:
         """The base's weights folder (:meth:`resolved_svd_path` or :meth:`resolved_wan_path`); one

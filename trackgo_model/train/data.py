@@ -95,15 +95,9 @@ def load_components(cfg, run_dir: Path):
     from trackgo_model.model import TrackGoUNet
 
     tg_cfg = trackgo_config_for(cfg)
-    if cfg.model.tiny:
-        folder = Path(cfg.model.tiny_dir) if cfg.model.tiny_dir else run_dir / "tiny-model"
-        if not (folder / "unet").is_dir():
-            from trackgo_model.tiny import init_tiny
+    from trackgo_model.tiny import init_tiny
 
-            log.info("creating the tiny random model in %s", folder)
-            init_tiny(folder, seed=cfg.model.tiny_seed)
-    else:
-        folder = cfg.resolved_svd_path()
+    folder = cfg.weights_folder(run_dir, "tiny-model", "unet", init_tiny)
     kw = {"local_files_only": True}
     unet = UNetSpatioTemporalConditionModel.from_pretrained(folder / "unet", **kw)
     vae = AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae", **kw)

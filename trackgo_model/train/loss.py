@@ -151,13 +151,16 @@ def compute_loss(
         collect_attention=lam > 0,
     )
     denoised = edm.denoised_from_v(pred.float(), x_noisy, sigma)
-    mse = edm.edm_loss(denoised, x0, sigma).mean()
+    return with_attention_loss(edm.edm_loss(denoised, x0, sigma).mean(), core, inputs, lam, sigma)
+
+
+def with_attention_loss(mse: torch.Tensor, core, inputs: TrainInputs, lam: float, sigma: torch.Tensor) -> LossParts:
+    """L = L_mse + λ·L_attn (Eq. 9): Eq. 8 over the maps A(i, i) that ``core`` collected in the
+    forward (normalisation and pooling from its TrackGoConfig); λ = 0: L_mse alone."""
     if lam > 0:
-        # Eq. 8 over the original-branch maps A(i, i) of every temporal layer (normalisation and
-        # pooling from the model's TrackGoConfig.attn_loss / encoder.pooling).
         attn = core.attention_loss(inputs.motion_masks).float()
         loss = mse + lam * attn
     else:
-        attn = torch.zeros((), device=device)
+        attn = torch.zeros((), device=mse.device)
         loss = mse
     return LossParts(loss=loss, mse=mse.detach(), attn=attn.detach(), sigma=sigma)

@@ -79,7 +79,7 @@ def flow_loss(model, comp: WanComponents, inputs, obj, *, generator: torch.Gener
     x0: cached latents ⊕ condition latents (B, 2·16, F, h, w) (:meth:`WanComponents.encode_latents`),
     else both are encoded here.
     """
-    from .loss import LossParts
+    from .loss import with_attention_loss
 
     core, vae = comp.model, comp.parts.vae
     device = inputs.video.device
@@ -114,13 +114,7 @@ def flow_loss(model, comp: WanComponents, inputs, obj, *, generator: torch.Gener
                  comp.text.expand(b, -1, -1).to(dtype), None if tokens is None else tokens.to(dtype),
                  trajectories=inputs.trajectories, motion_masks=inputs.motion_masks, collect_attention=lam > 0)
     mse = ((pred.float() - (noise - x0)) ** 2).reshape(b, -1).mean(dim=1).mean()
-    if lam > 0:
-        attn = core.attention_loss(inputs.motion_masks).float()
-        loss = mse + lam * attn
-    else:
-        attn = torch.zeros((), device=device)
-        loss = mse
-    return LossParts(loss=loss, mse=mse.detach(), attn=attn.detach(), sigma=sigma)
+    return with_attention_loss(mse, core, inputs, lam, sigma)
 
 
 def wan_move_condition(condition: torch.Tensor, inputs, ratio: int, generator: torch.Generator) -> torch.Tensor:
@@ -148,13 +142,7 @@ def load_wan_components(cfg, run_dir: Path) -> WanComponents:
 
     from .config import trackgo_config_for
 
-    if cfg.model.tiny:
-        folder = Path(cfg.model.tiny_dir) if cfg.model.tiny_dir else run_dir / "tiny-wan"
-        if not (folder / "transformer").is_dir():
-            log.info("creating the tiny random Wan folder in %s", folder)
-            init_tiny_wan(folder, seed=cfg.model.tiny_seed)
-    else:
-        folder = cfg.resolved_wan_path()
+    folder = cfg.weights_folder(run_dir, "tiny-wan", "transformer", init_tiny_wan)
     parts = load_wan_folder(folder)
     text = wcond.encode_prompt(parts.tokenizer, parts.text_encoder, cfg.model.prompt)
     parts.text_encoder = None  # not needed again: the prompt is fixed
