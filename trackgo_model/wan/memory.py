@@ -72,10 +72,10 @@ def _fakeify(model: torch.nn.Module, mode) -> None:
     """Give ``mode`` ownership of parameters made outside it (``copy.deepcopy`` of a fake tensor
     makes a new fake mode)."""
     for module in model.modules():
-        for name, p in list(module._parameters.items()):
-            if p is not None and getattr(p, "fake_mode", None) is not mode:
-                module._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype),
-                                                              requires_grad=p.requires_grad)
+        for name, p in list(module.named_parameters(recurse=False)):
+            if getattr(p, "fake_mode", None) is not mode:
+                setattr(module, name, torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype),
+                                                         requires_grad=p.requires_grad))
 
 
 def _step_peak(config: dict[str, Any], frames: int, height: int, width: int, dtype: torch.dtype,
