@@ -106,8 +106,9 @@ def generate(cfg: ToyConfig, job: GenerationJob, size: tuple[int, int], num_fram
     if not todo:
         return 0
     ev = cfg.eval
-    order = {s.key: i for i, s in enumerate(heldout_samples(cfg, size, num_frames))}
-    samples = {s.key: s for s in heldout_samples(cfg, size, num_frames) if s.key in todo}
+    every = heldout_samples(cfg, size, num_frames)  # decoded once: clip order and the clips to make
+    order = {s.key: i for i, s in enumerate(every)}
+    samples = {s.key: s for s in every if s.key in todo}
     if cfg.base == "wan":
         from .wan_models import load_toy_pipeline as load_wan_pipeline
 
