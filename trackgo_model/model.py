@@ -227,10 +227,11 @@ class TrackGoUNet(TrackGoModel):
         return super().adapter_group()
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None,
+                     extra: dict[str, Any] | None = None) -> Path:
         """Write ``trackgo.safetensors`` (TrackGo tensors only) and ``trackgo_config.json``, atomically
         (:func:`save_checkpoint`)."""
-        return save_checkpoint(self, directory, tensors, base="svd")
+        return save_checkpoint(self, directory, tensors, base="svd", extra=extra)
 
     def load_trackgo(self, directory: str | Path) -> "TrackGoUNet":
         """Load TrackGo tensors saved by :meth:`save_trackgo` (strict: same keys and shapes)."""
@@ -238,12 +239,13 @@ class TrackGoUNet(TrackGoModel):
 
 
 def save_checkpoint(model, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None, *,
-                    base: str) -> Path:
+                    base: str, extra: dict[str, Any] | None = None) -> Path:
     """Write a TrackGo model's own tensors and config (any base: ``model`` has ``cfg``, ``adapters``,
     ``encoder`` and ``checkpoint_parameters()``), atomically.
 
     tensors: the values to write instead of the model's own (e.g. full tensors gathered from a
-    sharded training run); the keys must be those of ``checkpoint_parameters()``.
+    sharded training run); the keys must be those of ``checkpoint_parameters()``. extra: further
+    keys of ``trackgo_config.json`` (e.g. ``wan_move``).
     """
     from safetensors.torch import save
 
@@ -264,6 +266,7 @@ def save_checkpoint(model, directory: str | Path, tensors: dict[str, torch.Tenso
         "num_adapters": len(model.adapters),
         "adapter_widths": list(model.encoder.widths),
         "groups": list(model.checkpoint_groups()),
+        **(extra or {}),
     })
     log.info("saved %d TrackGo tensors to %s", len(tensors), directory)
     return directory

@@ -207,3 +207,44 @@ def test_wan_vae_learns_and_carries_its_latent_statistics(tmp_path, sample_video
     with torch.no_grad():
         z = encode_video(loaded, batch.video.float() / 127.5 - 1)  # normalised by the recorded statistics
     assert abs(float(z.mean())) < 1.0 and 0.3 < float(z.std()) < 3.0
+
+
+def test_vae_patch_code_teacher_and_image_steps(tmp_path, sample_videos, monkeypatch):
+    """PatchCode: the principal components of 8×8 patches, checked against numpy's SVD; a patch made
+    of the mean plus one component codes to a one-hot. teacher_steps / image_steps: the first steps
+    see one frame of image_batch_size clips (the first ones decoding the code, pulling the
+    posterior mean to it), then windows of the clip with a posterior sample."""
+    from tests.train.conftest import write_tiny_shards
+    from trackgo_model.train import vae as vae_mod
+
+    frames = torch.rand(3, 3, 16, 24) * 2 - 1
+    code = vae_mod.PatchCode.fit(frames, 4)
+    rows = frames.numpy().reshape(3, 3, 2, 8, 3, 8).transpose(0, 2, 4, 1, 3, 5).reshape(-1, 192)
+    _, _, vh = np.linalg.svd(rows - rows.mean(0), full_matrices=False)
+    assert np.allclose(np.abs(code.components.numpy()), np.abs(vh[:4].T), atol=1e-4)
+    got = code(frames)
+    assert got.shape == (3, 4, 2, 3) and float(got.std()) == pytest.approx(1.0, rel=1e-4)
+    patch = (code.mean + 2.0 * code.components[:, 1]).view(3, 8, 8).unsqueeze(0)  # pixel_unshuffle order
+    assert torch.allclose(code(patch).flatten(), torch.tensor([0.0, 2.0, 0.0, 0.0]) / code.scale, atol=1e-5)
+
+    seen = []
+    loss = vae_mod.vae_loss
+    monkeypatch.setattr(vae_mod, "vae_loss", lambda v, c, *a, **k: (
+        seen.append((tuple(c.shape), k["sample"], k["code"] is not None)), loss(v, c, *a, **k))[1])
+    shards = write_tiny_shards(tmp_path / "shards", sample_videos["carphone"], frames=5)
+    cfg = vae_mod.load_vae_config("toy-wan-vae", [
+        f"data.shards={shards}", f"run_dir={tmp_path / 'run'}", "model.block_out_channels=[8,16,16,16]",
+        "window=5", "data.num_frames=5", "data.width=32", "data.height=32", "max_steps=4", "image_steps=3",
+        "teacher_steps=2", "image_batch_size=3", "batch_size=1", "checkpoint_every=4", "scale_samples=1",
+        "eval_samples=1", "init_logvar=-6"])
+    result = vae_mod.train_vae(cfg)
+    image = (3, 1, 3, 32, 32)
+    assert seen == [(image, False, True)] * 2 + [(image, False, False), ((1, 5, 3, 32, 32), True, False)]
+    assert result["psnr_heldout_zero_latents"] > 0
+    from diffusers import AutoencoderKLWan
+
+    with torch.no_grad():  # the posterior starts narrow (log-variance −6 + diffusers' small init) and stays so
+        post = AutoencoderKLWan.from_pretrained(tmp_path / "run" / "vae").encode(torch.zeros(1, 3, 5, 32, 32))
+    assert -7.0 < float(post.latent_dist.logvar.mean()) < -5.0
+    with pytest.raises(ValueError, match="teacher_steps"):
+        vae_mod.load_vae_config("toy-wan-vae", ["image_steps=2", "teacher_steps=3"])

@@ -286,6 +286,47 @@ def test_wan_move_trains_and_samples_along_its_guide(wan_shards, tiny_wan_dir, t
     assert torch.allclose(seen[0][:, 20:], guide_condition(plain[:, 4:], cells), atol=1e-6)
     assert torch.allclose(seen[1][:, 20:], plain[:, 4:], atol=1e-6)
     assert not torch.allclose(seen[0][:, 20:], seen[1][:, 20:])
+    _generate_from_wan_move_export(tmp_path, tiny_wan_dir)
+
+
+def _generate_from_wan_move_export(tmp_path, tiny_wan_dir):
+    """The export of a wan_move run holds its whole transformer (trained values: tiny-wan-cpu does not
+    export EMA), which `trackgo generate`
+    serves, steered by the tracks of the arrows; without transformer/ it refuses."""
+    import shutil
+
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from trackgo_model.cli import main as cli_main
+    from trackgo_model.train.checkpoint import latest_checkpoint
+    from trackgo_model.wan.pipeline import MissingWeightsError
+
+    latest = latest_checkpoint(tmp_path / "run")
+    ckpt = latest / "trackgo"
+    assert json.loads((ckpt / "trackgo_config.json").read_text())["wan_move"] is True
+    pipe = WanTrackGoPipeline.from_pretrained(tiny_wan_dir, ckpt)
+    trained = load_file(str(latest / "trainable.safetensors"))
+    folder = load_wan_folder(tiny_wan_dir).transformer.state_dict()
+    own = {k: v for k, v in pipe.model.transformer.state_dict().items() if ".processor." not in k}  # no adapters
+    assert pipe.wan_move and set(own) == {k[len("transformer."):] for k in trained}
+    assert all(torch.equal(own[k[len("transformer."):]], v) for k, v in trained.items())
+    assert any(not torch.equal(own[k], folder[k]) for k in own)
+    Image.fromarray(_image(32, 32)).save(tmp_path / "img.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 8:20] = 255
+    Image.fromarray(mask).save(tmp_path / "a.png")
+    videos = []
+    for arrow in ("14,14,28,24", "14,14,2,4"):
+        out = tmp_path / f"move-{len(videos)}.mp4"
+        assert cli_main(["generate", "--base", "wan", "--wan", str(tiny_wan_dir), "--checkpoint", str(ckpt),
+                         "--image", str(tmp_path / "img.png"), "--masks", str(tmp_path / "a.png"), "--arrows",
+                         arrow, "--steps", "2", "--frames", "5", "--out", str(out)]) == 0
+        videos.append(out.read_bytes())
+    assert videos[0] != videos[1]  # the arrows steer it (through guide; it gets no P)
+    shutil.rmtree(ckpt / "transformer")
+    with pytest.raises(MissingWeightsError, match="wan_move"):
+        WanTrackGoPipeline.from_pretrained(tiny_wan_dir, ckpt)
 
 
 def cond_image(img):

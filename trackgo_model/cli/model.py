@@ -8,11 +8,13 @@
         [--tau T] [--motion M] [--seed 0] [--dtype fp32|fp16|bf16] [--device cpu|cuda] \\
         --out out.mp4 [--preview]
     trackgo generate --base wan --wan WAN_FOLDER --checkpoint DIR --frames 81 [--prompt TEXT \
-        --negative-prompt TEXT --guidance 5] …
+        --negative-prompt TEXT --guidance 5] [--checkpoint-2 DIR --guidance-2 G] …
 
 ``--base wan`` samples with :class:`~trackgo_model.wan.pipeline.WanTrackGoPipeline` (a diffusers
 Wan image-to-video folder and a TrackGo checkpoint trained with ``model.base=wan``): 4k + 1
-frames, sides multiples of 16, classifier-free guidance against the negative prompt; the SVD
+frames, sides multiples of 16, classifier-free guidance against the negative prompt; a Wan2.2
+two-expert folder takes the high-noise expert's checkpoint as ``--checkpoint`` and the low-noise
+one's as ``--checkpoint-2`` (``--guidance-2`` its guidance, default ``--guidance``); the SVD
 knobs (--fps conditioning, --motion-bucket-id, --noise-aug-strength, --min/--max-guidance,
 --decode-chunk-size, --cpu-offload) do not apply and are refused when changed.
 
@@ -73,6 +75,10 @@ def register(subparsers) -> None:
     g.add_argument("--negative-prompt", default="", help="--base wan: the guidance's negative prompt")
     g.add_argument("--guidance", type=float, default=1.0, help="--base wan: classifier-free guidance scale "
                    "(1 = none)")
+    g.add_argument("--checkpoint-2", type=Path, default=None, help="--base wan, a two-expert Wan2.2 folder: "
+                   "the low-noise expert's TrackGo checkpoint (--checkpoint is the high-noise one's)")
+    g.add_argument("--guidance-2", type=float, default=None, help="--base wan, two experts: the low-noise "
+                   "expert's guidance scale (default --guidance)")
     g.add_argument("--out", required=True, type=Path, help="output video (.mp4)")
     g.add_argument("--frames", type=int, default=None, help="frames (default 14 for svd, 81 for wan: 4k + 1)")
     g.add_argument("--steps", type=int, default=25)
@@ -137,11 +143,14 @@ def side_paths(out: Path) -> tuple[Path, Path]:
     return out.with_suffix(".trajectory.mp4"), out.with_suffix(".preview.png")
 
 
-def sample(pipe, image, P, args: argparse.Namespace, progress: bool = False, callback=None):
+def sample(pipe, image, P, args: argparse.Namespace, progress: bool = False, callback=None, guide=None):
     """The pipeline call of ``trackgo generate`` (the studio makes the same one): image (H,W,3)
-    uint8 and P (L,H,W,3) at the output size → frames (L,H,W,3) uint8."""
+    uint8 and P (L,H,W,3) at the output size → frames (L,H,W,3) uint8. guide: (tracks (L, N, 2)
+    pixels of the output size, visibility (L, N)), what steers a Wan-Move model instead of P."""
     if getattr(pipe, "base", "svd") == "wan":
-        return pipe(image, P, num_frames=len(P), height=P.shape[1], width=P.shape[2],
+        wan_move = getattr(pipe, "wan_move", False)
+        return pipe(image, None if wan_move else P, num_frames=len(P), height=P.shape[1], width=P.shape[2],
+                    guide=guide if wan_move else None, guidance_scale_2=getattr(args, "guidance_2", None),
                     num_inference_steps=args.steps, guidance_scale=args.guidance, prompt=args.prompt,
                     negative_prompt=args.negative_prompt, seed=args.seed, tau=args.tau, motion=args.motion,
                     mode=args.mode, progress=progress, callback=callback)
@@ -187,6 +196,8 @@ def check_base_options(args: argparse.Namespace) -> None:
     if args.fps is None:
         args.fps = 16 if base == "wan" else 7
     if base != "wan":
+        if getattr(args, "checkpoint_2", None) is not None or getattr(args, "guidance_2", None) is not None:
+            raise UserInputError("--checkpoint-2 and --guidance-2 are for a two-expert Wan2.2 folder (--base wan)")
         return
     changed = [k for k, v in SVD_ONLY.items() if getattr(args, k, v) != v]
     if changed:
@@ -271,6 +282,7 @@ def run_generate(args: argparse.Namespace, pipe=None, callback=None, max_objects
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         pipe = WanTrackGoPipeline.from_pretrained(_resolve_wan(args), args.checkpoint, torch_dtype=args.dtype,
+                                                  trackgo_checkpoint_2=getattr(args, "checkpoint_2", None),
                                                   device=device)
     elif pipe is None:
         import torch
@@ -281,7 +293,8 @@ def run_generate(args: argparse.Namespace, pipe=None, callback=None, max_objects
         pipe = TrackGoPipeline.from_pretrained(_resolve_svd(args), args.checkpoint, torch_dtype=args.dtype,
                                                device=device, enable_model_cpu_offload=args.cpu_offload)
     t0 = time.perf_counter()
-    frames = sample(pipe, image, P, args, progress=log.isEnabledFor(logging.INFO), callback=callback)
+    frames = sample(pipe, image, P, args, progress=log.isEnabledFor(logging.INFO), callback=callback,
+                    guide=(tracks, vis))
     seconds = time.perf_counter() - t0
     encode_lossless_rgb(P, traj_path, fps=args.fps)
     encode_mp4(frames, args.out, fps=args.fps)

@@ -61,6 +61,9 @@ class ModelConfig:
     # the first frame's latent features copied along each sample's tracks into the condition; the
     # comparison method, trained with trajectories=false (no adapters act).
     wan_move: bool = False
+    # a two-expert Wan2.2 folder: the expert this run trains, "high" (transformer/, σ ≥ boundary_ratio)
+    # or "low" (transformer_2/, σ below); sampled together by trackgo generate --checkpoint-2 (docs/wan.md)
+    expert: str | None = None
     # Use the tiny random-initialised model of the base's layout (created under <run_dir>/tiny-model if absent).
     tiny: bool = False
     tiny_seed: int = 0
@@ -110,6 +113,8 @@ class ModelConfig:
         if self.wan_move and (self.base != "wan" or self.trajectories):
             raise ValueError("model.wan_move=true is Wan-Move's condition on the Wan base: set model.base=wan and "
                              "model.trajectories=false (TrackGo's adapters do not act in it)")
+        if self.expert is not None and (self.base != "wan" or self.expert not in ("high", "low")):
+            raise ValueError(f"model.expert is 'high' or 'low' (a Wan2.2 expert, base=wan), got {self.expert!r}")
         if "unet" in self.trainable and self.trajectories:
             raise ValueError("model.trainable=[unet] trains a plain image-to-video base model: set "
                              "model.trajectories=false (the adapters would run for nothing and stay untrained)")
@@ -261,6 +266,9 @@ class TrainConfig:
         if self.model.base == "wan" and ((data.num_frames - 1) % 4 or data.width % 16 or data.height % 16):
             raise ValueError(f"base=wan takes clips of 4k + 1 frames with sides that are multiples of 16 (VAE /8, "
                              f"2×2 patches); got {data.num_frames} frames of {data.width}x{data.height}")
+        if self.model.expert is not None and self.validation.every:
+            raise ValueError("validation sampling needs both Wan2.2 experts, a model.expert run holds one: set "
+                             "validation.every=0 and sample with trackgo generate --checkpoint … --checkpoint-2 …")
 
     @property
     def run_path(self) -> Path:
@@ -289,8 +297,7 @@ class TrainConfig:
         return folder
 
     def resolved_weights_path(self) -> Path:
-        """The base's weights folder (:meth:`resolved_svd_path` or :meth:`resolved_wan_path`); one
-        clear error when it is not set."""
+        """The base's weights folder (:meth:`resolved_svd_path` or :meth:`resolved_wan_path`)."""
         return self.resolved_wan_path() if self.model.base == "wan" else self.resolved_svd_path()
 
     def resolved_wan_path(self) -> Path:
@@ -307,19 +314,15 @@ class TrainConfig:
         """The SVD folder from config or $TRACKGO_SVD_PATH; one clear error when neither is set."""
         raw = self.model.svd_path or os.environ.get(SVD_PATH_ENV)
         if not raw:
-            raise ConfigError(
-                f"config {self.name!r} needs the Stable Video Diffusion weights: set model.svd_path=/path/to/"
-                f"stable-video-diffusion-img2vid-xt (a diffusers folder with unet/, vae/, image_encoder/, "
-                f"feature_extractor/) or export {SVD_PATH_ENV}=/that/path. Nothing is downloaded. "
-                f"To train the tiny random model without weights run: make train CONFIG=tiny-cpu"
-            )
+            raise ConfigError(f"config {self.name!r} needs the Stable Video Diffusion weights: set model.svd_path=/path/"
+                              f"to/stable-video-diffusion-img2vid-xt (a diffusers folder with unet/, vae/, image_encoder/, "
+                              f"feature_extractor/) or export {SVD_PATH_ENV}=/that/path. Nothing is downloaded. "
+                              f"To train the tiny random model without weights run: make train CONFIG=tiny-cpu")
         path = Path(raw).expanduser()
         missing = [d for d in ("unet", "vae", "image_encoder", "feature_extractor") if not (path / d).is_dir()]
         if missing:
-            raise ConfigError(
-                f"SVD folder {path} is missing {', '.join(missing)}/ — point model.svd_path (or "
-                f"{SVD_PATH_ENV}) at a diffusers-layout stable-video-diffusion-img2vid-xt folder"
-            )
+            raise ConfigError(f"SVD folder {path} is missing {', '.join(missing)}/ — point model.svd_path (or "
+                              f"{SVD_PATH_ENV}) at a diffusers-layout stable-video-diffusion-img2vid-xt folder")
         return path
 
 

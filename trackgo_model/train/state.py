@@ -98,7 +98,12 @@ class TrainingState:
             ckpt.write_payload(tmp, trainable=trainable, ema=ema, optimizer_state=opt_state,
                                scheduler_state=self.scheduler.state_dict(), state=record, config=config_to_dict(cfg),
                                scaler_state=accelerator.scaler.state_dict() if accelerator.scaler is not None else None)
-            self.core.save_trackgo(tmp / "trackgo", tensors=export)
+            wan_move = cfg.model.wan_move
+            extra = {k: v for k, v in (("wan_move", wan_move), ("expert", cfg.model.expert)) if v}
+            self.core.save_trackgo(tmp / "trackgo", tensors=export, extra=extra or None)
+            if wan_move:  # the whole transformer was trained: the export serves it (trackgo generate)
+                self.core.save_transformer(tmp / "trackgo" / "transformer", ema if ema is not None and
+                                           cfg.ema.export_ema else trainable)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             ckpt.finish_checkpoint(tmp, step, keep=cfg.keep_checkpoints)

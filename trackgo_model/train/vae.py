@@ -13,7 +13,16 @@ Objective: L1 (+ ``mse_weight``·MSE) reconstruction of random ``crop``×``crop`
 ``window`` consecutive frames (decoded together, so the temporal decoder trains) +
 ``chroma_weight``·MSE of the error's chroma — the error minus its mean over the three channels,
 which weighs a wrong hue apart from a wrong brightness — + ``kl_weight``·KL of the posterior to
-N(0, I) per latent element. At the end the latents' statistics over ``scale_samples`` training clips
+N(0, I) per latent element. ``image_steps``: the first steps code one random frame of each of
+``image_batch_size`` clips and decode the posterior mean — Wan's own order (images, then video); the
+decoder learns to read the latents before posterior noise is added. ``teacher_steps`` (image steps
+only): the decoder reconstructs the frames from a fixed linear code instead — the principal
+components of 8×8 patches of the first ``image_batch_size`` training clips' first frames
+(:class:`PatchCode`) — while the posterior mean is pulled to that code (+ its MSE): otherwise the
+toy's Wan VAE learns to ignore its uninformative latents and never recovers (docs/wan.md).
+``init_logvar``: the posterior's log-variance at step 0 (the bias of ``quant_conv``'s variance
+half; 0 = diffusers' init), so posterior samples do not drown a code of unit spread.
+At the end the latents' statistics over ``scale_samples`` training clips
 (posterior mode) go into the model's config, as the released VAEs carry them: SVD's scaling
 factor 1/std (its 0.18215), Wan's per-channel ``latents_mean``/``latents_std``; the model is saved
 in the diffusers layout under ``<run_dir>/vae``.
@@ -38,54 +47,13 @@ import torch
 
 from trackgo_data.config import ConfigError, apply_overrides, atomic_write_json, config_from_dict, config_to_dict
 
+from .vae_model import VAE_FAMILIES, PatchCode, VAEModelConfig, identity_time_conv, is_wan
+
+__all__ = ["VAE_FAMILIES", "VAEModelConfig", "VAETrainConfig", "identity_time_conv", "is_wan", "learning_rate",
+           "load_vae_config", "random_windows", "reconstruction_psnr", "PatchCode", "train_vae",
+           "vae_loss"]
+
 log = logging.getLogger(__name__)
-
-
-#: VAE families: SVD's per-frame VAE with a temporal decoder, Wan's causal 3D VAE
-VAE_FAMILIES = ("svd", "wan")
-
-
-@dataclass
-class VAEModelConfig:
-    """The VAE's size. ``svd``: ``AutoencoderKLTemporalDecoder`` with four blocks of these widths
-    (multiples of 32, GroupNorm), ×8 down-sampling. ``wan``: ``AutoencoderKLWan`` with
-    base_dim = the first width and dim_mult = the widths over it (each a multiple of the first),
-    ``layers_per_block`` residual blocks per level, ×8 in space and ×4 in time."""
-
-    family: str = "svd"
-    block_out_channels: tuple[int, ...] = (32, 32, 64, 64)
-    layers_per_block: int = 1
-    latent_channels: int = 4
-
-    def __post_init__(self) -> None:
-        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        if self.family not in VAE_FAMILIES:
-            raise ValueError(f"model.family must be one of {VAE_FAMILIES}, got {self.family!r}")
-        widths = self.block_out_channels
-        if self.family == "wan" and (len(widths) != 4 or widths[0] <= 0 or any(c % widths[0] for c in widths)):
-            raise ValueError("model.block_out_channels must be four widths, multiples of the first (Wan's dim_mult)")
-        if self.family == "svd" and (len(widths) != 4 or any(c % 32 for c in widths)):
-            raise ValueError("model.block_out_channels must be four multiples of 32 (×8 down-sampling)")
-
-    def build(self, sample_size: int):
-        """A randomly initialised VAE of this family and size."""
-        if self.family == "wan":
-            from diffusers import AutoencoderKLWan
-
-            first = self.block_out_channels[0]
-            return AutoencoderKLWan(base_dim=first, z_dim=self.latent_channels, num_res_blocks=self.layers_per_block,
-                                    dim_mult=[c // first for c in self.block_out_channels], attn_scales=[],
-                                    temperal_downsample=[False, True, True],
-                                    latents_mean=[0.0] * self.latent_channels, latents_std=[1.0] * self.latent_channels)
-        from diffusers import AutoencoderKLTemporalDecoder
-
-        return AutoencoderKLTemporalDecoder(**self.diffusers_config(sample_size))
-
-    def diffusers_config(self, sample_size: int) -> dict[str, Any]:
-        return {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 4,
-                "block_out_channels": list(self.block_out_channels), "layers_per_block": self.layers_per_block,
-                "latent_channels": self.latent_channels, "sample_size": sample_size,
-                "scaling_factor": 1.0, "force_upcast": True}
 
 
 @dataclass
@@ -114,6 +82,10 @@ class VAETrainConfig:
     l1_weight: float = 1.0
     mse_weight: float = 0.0      # squared error pulls the large (colour) errors harder than L1
     chroma_weight: float = 0.0   # MSE of the error's chroma (module docstring)
+    image_steps: int = 0         # first steps on single frames, posterior mean decoded (module docstring)
+    image_batch_size: int = 8    # clips (one frame each) per image step
+    teacher_steps: int = 0       # first image steps decode a fixed linear code (module docstring)
+    init_logvar: float = 0.0     # the posterior's log-variance at step 0 (module docstring)
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
@@ -126,6 +98,8 @@ class VAETrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("max_steps, batch_size and checkpoint_every must be >= 1")
+        if not 0 <= self.teacher_steps <= self.image_steps <= self.max_steps or self.image_batch_size < 1:
+            raise ValueError("need 0 <= teacher_steps <= image_steps <= max_steps and image_batch_size >= 1")
         if not 1 <= self.window <= self.data.num_frames:
             raise ValueError(f"window must be in 1..data.num_frames ({self.data.num_frames})")
         if self.crop % 8 or self.crop < 0 or self.crop > min(self.data.width, self.data.height):
@@ -180,16 +154,23 @@ def learning_rate(cfg: VAETrainConfig, step: int) -> float:
 
 def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Generator,
              sample: bool = True, l1_weight: float = 1.0, mse_weight: float = 0.0,
-             chroma_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+             chroma_weight: float = 0.0, code: PatchCode | None = None) -> tuple[torch.Tensor, dict]:
     """clips: (B, T, 3, h, w) in [−1, 1] → (l1_weight·L1 + mse_weight·MSE + chroma_weight·MSE of
     the error's chroma + kl_weight·KL per latent element, parts). ``sample``: decode a posterior
-    sample (else its mean)."""
+    sample (else its mean). ``code``: decode the frames' fixed code instead and add the MSE of the
+    posterior mean to it (``parts["teacher"]``; Wan: one-frame clips)."""
     b, t = clips.shape[:2]
+    target = None
+    if code is not None:
+        if is_wan(vae) and t != 1:
+            raise ValueError("a patch code stands for the latents of one-frame clips on Wan's VAE")
+        target = code(clips.flatten(0, 1))
+        target = target.unsqueeze(2) if is_wan(vae) else target
     if is_wan(vae):  # a causal 3D VAE codes the clip as one (B, 3, T, h, w) volume
         x = clips.permute(0, 2, 1, 3, 4)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator) if sample else post.mean
-        err = vae.decode(z).sample - x
+        err = vae.decode(z if target is None else target).sample - x
         kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()  # per latent element
         x = clips.flatten(0, 1)
         err = err.permute(0, 2, 1, 3, 4).flatten(0, 1)
@@ -197,34 +178,20 @@ def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Genera
         x = clips.flatten(0, 1)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator) if sample else post.mean
-        rec = vae.decode(z, num_frames=t).sample
+        rec = vae.decode(z if target is None else target, num_frames=t).sample
         err = rec - x
         kl = post.kl().mean() / post.mean[0].numel()
     l1 = err.abs().mean()
     mse = err.pow(2).mean()
     chroma = (err - err.mean(dim=1, keepdim=True)).pow(2).mean()
     loss = l1_weight * l1 + mse_weight * mse + chroma_weight * chroma + kl_weight * kl
-    return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "chroma": float(chroma.detach()),
-                  "kl": float(kl.detach())}
-
-
-def is_wan(vae) -> bool:
-    """Whether ``vae`` is Wan's causal 3D VAE (else SVD's per-frame one)."""
-    from diffusers import AutoencoderKLWan
-
-    return isinstance(vae, AutoencoderKLWan)
-
-
-def identity_time_conv(vae) -> None:
-    """Start the decoder's last layer, a 3-frame temporal convolution on the RGB output, as the
-    identity (centre tap = I, rest 0): its default random init mixes the colour channels of
-    neighbouring frames, which a VAE trained from scratch takes long to undo
-    (docs/measurements.md)."""
-    conv = vae.decoder.time_conv_out
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.weight[:, :, conv.weight.shape[2] // 2, 0, 0] = torch.eye(conv.weight.shape[0])
-        conv.bias.zero_()
+    parts = {"l1": float(l1.detach()), "mse": float(mse.detach()), "chroma": float(chroma.detach()),
+             "kl": float(kl.detach())}
+    if target is not None:
+        teacher = (post.mean - target).pow(2).mean()
+        loss = loss + teacher
+        parts["teacher"] = float(teacher.detach())
+    return loss, parts
 
 
 def random_windows(video: torch.Tensor, window: int, crop: int, generator: torch.Generator) -> torch.Tensor:
@@ -275,18 +242,27 @@ def latent_std(vae, urls: list[str], cfg: VAETrainConfig, samples: int) -> float
 
 
 @torch.no_grad()
-def reconstruction_psnr(vae, urls: list[str], cfg: VAETrainConfig, samples: int) -> float:
-    """Mean per-clip PSNR (dB, [0, 255] scale) of decode(encode(clip)) over whole clips."""
+def reconstruction_psnr(vae, urls: list[str], cfg: VAETrainConfig, samples: int, zero_latents: bool = False) -> float:
+    """Mean per-clip PSNR (dB, [0, 255] scale) of decode(encode(clip)) over whole clips;
+    ``zero_latents``: of decode(0) instead — a VAE whose decoder ignores its latents scores the same."""
     vals, n = [], 0
     for batch in _stream(cfg, urls, 0, 1, shuffle=False):
         x = _unit(batch.video[0])
-        rec = _decode(vae, _code(vae, x), x.shape[0]).clamp(-1, 1)
+        z = _code(vae, x)
+        rec = _decode(vae, torch.zeros_like(z) if zero_latents else z, x.shape[0]).clamp(-1, 1)
         mse = float(((rec - x) / 2).pow(2).mean())
         vals.append(10 * math.log10(1.0 / max(mse, 1e-12)))
         n += 1
         if n >= samples:
             break
     return sum(vals) / len(vals)
+
+
+def teacher_code(cfg: VAETrainConfig, urls: list[str]) -> PatchCode:
+    """The teacher's :class:`PatchCode`, fitted on the first frames of the first ``image_batch_size``
+    clips in shard order (a resumed run fits the same code)."""
+    first = _unit(next(iter(_stream(cfg, urls, 0, cfg.image_batch_size, shuffle=False))).video[:, 0])
+    return PatchCode.fit(first, cfg.model.latent_channels)
 
 
 def _save_checkpoint(run: Path, step: int, vae, opt, keep: int) -> Path:
@@ -316,6 +292,8 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
     vae = cfg.model.build(max(cfg.data.width, cfg.data.height))
     if cfg.model.family == "svd":
         identity_time_conv(vae)
+    with torch.no_grad():
+        vae.quant_conv.bias[cfg.model.latent_channels:] += cfg.init_logvar
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
     if latest is not None:
@@ -325,16 +303,21 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
         log.info("VAE: resumed from %s at step %d", latest, step)
     atomic_write_json(run / "config.json", config_to_dict(cfg))
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    images = iter(_stream(cfg, train_urls, cfg.seed + step, cfg.image_batch_size)) if step < cfg.image_steps else None
     stream = iter(_stream(cfg, train_urls, cfg.seed + step, cfg.batch_size))
+    code = teacher_code(cfg, train_urls) if step < cfg.teacher_steps else None
     vae.train()
     t0, first = time.perf_counter(), step
     with open(run / "metrics.jsonl", "a") as metrics:
         while step < cfg.max_steps:
-            clips = random_windows(_unit(next(stream).video), cfg.window, cfg.crop, gen)
+            image_step = step < cfg.image_steps
+            video = next(images if image_step else stream).video
+            clips = random_windows(_unit(video), 1 if image_step else cfg.window, cfg.crop, gen)
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
-            loss, parts = vae_loss(vae, clips, cfg.kl_weight, gen, l1_weight=cfg.l1_weight,
-                                   mse_weight=cfg.mse_weight, chroma_weight=cfg.chroma_weight)
+            loss, parts = vae_loss(vae, clips, cfg.kl_weight, gen, sample=not image_step, l1_weight=cfg.l1_weight,
+                                   mse_weight=cfg.mse_weight, chroma_weight=cfg.chroma_weight,
+                                   code=code if step < cfg.teacher_steps else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.max_grad_norm)
@@ -367,6 +350,7 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
     replace_dir(tmp, run / "vae")
     result = {"step": step, **stats, "family": cfg.model.family,
               "psnr_heldout": reconstruction_psnr(vae, val_urls, cfg, cfg.eval_samples),
+              "psnr_heldout_zero_latents": reconstruction_psnr(vae, val_urls, cfg, cfg.eval_samples, zero_latents=True),
               "params": sum(p.numel() for p in vae.parameters())}
     atomic_write_json(run / "result.json", result)
     log.info("VAE: %s", result)

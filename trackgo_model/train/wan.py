@@ -13,6 +13,7 @@ Random draws, in order, from the step's CPU generator: dropout uniforms (2·B), 
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ class WanComponents:
     text: torch.Tensor
     source: Path
     wan_move: bool = False
+    u_range: tuple[float, float] = (0.0, 1.0)  # of u in σ = shift(u): a Wan2.2 expert's noise levels
 
     @property
     def vae(self):
@@ -102,7 +104,8 @@ def flow_loss(model, comp: WanComponents, inputs, obj, *, generator: torch.Gener
         tokens = tokens * (u[0] >= obj.drop_clip_prob).float().to(device).view(b, 1, 1)
     keep_image = (u[1] >= obj.drop_image_prob).float().to(device).view(b, 1, 1, 1, 1)
     condition = torch.cat([condition[:, :r], condition[:, r:] * keep_image], dim=1)
-    sigma = wcond.shift_sigmas(torch.rand(b, generator=generator), obj.flow_shift).to(device)
+    lo, hi = comp.u_range
+    sigma = wcond.shift_sigmas(lo + (hi - lo) * torch.rand(b, generator=generator), obj.flow_shift).to(device)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     if comp.wan_move:
         condition = wan_move_condition(condition, inputs, r, generator)
@@ -137,13 +140,18 @@ def load_wan_components(cfg, run_dir: Path) -> WanComponents:
     """Frozen Wan parts + a TrackGoWan to train, from ``model.wan_path`` or the tiny folder
     (created under ``<run_dir>/tiny-wan`` on first use); the prompt is encoded once."""
     from trackgo_model.wan.model import TrackGoWan
-    from trackgo_model.wan.pipeline import load_wan_folder
+    from trackgo_data.config import ConfigError
+    from trackgo_model.wan.pipeline import load_wan_folder, two_experts
     from trackgo_model.wan.tiny import init_tiny_wan
 
     from .config import trackgo_config_for
 
     folder = cfg.weights_folder(run_dir, "tiny-wan", "transformer", init_tiny_wan)
-    parts = load_wan_folder(folder)
+    expert = cfg.model.expert
+    index = Path(folder) / "model_index.json"
+    if index.is_file() and two_experts(json.loads(index.read_text())) and expert is None:
+        raise ConfigError(f"{folder} holds Wan2.2's two experts: train one per run, model.expert=high or low")
+    parts = load_wan_folder(folder, expert=expert)
     text = wcond.encode_prompt(parts.tokenizer, parts.text_encoder, cfg.model.prompt)
     parts.text_encoder = None  # not needed again: the prompt is fixed
     state = torch.random.get_rng_state()
@@ -156,4 +164,9 @@ def load_wan_components(cfg, run_dir: Path) -> WanComponents:
     parts.vae.requires_grad_(False).eval()
     if parts.image_encoder is not None:
         parts.image_encoder.requires_grad_(False).eval()
-    return WanComponents(model=model, parts=parts, text=text, source=folder, wan_move=cfg.model.wan_move)
+    u_range = wcond.expert_u_range(expert, parts.boundary_ratio, cfg.objective.flow_shift)
+    if expert is not None:
+        log.info("Wan2.2 expert %r: σ in [%.3f, %.3f] (boundary %.3f)", expert, *(
+            float(wcond.shift_sigmas(torch.tensor(u), cfg.objective.flow_shift)) for u in u_range), parts.boundary_ratio)
+    return WanComponents(model=model, parts=parts, text=text, source=folder, wan_move=cfg.model.wan_move,
+                         u_range=u_range)

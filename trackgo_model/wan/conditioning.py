@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["NUM_TRAIN_TIMESTEPS", "TEXT_TOKENS", "condition_latents", "decode_video", "denormalise",
+__all__ = ["NUM_TRAIN_TIMESTEPS", "TEXT_TOKENS", "condition_latents", "decode_video", "denormalise", "expert_u_range",
            "encode_prompt", "encode_video", "first_frame_mask", "image_tokens", "normalise", "shift_sigmas"]
 
 #: timestep = NUM_TRAIN_TIMESTEPS · σ, as Wan's schedulers number them
@@ -33,6 +33,18 @@ def shift_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     if shift <= 0:
         raise ValueError(f"shift must be > 0, got {shift}")
     return shift * u / (1.0 + (shift - 1.0) * u)
+
+
+def expert_u_range(expert: str | None, boundary_ratio: float | None, shift: float) -> tuple[float, float]:
+    """The range of u (σ = shift_sigmas(u)) a Wan2.2 expert trains on: ``high`` σ ≥ boundary (the
+    timesteps t ≥ boundary·1000 that diffusers gives ``transformer``), ``low`` σ < boundary
+    (``transformer_2``); u_b = σ_b / (s − (s − 1)·σ_b) inverts the shift. None: (0, 1)."""
+    if expert is None:
+        return 0.0, 1.0
+    if expert not in ("high", "low") or boundary_ratio is None or not 0 < boundary_ratio < 1:
+        raise ValueError(f"an expert is 'high' or 'low' with a boundary in (0, 1); got {expert!r}, {boundary_ratio}")
+    u_b = boundary_ratio / (shift - (shift - 1.0) * boundary_ratio)
+    return (u_b, 1.0) if expert == "high" else (0.0, u_b)
 
 
 def _stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

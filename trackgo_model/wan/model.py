@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from trackgo_data.config import atomic_write_bytes
+
 from ..adapter import CheckpointedForward, TrackContext, checkpointed_blocks
 from ..configs import ATTENTION_MODES, TrackGoConfig
 from ..encoder import TrajectoryEncoder
@@ -241,9 +243,29 @@ class TrackGoWan(TrackGoModel):
     def remove_adapters(self) -> dict[str, Any]:
         return remove_wan_adapters(self.transformer)
 
-    def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    def save_trackgo(self, directory: str | Path, tensors: dict[str, torch.Tensor] | None = None,
+                     extra: dict[str, Any] | None = None) -> Path:
         """TrackGo's own tensors and config (the transformer comes from its own folder)."""
-        return save_checkpoint(self, directory, tensors, base="wan")
+        return save_checkpoint(self, directory, tensors, base="wan", extra=extra)
+
+    def save_transformer(self, directory: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
+        """The whole transformer as a diffusers folder: this model's config with the values of
+        ``tensors`` (keys ``transformer.<name>``, every one of the transformer's) — what a run that
+        trained the whole transformer (``model.wan_move``) exports beside its TrackGo tensors."""
+        from safetensors.torch import save
+
+        added = {f"{path}.processor.{n}" for path, a in self.adapters.items() for n in a.state_dict()}
+        own = {k: v for k, v in self.transformer.state_dict().items() if k not in added}
+        weights = {k[len("transformer."):]: v for k, v in tensors.items() if k.startswith("transformer.")}
+        if sorted(weights) != sorted(own):
+            raise ValueError(f"save_transformer: tensors do not cover the transformer (missing "
+                             f"{sorted(set(own) - set(weights))[:3]}, unknown {sorted(set(weights) - set(own))[:3]})")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu", own[k].dtype).contiguous() for k, v in weights.items()}
+        atomic_write_bytes(directory / "diffusion_pytorch_model.safetensors", save(state, metadata={"format": "pt"}))
+        self.transformer.save_config(str(directory))
+        return directory
 
     def load_trackgo(self, directory: str | Path) -> "TrackGoWan":
         return load_checkpoint(self, directory, base="wan")

@@ -29,7 +29,7 @@ from ..pipeline import MissingWeightsError, resolve_dtype
 from . import conditioning as wcond
 
 log = logging.getLogger(__name__)
-__all__ = ["WAN_REQUIRED", "WanFolder", "WanTrackGoPipeline", "load_wan_folder", "wan_size_multiple"]
+__all__ = ["WAN_REQUIRED", "WanFolder", "WanTrackGoPipeline", "load_wan_folder", "two_experts", "wan_size_multiple"]
 
 #: the sub-folders every Wan image-to-video folder has (Wan2.1 adds image_encoder/ and image_processor/)
 WAN_REQUIRED = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -40,7 +40,9 @@ _HINT = ("supply a local diffusers-format Wan image-to-video folder (e.g. a copy
 
 @dataclass
 class WanFolder:
-    """The frozen parts of a Wan folder; ``transformer`` is the bare ``WanTransformer3DModel``."""
+    """The frozen parts of a Wan folder; ``transformer`` is the bare ``WanTransformer3DModel``.
+    Wan2.2-I2V-A14B's folders hold two experts: ``transformer`` denoises the timesteps
+    t ≥ ``boundary_ratio``·1000 (high noise), ``transformer_2`` the rest."""
 
     transformer: Any
     vae: Any
@@ -50,6 +52,8 @@ class WanFolder:
     image_encoder: Any
     image_processor: Any
     path: Path
+    transformer_2: Any = None
+    boundary_ratio: float | None = None
 
 
 def _check_folder(path: Path) -> dict[str, Any]:
@@ -60,15 +64,25 @@ def _check_folder(path: Path) -> dict[str, Any]:
     if missing:
         raise MissingWeightsError(f"Wan folder {path} is missing {', '.join(missing)}; {_HINT}")
     info = json.loads(index.read_text())
-    if info.get("transformer_2") and info["transformer_2"][0] is not None:
-        raise MissingWeightsError(f"{path} is a two-expert Wan2.2 folder (transformer_2/): TrackGo needs one "
-                                  "checkpoint per expert, which is not supported yet; use a Wan2.1 folder")
+    if two_experts(info) and (not (path / "transformer_2").is_dir() or not info.get("boundary_ratio")):
+        raise MissingWeightsError(f"Wan folder {path} names two experts but lacks transformer_2/ or its "
+                                  f"boundary_ratio; {_HINT}")
     return info
 
 
-def load_wan_folder(path: str | Path, dtype: str | torch.dtype = torch.float32) -> WanFolder:
+def two_experts(info: dict[str, Any]) -> bool:
+    """Whether a folder's ``model_index.json`` (parsed) names Wan2.2's second expert."""
+    return bool(info.get("transformer_2")) and info["transformer_2"][0] is not None
+
+
+def load_wan_folder(path: str | Path, dtype: str | torch.dtype = torch.float32,
+                    transformer_from: str | Path | None = None, transformer_2_from: str | Path | None = None,
+                    expert: str | None = None) -> WanFolder:
     """Every frozen part of a Wan image-to-video folder, in ``dtype`` (the VAE and the text encoder
-    stay float32, as Wan runs them); one :class:`MissingWeightsError` naming what is missing."""
+    stay float32, as Wan runs them); one :class:`MissingWeightsError` naming what is missing.
+    transformer_from / transformer_2_from: diffusers transformer folders used instead of the
+    folder's ``transformer/`` / ``transformer_2/``. expert (two-expert folders only): ``high`` or
+    ``low`` loads that expert alone, as ``transformer`` (what an expert's training run needs)."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from diffusers.schedulers import UniPCMultistepScheduler
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
@@ -76,7 +90,16 @@ def load_wan_folder(path: str | Path, dtype: str | torch.dtype = torch.float32) 
     path = Path(path)
     info = _check_folder(path)
     dtype = resolve_dtype(dtype)
-    transformer = WanTransformer3DModel.from_pretrained(str(path), subfolder="transformer", torch_dtype=dtype)
+    pair = two_experts(info)
+    if expert is not None and (not pair or expert not in ("high", "low")):
+        raise ValueError(f"expert {expert!r}: 'high' or 'low' of a two-expert (Wan2.2) folder; {path} has "
+                         f"{'two experts' if pair else 'one transformer'}")
+    first = (transformer_2_from or path / "transformer_2") if expert == "low" else (transformer_from or path / "transformer")
+    transformer = WanTransformer3DModel.from_pretrained(str(first), torch_dtype=dtype)
+    second = None
+    if pair and expert is None:
+        second = WanTransformer3DModel.from_pretrained(str(transformer_2_from or path / "transformer_2"),
+                                                       torch_dtype=dtype)
     image_encoder = processor = None
     if transformer.config.image_dim:
         if not (path / "image_encoder").is_dir() or not (path / "image_processor").is_dir():
@@ -96,7 +119,34 @@ def load_wan_folder(path: str | Path, dtype: str | torch.dtype = torch.float32) 
         text_encoder=UMT5EncoderModel.from_pretrained(path / "text_encoder", torch_dtype=torch.float32).eval(),
         tokenizer=AutoTokenizer.from_pretrained(path / "tokenizer"),
         scheduler=scheduler_cls.from_pretrained(str(path), subfolder="scheduler"),
-        image_encoder=image_encoder, image_processor=processor, path=path)
+        image_encoder=image_encoder, image_processor=processor, path=path, transformer_2=second,
+        boundary_ratio=float(info["boundary_ratio"]) if pair else None)
+
+
+def _checkpoint_meta(checkpoint: str | Path, expert: str | None) -> dict[str, Any]:
+    """A Wan checkpoint's ``trackgo_config.json``; one clear error when it is for the other base, for
+    the other expert, or a Wan-Move run without its transformer."""
+    from ..model import read_trackgo_config
+
+    meta = read_trackgo_config(checkpoint)  # one clear error when the files are missing
+    if meta.get("base", "svd") != "wan":
+        raise ValueError(f"{checkpoint}: a TrackGo checkpoint for the {meta.get('base', 'svd')!r} base, not for Wan")
+    if meta.get("expert") != expert:
+        raise ValueError(f"{checkpoint} was trained for expert {meta.get('expert')!r}, here {expert!r} is needed "
+                         "(Wan2.2: --checkpoint the high-noise expert's, --checkpoint-2 the low-noise one's)")
+    if meta.get("wan_move") and not (Path(checkpoint) / "transformer" / "config.json").is_file():
+        raise MissingWeightsError(f"{checkpoint} was trained with model.wan_move (the whole transformer "
+                                  f"fine-tuned) but holds no transformer/: export it from a newer training run")
+    return meta
+
+
+def _trackgo_wan(transformer, meta: dict[str, Any], checkpoint, parts: WanFolder):
+    from ..configs import TrackGoConfig
+    from .model import TrackGoWan
+
+    model = TrackGoWan(transformer, TrackGoConfig.from_dict(meta["trackgo"]),
+                       temporal_ratio=parts.vae.config.scale_factor_temporal or 4)
+    return model.load_trackgo(checkpoint).eval()
 
 
 def wan_size_multiple(path_or_config: str | Path | dict) -> int:
@@ -113,38 +163,49 @@ def wan_size_multiple(path_or_config: str | Path | dict) -> int:
 
 
 class WanTrackGoPipeline:
-    """Holds ``model`` (a :class:`~trackgo_model.wan.TrackGoWan`) and the frozen parts of its folder."""
+    """Holds ``model`` (a :class:`~trackgo_model.wan.TrackGoWan`) and the frozen parts of its folder.
+    ``wan_move``: the model was trained with Wan-Move's condition (its checkpoint's transformer/
+    replaces the folder's): it is steered by ``guide`` (the tracks), not by P. ``model_2``: the
+    TrackGoWan of a two-expert folder's ``transformer_2`` (low noise), with its own checkpoint."""
 
     base = "wan"
 
-    def __init__(self, model, parts: WanFolder, *, device: str | torch.device = "cpu") -> None:
-        self.model, self.parts = model, parts
+    def __init__(self, model, parts: WanFolder, *, device: str | torch.device = "cpu", wan_move: bool = False,
+                 model_2=None) -> None:
+        if (model_2 is None) != (parts.transformer_2 is None):
+            raise ValueError("a two-expert folder needs model_2 (the low-noise expert's TrackGoWan), and only it")
+        self.model, self.model_2, self.parts, self.wan_move = model, model_2, parts, wan_move
         self.device = torch.device(device)
         self.to(self.device)
 
     @classmethod
     def from_pretrained(cls, wan_path: str | Path, trackgo_checkpoint: str | Path, *,
-                        torch_dtype: str | torch.dtype = torch.float32,
+                        trackgo_checkpoint_2: str | Path | None = None, torch_dtype: str | torch.dtype = torch.float32,
                         device: str | torch.device = "cpu") -> "WanTrackGoPipeline":
-        """The Wan folder's parts and a TrackGoWan with the checkpoint's weights (module docstring)."""
-        from ..configs import TrackGoConfig
-        from ..model import read_trackgo_config
-        from .model import TrackGoWan
-
-        meta = read_trackgo_config(trackgo_checkpoint)  # one clear error when the files are missing
-        if meta.get("base", "svd") != "wan":
-            raise ValueError(f"{trackgo_checkpoint}: a TrackGo checkpoint for the {meta.get('base', 'svd')!r} base, "
-                             "not for Wan")
-        parts = load_wan_folder(wan_path, torch_dtype)
-        model = TrackGoWan(parts.transformer, TrackGoConfig.from_dict(meta["trackgo"]),
-                           temporal_ratio=parts.vae.config.scale_factor_temporal or 4)
-        model.load_trackgo(trackgo_checkpoint).eval()
-        log.info("loaded Wan from %s and TrackGo weights from %s", wan_path, trackgo_checkpoint)
-        return cls(model, parts, device=device)
+        """The Wan folder's parts and a TrackGoWan with the checkpoint's weights (module docstring);
+        a two-expert (Wan2.2) folder takes the high-noise expert's checkpoint and, as
+        ``trackgo_checkpoint_2``, the low-noise expert's."""
+        pair = two_experts(_check_folder(Path(wan_path)))
+        if pair != (trackgo_checkpoint_2 is not None):
+            raise MissingWeightsError(
+                f"{wan_path} has two experts: give the low-noise expert's checkpoint too (--checkpoint-2)" if pair
+                else f"{wan_path} has one transformer: a second checkpoint has nothing to steer")
+        metas = [_checkpoint_meta(c, "high" if pair else None) for c in (trackgo_checkpoint,)] + \
+            ([_checkpoint_meta(trackgo_checkpoint_2, "low")] if pair else [])
+        own = [Path(c) / "transformer" for c in (trackgo_checkpoint, trackgo_checkpoint_2) if c is not None]
+        parts = load_wan_folder(wan_path, torch_dtype, *[o if o.is_dir() else None for o in own])
+        models = [_trackgo_wan(t, m, c, parts) for t, m, c in
+                  zip((parts.transformer, parts.transformer_2), metas, (trackgo_checkpoint, trackgo_checkpoint_2))]
+        wan_move = bool(metas[0].get("wan_move"))
+        if any(bool(m.get("wan_move")) != wan_move for m in metas):
+            raise ValueError("the two experts' checkpoints must both be, or both not be, Wan-Move runs")
+        log.info("loaded Wan from %s and TrackGo weights from %s%s", wan_path, trackgo_checkpoint,
+                 " (its own transformer, Wan-Move's condition)" if wan_move else "")
+        return cls(models[0], parts, device=device, wan_move=wan_move, model_2=models[1] if pair else None)
 
     def to(self, device: str | torch.device) -> "WanTrackGoPipeline":
         self.device = torch.device(device)
-        for m in (self.model, self.parts.vae, self.parts.text_encoder, self.parts.image_encoder):
+        for m in (self.model, self.model_2, self.parts.vae, self.parts.text_encoder, self.parts.image_encoder):
             if m is not None:
                 m.to(self.device)
         return self
@@ -169,7 +230,8 @@ class WanTrackGoPipeline:
     @torch.no_grad()
     def __call__(self, image: Any, trajectories: Any = None, *, num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, num_inference_steps: int = 40,
-                 guidance_scale: float = 1.0, prompt: str = "", negative_prompt: str = "",
+                 guidance_scale: float = 1.0, guidance_scale_2: float | None = None, prompt: str = "",
+                 negative_prompt: str = "",
                  prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
                  guide: tuple[Any, Any] | None = None, generator: torch.Generator | None = None, seed: int | None = None, tau: float | None = None,
                  motion: float = 1.0, mode: str | None = None, output_type: str = "np",
@@ -185,7 +247,8 @@ class WanTrackGoPipeline:
         pixels of the output size, visibility (L, N)) → Wan-Move's condition edit along them (written in
         the given order; the guidance's unconditional branch keeps the unedited condition), for a
         model trained with ``model.wan_move``. tau / motion / mode: the adapters' inference knobs.
-        output_type: "np" → uint8 (L, H, W, 3); "pt" → float (1, L, 3, H, W) in [-1, 1];
+        guidance_scale_2: the low-noise expert's guidance scale (two-expert folders; default
+        ``guidance_scale``), as diffusers' pipeline takes it. output_type: "np" → uint8 (L, H, W, 3); "pt" → float (1, L, 3, H, W) in [-1, 1];
         "latent" → (1, 16, F, H/8, W/8) normalised latents.
         """
         if output_type not in ("np", "pt", "latent"):
@@ -206,10 +269,12 @@ class WanTrackGoPipeline:
                                                   antialias=True).clamp(-1, 1)
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        self.model.set_inference(tau=tau, motion=motion, mode=mode or self.model.cfg.mode)
+        for model in self.experts:
+            model.set_inference(tau=tau, motion=motion, mode=mode or model.cfg.mode)
         text = self._text(prompt, prompt_embeds)
-        negative = self._text(negative_prompt, negative_prompt_embeds) if guidance_scale > 1.0 else None
-        z = self._denoise(img.to(self.device), P, num_frames, num_inference_steps, guidance_scale, text, negative,
+        scales = (guidance_scale, guidance_scale if guidance_scale_2 is None else guidance_scale_2)
+        negative = self._text(negative_prompt, negative_prompt_embeds) if max(scales) > 1.0 else None
+        z = self._denoise(img.to(self.device), P, num_frames, num_inference_steps, scales, text, negative,
                           generator, latents, progress, callback, guide)
         if output_type == "latent":
             return z
@@ -219,6 +284,11 @@ class WanTrackGoPipeline:
         out = ((frames[0] + 1) * 127.5).round().to(torch.uint8)
         return out.permute(0, 2, 3, 1).cpu().numpy()
 
+    @property
+    def experts(self) -> list:
+        """The TrackGoWan of each expert: [model] or, for a two-expert folder, [model, model_2]."""
+        return [self.model] if self.model_2 is None else [self.model, self.model_2]
+
     def _text(self, prompt: str, embeds: torch.Tensor | None) -> torch.Tensor:
         """(1, 512, D) text tokens: ``embeds``, else ``prompt`` through the folder's text encoder."""
         if embeds is not None:
@@ -227,7 +297,7 @@ class WanTrackGoPipeline:
             raise ValueError("this pipeline has no text encoder: pass prompt_embeds")
         return wcond.encode_prompt(self.parts.tokenizer, self.parts.text_encoder, prompt)
 
-    def _denoise(self, img: torch.Tensor, P: np.ndarray | None, num_frames: int, steps: int, guidance: float,
+    def _denoise(self, img: torch.Tensor, P: np.ndarray | None, num_frames: int, steps: int, scales: tuple[float, float],
                  text: torch.Tensor, negative: torch.Tensor | None, generator: torch.Generator,
                  latents: torch.Tensor | None, progress: bool,
                  callback: Callable[[int, int], None] | None, guide: tuple[Any, Any] | None = None) -> torch.Tensor:
@@ -254,19 +324,22 @@ class WanTrackGoPipeline:
         negative = None if negative is None else negative.to(dtype)
         tokens = wcond.image_tokens(parts.image_encoder, parts.image_processor, img)
         tokens = None if tokens is None else tokens.to(dtype)
-        enc = None
-        if P is not None:  # the encoder trunk runs once; every step reuses it
-            enc = self.model.encode(cond.trajectory_to_tensor(P).to(device, dtype))
+        encs = [None] * len(self.experts)
+        if P is not None:  # each expert's encoder trunk runs once; every step reuses it
+            encs = [m.encode(cond.trajectory_to_tensor(P).to(device, dtype)) for m in self.experts]
         parts.scheduler.set_timesteps(steps, device=device)
         timesteps = parts.scheduler.timesteps
+        boundary = None if self.model_2 is None else parts.boundary_ratio * parts.scheduler.config.num_train_timesteps
         for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise")):
+            k = 0 if boundary is None or t >= boundary else 1  # diffusers' rule for the two experts
+            model, enc = self.experts[k], encs[k]
             x = torch.cat([z.to(dtype), condition], dim=1)
             step_t = t.expand(1)
-            pred = self.model(x, step_t, text, tokens, trajectories=enc)
-            if negative is not None:
+            pred = model(x, step_t, text, tokens, trajectories=enc)
+            if negative is not None and scales[k] != 1.0:
                 x_plain = torch.cat([z.to(dtype), plain], dim=1)
-                uncond = self.model(x_plain, step_t, negative, tokens, trajectories=enc)
-                pred = uncond + guidance * (pred - uncond)
+                uncond = model(x_plain, step_t, negative, tokens, trajectories=enc)
+                pred = uncond + scales[k] * (pred - uncond)
             z = parts.scheduler.step(pred.float(), t, z, return_dict=False)[0]
             if callback is not None:
                 callback(i + 1, len(timesteps))

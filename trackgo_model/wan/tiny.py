@@ -59,16 +59,19 @@ def tiny_text_encoder(width: int):
 
 
 def write_wan_folder(out_dir: str | Path, transformer, vae, text_encoder, tokenizer, flow_shift: float = 3.0,
-                     image_encoder=None, processor=None) -> Path:
+                     image_encoder=None, processor=None, transformer_2=None, boundary_ratio: float | None = None
+                     ) -> Path:
     """Save the parts as a diffusers Wan image-to-video folder (``WanImageToVideoPipeline``'s
-    layout, UniPC flow scheduler), replacing ``out_dir`` as a whole."""
+    layout, UniPC flow scheduler), replacing ``out_dir`` as a whole; ``transformer_2`` and
+    ``boundary_ratio``: Wan2.2-I2V-A14B's low-noise expert and where it takes over."""
     from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
 
     from ..pipeline import replace_dir
 
     scheduler = UniPCMultistepScheduler(**{**WAN_SCHEDULER, "flow_shift": float(flow_shift)})
     pipe = WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                                   image_processor=processor, image_encoder=image_encoder, transformer=transformer)
+                                   image_processor=processor, image_encoder=image_encoder, transformer=transformer,
+                                   transformer_2=transformer_2, boundary_ratio=boundary_ratio)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -82,8 +85,10 @@ def write_wan_folder(out_dir: str | Path, transformer, vae, text_encoder, tokeni
     return out_dir
 
 
-def init_tiny_wan(out_dir: str | Path, seed: int = 0, preset: str = "tiny") -> Path:
-    """Write the tiny Wan folder (module docstring) to ``out_dir``, replacing it as a whole."""
+def init_tiny_wan(out_dir: str | Path, seed: int = 0, preset: str = "tiny", experts: int = 1) -> Path:
+    """Write the tiny Wan folder (module docstring) to ``out_dir``, replacing it as a whole;
+    ``experts=2`` (preset ``tiny-2.2``): a second random transformer as Wan2.2-I2V-A14B's low-noise
+    expert, taking over below t = 900 (its boundary_ratio 0.9)."""
     from diffusers import AutoencoderKLWan
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
@@ -91,12 +96,15 @@ def init_tiny_wan(out_dir: str | Path, seed: int = 0, preset: str = "tiny") -> P
 
     if preset not in ("tiny", "tiny-2.2"):
         raise ValueError(f"init_tiny_wan writes the presets 'tiny' and 'tiny-2.2', not {preset!r}")
+    if experts not in (1, 2) or (experts == 2 and preset != "tiny-2.2"):
+        raise ValueError("experts is 1, or 2 with the Wan2.2 layout (preset 'tiny-2.2')")
     layout = WAN_PRESETS[preset]
     out_dir = Path(out_dir)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         transformer = build_transformer(preset, device="cpu")
+        second = build_transformer(preset, device="cpu") if experts == 2 else None
         vae = AutoencoderKLWan(**TINY_VAE)
         text_encoder = tiny_text_encoder(layout["text_dim"])
         image_encoder = processor = None
@@ -108,4 +116,5 @@ def init_tiny_wan(out_dir: str | Path, seed: int = 0, preset: str = "tiny") -> P
     finally:
         torch.random.set_rng_state(state)
     return write_wan_folder(out_dir, transformer, vae, text_encoder, tiny_tokenizer(),
-                            flow_shift=WAN_SCHEDULER["flow_shift"], image_encoder=image_encoder, processor=processor)
+                            flow_shift=WAN_SCHEDULER["flow_shift"], image_encoder=image_encoder, processor=processor,
+                            transformer_2=second, boundary_ratio=0.9 if second is not None else None)
