@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--base", default="svd", choices=("svd", "wan"), help="base model family (wan: --wan + "
                    "--checkpoint, or neither for the tiny random Wan folder)")
     p.add_argument("--wan", type=Path, help="--base wan: Wan image-to-video folder in diffusers layout")
+    p.add_argument("--checkpoint-2", type=Path, default=None, help="--base wan, a two-expert Wan2.2 folder: the "
+                   "low-noise expert's TrackGo checkpoint (--checkpoint: the high-noise one's)")
     p.add_argument("--toy", type=Path, nargs="?", const=Path("runs/toy"), default=None, metavar="RUN",
                    help="serve the TrackGo trained by `make toy` in RUN (default runs/toy) with held-out "
                    "examples")
@@ -60,7 +62,8 @@ def cmd_studio(args: argparse.Namespace) -> int:
             examples = toy_examples(args.toy)
         else:
             model = load_model(args.checkpoint, args.svd, cache=cache, device=args.device, dtype=args.dtype,
-                               cpu_offload=args.cpu_offload, max_side=args.max_side, base=args.base, wan=args.wan)
+                               cpu_offload=args.cpu_offload, max_side=args.max_side, base=args.base, wan=args.wan,
+                               checkpoint_2=args.checkpoint_2)
         sam = None
         if args.sam is not None:
             from .sam import SamClicker

@@ -83,6 +83,7 @@ class StudioModel:
     guidance: float = 3.0      # the page's default guidance (last frame; the first is 1)
     toy: str = ""              # the toy run and checkpoint this model is (``studio.toy``), else ""
     base: str = "svd"          # or "wan"
+    checkpoint_2: Path | None = None  # Wan2.2: the low-noise expert's checkpoint
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -113,7 +114,8 @@ class StudioModel:
         if self.base == "wan":
             what = ("the tiny random Wan folder with untrained adapters — a test model, its videos are noise. "
                     "Start with `trackgo studio --base wan --wan DIR --checkpoint DIR` for real videos"
-                    if self.random_weights else f"TrackGo checkpoint `{self.checkpoint}`")
+                    if self.random_weights else f"TrackGo checkpoint `{self.checkpoint}`" + (
+                        f" (high noise) and `{self.checkpoint_2}` (low noise)" if self.checkpoint_2 else ""))
             return f"**Model:** {what} on Wan `{self.svd}` ({self.dtype}, {self.device}); 4k + 1 frames."
         if self.random_weights:
             return (f"**Model:** the tiny random-weight TrackGo (`{self.checkpoint}`) — a test model, its "
@@ -126,7 +128,8 @@ class StudioModel:
     def cli_args(self) -> list[str]:
         """The model part of the equivalent ``trackgo generate`` command."""
         if self.base == "wan":
-            return ["--base", "wan", "--wan", str(self.svd), "--checkpoint", str(self.checkpoint),
+            second = ["--checkpoint-2", str(self.checkpoint_2)] if self.checkpoint_2 else []
+            return ["--base", "wan", "--wan", str(self.svd), "--checkpoint", str(self.checkpoint), *second,
                     "--device", self.device, "--dtype", self.dtype]
         args = ["--checkpoint", str(self.checkpoint)]
         if self.svd != self.checkpoint:
@@ -141,8 +144,10 @@ class StudioModel:
 
 
 def load_wan_model(checkpoint: str | Path | None, wan: str | Path | None, *, cache: str | Path | None,
-                   device: str, dtype: str, max_side: int | None) -> StudioModel:
-    """:func:`load_model` for ``base="wan"``: both folders, or neither (the tiny random Wan folder)."""
+                   device: str, dtype: str, max_side: int | None, checkpoint_2: str | Path | None = None
+                   ) -> StudioModel:
+    """:func:`load_model` for ``base="wan"``: both folders, or neither (the tiny random Wan folder);
+    ``checkpoint_2``: the low-noise expert's checkpoint of a two-expert folder."""
     from trackgo_data.user_input import checkpoint_max_objects
     from trackgo_model.pipeline import MissingWeightsError
     from trackgo_model.wan.pipeline import WanTrackGoPipeline
@@ -155,8 +160,10 @@ def load_wan_model(checkpoint: str | Path | None, wan: str | Path | None, *, cac
     elif checkpoint is None or wan is None:
         raise MissingWeightsError("--base wan needs both --wan PATH (a diffusers Wan image-to-video folder) and "
                                   "--checkpoint DIR (a TrackGo checkpoint trained with model.base=wan)")
-    pipe = WanTrackGoPipeline.from_pretrained(wan, checkpoint, torch_dtype=dtype, device=device)
+    pipe = WanTrackGoPipeline.from_pretrained(wan, checkpoint, trackgo_checkpoint_2=checkpoint_2, torch_dtype=dtype,
+                                              device=device)
     return StudioModel(pipe=pipe, svd=Path(wan), checkpoint=Path(checkpoint), random_weights=random_weights,
+                       checkpoint_2=None if checkpoint_2 is None else Path(checkpoint_2),
                        max_objects=checkpoint_max_objects(checkpoint), device=device, dtype=dtype,
                        max_side=max_side or (64 if random_weights else 832), frames=9 if random_weights else 81,
                        steps=4 if random_weights else 40, guidance=1.0, base="wan")
@@ -165,17 +172,19 @@ def load_wan_model(checkpoint: str | Path | None, wan: str | Path | None, *, cac
 def load_model(checkpoint: str | Path | None = None, svd: str | Path | None = None, *,
                cache: str | Path | None = None, device: str | None = None, dtype: str = "fp32",
                cpu_offload: bool = False, max_side: int | None = None, base: str = "svd",
-               wan: str | Path | None = None) -> StudioModel:
+               wan: str | Path | None = None, checkpoint_2: str | Path | None = None) -> StudioModel:
     """Load the pipeline once. No model given → the tiny model in the cache folder (random weights,
     a logged warning, recorded in every run). A missing folder or file raises
     :class:`~trackgo_model.pipeline.MissingWeightsError` naming what to supply. ``base="wan"``:
     ``wan`` (the Wan folder) and ``checkpoint`` instead of ``svd`` (:func:`load_wan_model`)."""
     import torch
 
+    if base != "wan" and checkpoint_2 is not None:
+        raise ValueError("--checkpoint-2 is the second expert of a two-expert Wan2.2 folder (--base wan)")
     if base == "wan":
         if svd is not None or cpu_offload:
             raise ValueError("--base wan takes --wan (not --svd) and has no --cpu-offload")
-        return load_wan_model(checkpoint, wan, cache=cache, dtype=dtype, max_side=max_side,
+        return load_wan_model(checkpoint, wan, cache=cache, dtype=dtype, max_side=max_side, checkpoint_2=checkpoint_2,
                               device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     from trackgo_data.user_input import checkpoint_max_objects

@@ -109,3 +109,11 @@ def _generate_with_both(tmp_path, folder, ckpt):
     with pytest.raises(SystemExit, match="checkpoint-2"):
         cli_main([*common, "--out", str(tmp_path / "one.mp4")])
     assert not (tmp_path / "one.mp4").exists()
+    from studio import core
+    from studio.model import load_model
+
+    model = load_model(ckpt["high"], wan=folder, checkpoint_2=ckpt["low"], base="wan", device="cpu")
+    assert "(low noise)" in model.banner() and model.pipe.model_2 is not None
+    run = core.run_generation(model, tmp_path / "i.png", [tmp_path / "m.png"], "14,14,24,20",
+                              frames=5, steps=2, strength=1.0, seed=0, out_root=tmp_path / "studio")
+    assert f"--checkpoint-2 {ckpt['low']}" in run.command and run.video.is_file()
