@@ -211,9 +211,11 @@ def test_wan_vae_learns_and_carries_its_latent_statistics(tmp_path, sample_video
 
 def test_vae_patch_code_teacher_and_image_steps(tmp_path, sample_videos, monkeypatch):
     """PatchCode: the principal components of 8×8 patches, checked against numpy's SVD; a patch made
-    of the mean plus one component codes to a one-hot. teacher_steps / image_steps: the first steps
-    see one frame of image_batch_size clips (the first ones decoding the code, pulling the
-    posterior mean to it), then windows of the clip with a posterior sample."""
+    of the mean plus one component codes to a one-hot; on Wan's VAE the teacher term compares latent
+    frame k with the code of pixel frame 4k. teacher_steps / image_steps / video_teacher_steps: the
+    first steps see one frame of image_batch_size clips (the first ones decoding the code, pulling
+    the posterior mean to it), then windows of the clip with a posterior sample (the first ones
+    decoding the code)."""
     from tests.train.conftest import write_tiny_shards
     from trackgo_model.train import vae as vae_mod
 
@@ -227,6 +229,15 @@ def test_vae_patch_code_teacher_and_image_steps(tmp_path, sample_videos, monkeyp
     patch = (code.mean + 2.0 * code.components[:, 1]).view(3, 8, 8).unsqueeze(0)  # pixel_unshuffle order
     assert torch.allclose(code(patch).flatten(), torch.tensor([0.0, 2.0, 0.0, 0.0]) / code.scale, atol=1e-5)
 
+    clip = torch.rand(2, 9, 3, 16, 24) * 2 - 1  # Wan: latent frame k is coded from pixel frame 4k
+    torch.manual_seed(0)
+    wan = vae_mod.VAEModelConfig(family="wan", block_out_channels=(8, 16, 16, 16), latent_channels=4).build(16)
+    _, parts = vae_mod.vae_loss(wan, clip, 0.0, torch.Generator().manual_seed(0), sample=False, code=code)
+    with torch.no_grad():
+        mu = wan.encode(clip.permute(0, 2, 1, 3, 4)).latent_dist.mean
+    want = torch.stack([code(clip[:, k]) for k in (0, 4, 8)], dim=2)
+    assert parts["teacher"] == pytest.approx(float((mu - want).pow(2).mean()), rel=1e-4)
+
     seen = []
     loss = vae_mod.vae_loss
     monkeypatch.setattr(vae_mod, "vae_loss", lambda v, c, *a, **k: (
@@ -234,12 +245,12 @@ def test_vae_patch_code_teacher_and_image_steps(tmp_path, sample_videos, monkeyp
     shards = write_tiny_shards(tmp_path / "shards", sample_videos["carphone"], frames=5)
     cfg = vae_mod.load_vae_config("toy-wan-vae", [
         f"data.shards={shards}", f"run_dir={tmp_path / 'run'}", "model.block_out_channels=[8,16,16,16]",
-        "window=5", "data.num_frames=5", "data.width=32", "data.height=32", "max_steps=4", "image_steps=3",
-        "teacher_steps=2", "image_batch_size=3", "batch_size=1", "checkpoint_every=4", "scale_samples=1",
-        "eval_samples=1", "init_logvar=-6"])
+        "window=5", "data.num_frames=5", "data.width=32", "data.height=32", "max_steps=5", "image_steps=3",
+        "teacher_steps=2", "video_teacher_steps=1", "image_batch_size=3", "batch_size=1", "checkpoint_every=5",
+        "scale_samples=1", "eval_samples=1", "init_logvar=-6"])
     result = vae_mod.train_vae(cfg)
-    image = (3, 1, 3, 32, 32)
-    assert seen == [(image, False, True)] * 2 + [(image, False, False), ((1, 5, 3, 32, 32), True, False)]
+    image, video = (3, 1, 3, 32, 32), (1, 5, 3, 32, 32)
+    assert seen == [(image, False, True)] * 2 + [(image, False, False), (video, True, True), (video, True, False)]
     assert result["psnr_heldout_zero_latents"] > 0
     from diffusers import AutoencoderKLWan
 

@@ -19,7 +19,8 @@ decoder learns to read the latents before posterior noise is added. ``teacher_st
 only): the decoder reconstructs the frames from a fixed linear code instead — the principal
 components of 8×8 patches of the first ``image_batch_size`` training clips' first frames
 (:class:`PatchCode`) — while the posterior mean is pulled to that code (+ its MSE): otherwise the
-toy's Wan VAE learns to ignore its uninformative latents and never recovers (docs/wan.md).
+toy's Wan VAE learns to ignore its uninformative latents and never recovers (docs/wan.md);
+``video_teacher_steps``: the same for the first video steps, latent frame k coded from pixel frame 4k.
 ``init_logvar``: the posterior's log-variance at step 0 (the bias of ``quant_conv``'s variance
 half; 0 = diffusers' init), so posterior samples do not drown a code of unit spread.
 At the end the latents' statistics over ``scale_samples`` training clips
@@ -85,6 +86,7 @@ class VAETrainConfig:
     image_steps: int = 0         # first steps on single frames, posterior mean decoded (module docstring)
     image_batch_size: int = 8    # clips (one frame each) per image step
     teacher_steps: int = 0       # first image steps decode a fixed linear code (module docstring)
+    video_teacher_steps: int = 0  # ... and the first video steps (after image_steps)
     init_logvar: float = 0.0     # the posterior's log-variance at step 0 (module docstring)
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100
@@ -98,8 +100,10 @@ class VAETrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("max_steps, batch_size and checkpoint_every must be >= 1")
-        if not 0 <= self.teacher_steps <= self.image_steps <= self.max_steps or self.image_batch_size < 1:
-            raise ValueError("need 0 <= teacher_steps <= image_steps <= max_steps and image_batch_size >= 1")
+        if not 0 <= self.teacher_steps <= self.image_steps <= self.max_steps or self.image_batch_size < 1 \
+                or not 0 <= self.video_teacher_steps <= self.max_steps - self.image_steps:
+            raise ValueError("need 0 <= teacher_steps <= image_steps <= max_steps, video_teacher_steps within the "
+                             "video steps and image_batch_size >= 1")
         if not 1 <= self.window <= self.data.num_frames:
             raise ValueError(f"window must be in 1..data.num_frames ({self.data.num_frames})")
         if self.crop % 8 or self.crop < 0 or self.crop > min(self.data.width, self.data.height):
@@ -158,14 +162,15 @@ def vae_loss(vae, clips: torch.Tensor, kl_weight: float, generator: torch.Genera
     """clips: (B, T, 3, h, w) in [−1, 1] → (l1_weight·L1 + mse_weight·MSE + chroma_weight·MSE of
     the error's chroma + kl_weight·KL per latent element, parts). ``sample``: decode a posterior
     sample (else its mean). ``code``: decode the frames' fixed code instead and add the MSE of the
-    posterior mean to it (``parts["teacher"]``; Wan: one-frame clips)."""
+    posterior mean to it (``parts["teacher"]``; on Wan's VAE latent frame k stands for pixel frame
+    4k, the last of those it codes)."""
     b, t = clips.shape[:2]
     target = None
-    if code is not None:
-        if is_wan(vae) and t != 1:
-            raise ValueError("a patch code stands for the latents of one-frame clips on Wan's VAE")
+    if code is not None and is_wan(vae):  # latent frame k codes pixel frames up to 4k: the code of frame 4k
+        last = clips[:, ::vae.config.scale_factor_temporal or 4]
+        target = code(last.flatten(0, 1)).unflatten(0, (b, last.shape[1])).transpose(1, 2)
+    elif code is not None:
         target = code(clips.flatten(0, 1))
-        target = target.unsqueeze(2) if is_wan(vae) else target
     if is_wan(vae):  # a causal 3D VAE codes the clip as one (B, 3, T, h, w) volume
         x = clips.permute(0, 2, 1, 3, 4)
         post = vae.encode(x).latent_dist
@@ -258,6 +263,12 @@ def reconstruction_psnr(vae, urls: list[str], cfg: VAETrainConfig, samples: int,
     return sum(vals) / len(vals)
 
 
+def teaching(cfg: VAETrainConfig, step: int) -> bool:
+    """Whether ``step`` decodes the teacher's code: the first ``teacher_steps`` image steps and the
+    first ``video_teacher_steps`` video steps."""
+    return step < cfg.teacher_steps or cfg.image_steps <= step < cfg.image_steps + cfg.video_teacher_steps
+
+
 def teacher_code(cfg: VAETrainConfig, urls: list[str]) -> PatchCode:
     """The teacher's :class:`PatchCode`, fitted on the first frames of the first ``image_batch_size``
     clips in shard order (a resumed run fits the same code)."""
@@ -305,7 +316,7 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     images = iter(_stream(cfg, train_urls, cfg.seed + step, cfg.image_batch_size)) if step < cfg.image_steps else None
     stream = iter(_stream(cfg, train_urls, cfg.seed + step, cfg.batch_size))
-    code = teacher_code(cfg, train_urls) if step < cfg.teacher_steps else None
+    code = teacher_code(cfg, train_urls) if step < cfg.image_steps + cfg.video_teacher_steps else None
     vae.train()
     t0, first = time.perf_counter(), step
     with open(run / "metrics.jsonl", "a") as metrics:
@@ -317,7 +328,7 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
                 group["lr"] = learning_rate(cfg, step)
             loss, parts = vae_loss(vae, clips, cfg.kl_weight, gen, sample=not image_step, l1_weight=cfg.l1_weight,
                                    mse_weight=cfg.mse_weight, chroma_weight=cfg.chroma_weight,
-                                   code=code if step < cfg.teacher_steps else None)
+                                   code=code if teaching(cfg, step) else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.max_grad_norm)
