@@ -259,3 +259,25 @@ def test_vae_patch_code_teacher_and_image_steps(tmp_path, sample_videos, monkeyp
     assert -7.0 < float(post.latent_dist.logvar.mean()) < -5.0
     with pytest.raises(ValueError, match="teacher_steps"):
         vae_mod.load_vae_config("toy-wan-vae", ["image_steps=2", "teacher_steps=3"])
+
+
+def test_wan_vae_starts_frame_by_frame():
+    """start_causal_as_2d: a video of one repeated frame codes to that frame's latent at every latent
+    frame and decodes to that frame's decoding at every pixel frame (default init: it does not)."""
+    from trackgo_model.train.vae_model import VAEModelConfig, start_causal_as_2d
+
+    torch.manual_seed(0)
+    vae = VAEModelConfig(family="wan", block_out_channels=(8, 16, 16, 16), latent_channels=4).build(32).eval()
+    img = torch.rand(1, 3, 1, 16, 16) * 2 - 1
+    video = img.expand(1, 3, 9, 16, 16).contiguous()
+
+    def gaps():
+        with torch.no_grad():
+            zi, zv = vae.encode(img).latent_dist.mean, vae.encode(video).latent_dist.mean
+            di, dv = vae.decode(zi).sample, vae.decode(zv).sample
+        return float((zv - zi).abs().max()), float((dv - di).abs().max())
+
+    assert min(gaps()) > 1e-3
+    assert start_causal_as_2d(vae) > 0
+    z_gap, frame_gap = gaps()
+    assert z_gap < 1e-5 and frame_gap < 1e-5

@@ -15,7 +15,8 @@ Objective: L1 (+ ``mse_weight``·MSE) reconstruction of random ``crop``×``crop`
 which weighs a wrong hue apart from a wrong brightness — + ``kl_weight``·KL of the posterior to
 N(0, I) per latent element. ``image_steps``: the first steps code one random frame of each of
 ``image_batch_size`` clips and decode the posterior mean — Wan's own order (images, then video); the
-decoder learns to read the latents before posterior noise is added. ``teacher_steps`` (image steps
+decoder learns to read the latents before posterior noise is added; on Wan's VAE every causal
+convolution then starts as a 2D one (:func:`start_causal_as_2d`). ``teacher_steps`` (image steps
 only): the decoder reconstructs the frames from a fixed linear code instead — the principal
 components of 8×8 patches of the first ``image_batch_size`` training clips' first frames
 (:class:`PatchCode`) — while the posterior mean is pulled to that code (+ its MSE): otherwise the
@@ -48,7 +49,7 @@ import torch
 
 from trackgo_data.config import ConfigError, apply_overrides, atomic_write_json, config_from_dict, config_to_dict
 
-from .vae_model import VAE_FAMILIES, PatchCode, VAEModelConfig, identity_time_conv, is_wan
+from .vae_model import VAE_FAMILIES, PatchCode, VAEModelConfig, identity_time_conv, is_wan, start_causal_as_2d
 
 __all__ = ["VAE_FAMILIES", "VAEModelConfig", "VAETrainConfig", "identity_time_conv", "is_wan", "learning_rate",
            "load_vae_config", "random_windows", "reconstruction_psnr", "PatchCode", "train_vae",
@@ -303,6 +304,8 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
     vae = cfg.model.build(max(cfg.data.width, cfg.data.height))
     if cfg.model.family == "svd":
         identity_time_conv(vae)
+    elif cfg.image_steps:
+        start_causal_as_2d(vae)
     with torch.no_grad():
         vae.quant_conv.bias[cfg.model.latent_channels:] += cfg.init_logvar
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)

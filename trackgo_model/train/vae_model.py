@@ -74,6 +74,32 @@ def identity_time_conv(vae) -> None:
         conv.bias.zero_()
 
 
+@torch.no_grad()
+def start_causal_as_2d(vae) -> int:
+    """Wan's VAE: every causal convolution over time starts as a 2D one on the newest frame (older
+    taps zero), and the temporal resampling ones as the identity on it (the up-sampler's two
+    output frames both copies) — so a VAE trained on images first (``image_steps``, where only the
+    newest taps see data) codes a video frame by frame at the start of its video steps, latent
+    frame k as pixel frame 4k, instead of mixing frames through untrained random taps. Returns the
+    number of convolutions changed."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+
+    resampling = {id(m.time_conv) for m in vae.modules() if isinstance(m, WanResample) and hasattr(m, "time_conv")}
+    changed = 0
+    for conv in vae.modules():
+        if not isinstance(conv, WanCausalConv3d) or conv.weight.shape[2] == 1:
+            continue
+        conv.weight[:, :, :-1] = 0
+        if id(conv) in resampling:
+            out, inp = conv.weight.shape[:2]
+            conv.weight.zero_()
+            conv.bias.zero_()
+            for start in range(0, out, inp):  # the up-sampler's 2·C outputs: two copies
+                conv.weight[start:start + inp, :, -1, 0, 0] = torch.eye(inp)
+        changed += 1
+    return changed
+
+
 @dataclass
 class PatchCode:
     """A fixed linear code of frames: each factor×factor pixel patch (3·factor² values) projected
