@@ -14,7 +14,8 @@ from tests.toy.test_toy_smoke import run_toy
 CHANGED = {
     "build.clip": "build.clip={num_frames: 9, width: 64, height: 64, min_source_width: 64, min_source_height: 64}",
     "vae_overrides": "vae_overrides=[max_steps=2, batch_size=1, checkpoint_every=1, log_every=1, scale_samples=2, "
-                     "eval_samples=1, data.val_holdout_shards=0, 'model.block_out_channels=[8, 16, 16, 16]']",
+                     "eval_samples=1, data.val_holdout_shards=0, 'model.block_out_channels=[8, 16, 16, 16]', "
+                     "image_steps=1, teacher_steps=1, video_teacher_steps=1, image_batch_size=2]",
     "eval": "eval={num_clips: 2, num_inference_steps: 1, curve_clips: 1, side_by_side_clips: 1, "
             "bootstrap_replicates: 100}",
 }
