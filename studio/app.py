@@ -115,7 +115,8 @@ class Handlers:
         masks = core.object_masks(layers, camera, load_image(image).shape[:2])
         return [str(path) for path in core.write_masks(masks, Path(tempfile.mkdtemp(dir=self.masks_dir)))]
 
-    def generate(self, image, masks, arrows, frames, steps, strength, seed, tau, guidance, progress=gr.Progress()):
+    def generate(self, image, masks, arrows, frames, steps, strength, seed, tau, guidance, trajectory_guidance=1.0,
+                 progress=gr.Progress()):
         """Generate a video: image + one mask per object + one arrow per object → video."""
         def callback(done, total):
             progress((done, total), desc="denoising", unit="steps")
@@ -124,7 +125,8 @@ class Handlers:
         try:
             run = core.run_generation(self.model, image, masks, arrows or "", frames=frames, steps=steps,
                                       strength=strength, seed=seed, tau=tau, guidance=guidance,
-                                      out_root=self.out_root, callback=callback)
+                                      trajectory_guidance=trajectory_guidance, out_root=self.out_root,
+                                      callback=callback)
         except UserInputError as exc:
             raise _gr_error(exc) from None
         except Exception as exc:  # the page shows one line; the server log keeps the traceback
@@ -174,6 +176,9 @@ def layout(model, samples: list[Path], sam=None, examples_label: str = "Sample f
             w.tau = gr.Number(0.0, label="τ (0 masks most strongly, -10000 turns masking off)", elem_id="tau")
             label = "guidance (prompt)" if model.base == "wan" else "guidance (last frame; first is 1)"
             w.guidance = gr.Slider(1, 10, value=model.guidance, step=0.5, label=label, elem_id="guidance")
+            w.trajectory_guidance = gr.Slider(1, 8, value=model.trajectory_guidance, step=0.5,
+                                              visible=model.base != "wan", elem_id="trajectory-guidance",
+                                              label="trajectory guidance (1 off; > 1 follows the arrows more)")
             w.seed = gr.Number(0, precision=0, label="seed", elem_id="seed")
     w.go = gr.Button("Generate", variant="primary", elem_id="generate")
     w.masks = gr.File(file_count="multiple", type="filepath", visible=False, label="masks")
@@ -205,7 +210,8 @@ def wire(w: SimpleNamespace, handlers: Handlers) -> None:
     w.clear.click(lambda arrows, target: core.clear_arrow(arrows or "", int(target) - 1), [w.arrows, w.target],
                   [w.arrows], **private)
     w.go.click(handlers.prepare_masks, [w.image, w.layers, w.camera], [w.masks], **private).success(
-        handlers.generate, [w.image, w.masks, w.arrows, w.frames, w.steps, w.strength, w.seed, w.tau, w.guidance],
+        handlers.generate, [w.image, w.masks, w.arrows, w.frames, w.steps, w.strength, w.seed, w.tau, w.guidance,
+                            w.trajectory_guidance],
         [w.video, w.trajectory, w.downloads, w.command], api_name="generate", concurrency_limit=1,
         concurrency_id="model")
 

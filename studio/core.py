@@ -245,7 +245,7 @@ def generate_parser() -> argparse.ArgumentParser:
 
 def run_generation(model, image: str | Path | None, masks: Sequence[str | Path] | None, arrows: str, *,
                    frames: int, steps: int, strength: float, seed: int, tau: float | None = None,
-                   guidance: float = 3.0, out_root: Path,
+                   guidance: float = 3.0, trajectory_guidance: float = 1.0, out_root: Path,
                    callback: Callable[[int, int], None] | None = None) -> Run:
     """One generation: the inputs are copied into a new run folder, ``trackgo generate`` is run
     in-process on them with the loaded pipeline, and the folder (video, P, inputs, command.sh,
@@ -281,6 +281,8 @@ def run_generation(model, image: str | Path | None, masks: Sequence[str | Path] 
         opts = [f"--frames={int(frames)}", f"--steps={int(steps)}", f"--strength={float(strength):g}",
                 f"{model.guidance_option}={float(guidance):g}", f"--seed={int(seed)}", f"--width={width}",
                 f"--height={height}"] + ([] if tau is None else [f"--tau={float(tau):g}"])
+        if float(trajectory_guidance) != 1.0:
+            opts.append(f"--trajectory-guidance={float(trajectory_guidance):g}")
         head = ["generate", "--image", str(tmp / "image.png"), "--masks", *map(str, mask_paths), "--arrows"]
         tail = [*model.cli_args(), *opts, "--out", str(tmp / "video.mp4")]
         argv = head + parts + tail

@@ -81,6 +81,7 @@ class StudioModel:
     frames: int = 14
     steps: int = 25
     guidance: float = 3.0      # the page's default guidance (last frame; the first is 1)
+    trajectory_guidance: float = 1.0  # the page's default trajectory guidance (SVD; 1 = off)
     toy: str = ""              # the toy run and checkpoint this model is (``studio.toy``), else ""
     base: str = "svd"          # or "wan"
     checkpoint_2: Path | None = None  # Wan2.2: the low-noise expert's checkpoint

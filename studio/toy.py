@@ -67,7 +67,7 @@ def load_toy_model(run: str | Path = TOY_RUN, variant: str = "trackgo", *, devic
     """The studio model for a toy run: its size (the toy's models generate 64×64 from the 128×128
     worlds), its frames, the toy evaluation's default sampler settings (steps, guidance) and a
     banner saying what it is."""
-    from trackgo_model.toy.config import ToyEvalConfig
+    from trackgo_model.toy.config import load_toy_config
 
     from .model import load_model
 
@@ -75,9 +75,9 @@ def load_toy_model(run: str | Path = TOY_RUN, variant: str = "trackgo", *, devic
     model = load_model(checkpoint, base, device=device or "cpu")
     unet = model.pipe.unet.unet.config  # the side the base model was trained to generate
     side = max(unet.sample_size) if isinstance(unet.sample_size, (list, tuple)) else unet.sample_size
-    ev = ToyEvalConfig()
+    ev = load_toy_config("toy").eval   # the settings `make toy` evaluates with
     return dataclasses.replace(model, max_side=int(side * model.pipe.vae_scale_factor), steps=ev.num_inference_steps,
-                               guidance=ev.max_guidance_scale, toy=f"{Path(run)} · `{variant}` at step {step}")
+                               guidance=ev.max_guidance_scale, trajectory_guidance=ev.trajectory_guidance, toy=f"{Path(run)} · `{variant}` at step {step}")
 
 
 def toy_examples(run: str | Path = TOY_RUN, count: int = 6) -> list[ToyExample]:

@@ -14,6 +14,7 @@ TrackGo adds the rendered trajectory video ``P`` as a fourth condition
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -235,3 +236,33 @@ def trajectory_to_tensor(P: Any) -> torch.Tensor:
         raise ValueError(f"trajectories P must be uint8 (L, H, W, 3), got dtype {P.dtype} shape {P.shape}")
     t = torch.from_numpy(np.ascontiguousarray(P)).permute(0, 3, 1, 2).float()
     return (t / 127.5 - 1.0).unsqueeze(0)
+
+
+@dataclass
+class GuidanceBranches:
+    """What every denoising step of ``TrackGoPipeline`` is conditioned on, one batch row per branch: [unconditional (with
+    ``guidance``)], conditional, [conditional with the empty P (``trajectory_guidance`` > 1)].
+    clip (B, 1, D), image_latents (B, F, 4, h, w), time_ids (B, 3), trajectories
+    (``EncodedTrajectories`` of batch B, or None)."""
+
+    clip: torch.Tensor
+    image_latents: torch.Tensor
+    time_ids: torch.Tensor
+    trajectories: Any
+    guidance: bool
+    trajectory_guidance: float = 1.0
+
+    @property
+    def branches(self) -> int:
+        return int(self.clip.shape[0])
+
+    def combine(self, pred: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """The branches' predictions (B, F, 4, h, w) → one (1, F, 4, h, w):
+        ε_u + s·(ε_c − ε_u) with frame-wise scales s (1, F, 1, 1, 1), plus (g − 1)·(ε_c − ε_∅)."""
+        parts = list(pred.chunk(self.branches))
+        uncond = parts.pop(0) if self.guidance else None
+        cond_pred = parts.pop(0)
+        out = cond_pred if uncond is None else uncond + scales * (cond_pred - uncond)
+        if parts:
+            out = out + (self.trajectory_guidance - 1.0) * (cond_pred - parts.pop(0))
+        return out

@@ -10,6 +10,12 @@ Classifier-free guidance: the unconditional half gets a zero CLIP embedding and 
 thus shared by both branches and guidance amplifies the image condition only; the trajectories
 steer both predictions through the TrackAdapters.
 
+Trajectory guidance (``trajectory_guidance`` = g > 1, off at 1): a third branch keeps the image but
+replaces P by the empty trajectory video (all black: nothing tracked anywhere), and the step's
+prediction becomes ε = ε_cfg + (g − 1)·(ε(I, P) − ε(I, ∅)), where ε_cfg is the prediction above.
+It amplifies what P changes in the prediction, as image guidance amplifies the image; it costs one
+more UNet pass per step.
+
 Memory options: ``decode_chunk_size`` (frames per VAE decode call), ``torch_dtype`` (fp16/bf16;
 a VAE whose config asks for ``force_upcast`` stays float32 under fp16) and
 ``enable_model_cpu_offload()`` (modules live on the CPU and visit the accelerator only while used).
@@ -21,7 +27,6 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -240,6 +245,7 @@ class TrackGoPipeline:
                  motion_bucket_id: int = 127, noise_aug_strength: float = 0.02,
                  decode_chunk_size: int | None = None, generator: torch.Generator | None = None,
                  seed: int | None = None, tau: float | None = None, motion: float = 1.0,
+                 trajectory_guidance: float = 1.0,
                  mode: str | None = None, output_type: str = "np", latents: torch.Tensor | None = None,
                  progress: bool = False, callback: Callable[[int, int], None] | None = None):
         """Generate one video.
@@ -249,7 +255,8 @@ class TrackGoPipeline:
         components (N,))`` in input-image pixels, or None (no motion condition).
         height/width: default to P's size, else the image's. num_frames: defaults to L, else the
         UNet's ``num_frames``. tau / motion / mode: the TrackAdapter inference knobs
-        (``TrackGoUNet.set_inference``). output_type: "np" → uint8 (L, H, W, 3); "pt" → float
+        (``TrackGoUNet.set_inference``). trajectory_guidance: g ≥ 1, see the module docstring
+        (needs trajectories when > 1). output_type: "np" → uint8 (L, H, W, 3); "pt" → float
         (1, L, 3, H, W) in [-1, 1]; "latent" → (1, L, 4, H/8, W/8).
         callback: called as ``callback(done, total)`` after each denoising step (progress bars).
 
@@ -260,12 +267,16 @@ class TrackGoPipeline:
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
         if num_inference_steps < 1:
             raise ValueError("num_inference_steps must be >= 1")
+        if trajectory_guidance < 1.0:
+            raise ValueError(f"trajectory_guidance must be >= 1 (1 = off), got {trajectory_guidance}")
         img, P, num_frames = self._inputs(image, trajectories, num_frames, height, width)
+        if trajectory_guidance > 1.0 and P is None:
+            raise ValueError("trajectory_guidance > 1 amplifies the trajectories' effect; give trajectories")
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
         do_cfg = max_guidance_scale > 1.0
         conditions = self._conditions(img, P, num_frames, fps, motion_bucket_id, noise_aug_strength, generator,
-                                      do_cfg)
+                                      do_cfg, trajectory_guidance)
         # every call sets all knobs, so nothing leaks from an earlier call (mode None → checkpoint's)
         self.unet.set_inference(tau=tau, motion=motion, mode=mode or self.unet.cfg.mode)
         latents = self._denoise(conditions, img.shape[-2:], num_frames, num_inference_steps, latents, generator,
@@ -302,10 +313,11 @@ class TrackGoPipeline:
 
     def _conditions(self, img: torch.Tensor, P: np.ndarray | None, num_frames: int, fps: int,
                     motion_bucket_id: int, noise_aug_strength: float, generator: torch.Generator,
-                    guidance: bool) -> _Conditions:
+                    guidance: bool, trajectory_guidance: float = 1.0) -> cond.GuidanceBranches:
         """CLIP token (no randomness), noise-augmented image latents (the first random draw), added
-        time ids and the encoded P; with ``guidance`` the unconditional half first (zero CLIP token
-        and image latents, the same P)."""
+        time ids and the encoded P, as a batch of branches: with ``guidance`` the unconditional one
+        first (zero CLIP token and image latents, the same P), then the conditional one, then with
+        ``trajectory_guidance`` > 1 the conditional one with the empty P."""
         dtype, device = next(self.unet.parameters()).dtype, self.device
         with self._on_device(self.image_encoder):
             emb = cond.encode_image_clip(self.image_encoder, self.feature_extractor, img.to(device))
@@ -314,16 +326,21 @@ class TrackGoPipeline:
         emb, img_lat = emb.to(device, dtype), img_lat.to(device, dtype)
         img_lat = img_lat.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
         time_ids = cond.make_added_time_ids(fps, motion_bucket_id, noise_aug_strength, 1, dtype, device)
+        with_p = [True] + ([False] if trajectory_guidance > 1.0 else [])
+        with_image = ([False] if guidance else []) + [True] * len(with_p)
+        with_p = ([True] if guidance else []) + with_p
         traj = None
-        if P is not None:  # the encoder trunk runs once; every step reuses it
+        if P is not None:  # the encoder trunk runs once per branch; every step reuses it
             with self._on_device(self.unet):
-                traj = self.unet.encode(cond.trajectory_to_tensor(P).to(device, dtype))
-        if not guidance:
-            return _Conditions(emb, img_lat, time_ids, traj, guidance)
-        return _Conditions(torch.cat([torch.zeros_like(emb), emb]), torch.cat([torch.zeros_like(img_lat), img_lat]),
-                           torch.cat([time_ids, time_ids]), None if traj is None else traj.repeat(2), guidance)
+                videos = [cond.trajectory_to_tensor(P if keep else np.zeros_like(P)) for keep in with_p]
+                traj = self.unet.encode(torch.cat(videos).to(device, dtype))
+        n = len(with_image)
+        pick = lambda x, keep: x if keep else torch.zeros_like(x)  # noqa: E731
+        return cond.GuidanceBranches(torch.cat([pick(emb, k) for k in with_image]),
+                                     torch.cat([pick(img_lat, k) for k in with_image]),
+                                     torch.cat([time_ids] * n), traj, guidance, float(trajectory_guidance))
 
-    def _denoise(self, conditions: _Conditions, size: tuple[int, int], num_frames: int, steps: int,
+    def _denoise(self, conditions: cond.GuidanceBranches, size: tuple[int, int], num_frames: int, steps: int,
                  latents: torch.Tensor | None, generator: torch.Generator, *, guidance: tuple[float, float],
                  progress: bool, callback: Callable[[int, int], None] | None) -> torch.Tensor:
         """The scheduler's steps from the initial noise (the second random draw, unless ``latents``
@@ -345,30 +362,15 @@ class TrackGoPipeline:
         timesteps = self.scheduler.timesteps
         with self._on_device(self.unet):
             for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="denoise")):
-                x = torch.cat([latents, latents]) if conditions.guidance else latents
+                x = torch.cat([latents] * conditions.branches)
                 x = torch.cat([self.scheduler.scale_model_input(x, t), conditions.image_latents], dim=2)
                 pred = self.unet(x, t, encoder_hidden_states=conditions.clip, added_time_ids=conditions.time_ids,
                                  trajectories=conditions.trajectories)
-                if conditions.guidance:
-                    uncond, cond_pred = pred.chunk(2)
-                    pred = uncond + scales * (cond_pred - uncond)
+                pred = conditions.combine(pred, scales)
                 latents = self.scheduler.step(pred, t, latents).prev_sample
                 if callback is not None:
                     callback(i + 1, len(timesteps))
         return latents
-
-
-@dataclass
-class _Conditions:
-    """What every denoising step is conditioned on (batch 2 with ``guidance``: unconditional half
-    first): clip (B, 1, D), image_latents (B, F, 4, h, w), time_ids (B, 3), trajectories
-    (``EncodedTrajectories`` or None)."""
-
-    clip: torch.Tensor
-    image_latents: torch.Tensor
-    time_ids: torch.Tensor
-    trajectories: Any
-    guidance: bool
 
 
 def folder_size_multiple(svd_path: str | Path) -> int:

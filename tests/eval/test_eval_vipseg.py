@@ -257,3 +257,23 @@ def test_auto_tracker_falls_back_to_lk_only_when_not_named(monkeypatch):
     trk, rec = choose_tracker(EvalConfig(tracker_options={**opts, "random_init": True}))
     assert rec["name"] == trk.name == "cotracker3_offline" and rec["fallback_reason"] is None
     assert "random" in rec["version"]
+
+
+def test_generation_settings_of_a_folder_are_fixed_and_a_newer_field_reads_as_its_default(tmp_path):
+    """A folder written before ``trajectory_guidance`` existed (no key) holds g = 1 results: the
+    default is accepted there, another g is refused with what differs."""
+    import json
+
+    from trackgo_model.eval.config import EvalConfig, check_config_file
+
+    check_config_file(EvalConfig(), tmp_path)
+    record = json.loads((tmp_path / "eval_config.json").read_text())
+    del record["trajectory_guidance"]
+    (tmp_path / "eval_config.json").write_text(json.dumps(record))
+    check_config_file(EvalConfig(), tmp_path, write=False)
+    with pytest.raises(ValueError, match="trajectory_guidance: 1.0 there, 2.0 now"):
+        check_config_file(EvalConfig(trajectory_guidance=2.0), tmp_path)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        check_config_file(EvalConfig(num_inference_steps=3), tmp_path)
+    with pytest.raises(ValueError, match="≥ 1"):
+        EvalConfig(trajectory_guidance=0.5)

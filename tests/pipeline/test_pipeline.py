@@ -117,6 +117,29 @@ def test_trajectories_and_knobs_change_output_only_with_trajectories(tiny_pipe):
     torch.testing.assert_close(run(P), base)                   # knobs do not leak between calls
 
 
+def test_trajectory_guidance_adds_the_difference_that_P_makes(tiny_pipe):
+    """One Euler step is affine in the model's prediction, so with trajectory guidance g the result
+    must be the image-guided one plus (g − 1)·(conditional with P − conditional with the empty P),
+    each of those sampled alone (batch 1, no image guidance) by the same pipeline."""
+    img, P = _image(), _trajectories()
+    run = lambda traj, lo, hi, g=1.0: tiny_pipe(img, traj, num_frames=L, num_inference_steps=1, seed=0,
+                                                output_type="latent", min_guidance_scale=lo,
+                                                max_guidance_scale=hi, trajectory_guidance=g)
+    with_p, empty = run(P, 1.0, 1.0), run(np.zeros_like(P), 1.0, 1.0)
+    assert (with_p - empty).abs().max() > 0.05                  # the empty P is a different condition
+    guided = run(P, 1.0, 3.0)
+    for g in (2.0, 3.5):
+        torch.testing.assert_close(run(P, 1.0, 3.0, g), guided + (g - 1.0) * (with_p - empty),
+                                   atol=2e-3, rtol=0)  # Euler from σ 700: float32 ulps at |x| ≈ 10³
+        torch.testing.assert_close(run(P, 1.0, 1.0, g), with_p + (g - 1.0) * (with_p - empty),
+                                   atol=2e-3, rtol=0)  # Euler from σ 700: float32 ulps at |x| ≈ 10³
+    torch.testing.assert_close(run(P, 1.0, 3.0, 1.0), guided)    # g = 1 is off
+    with pytest.raises(ValueError, match=">= 1"):
+        run(P, 1.0, 3.0, 0.5)
+    with pytest.raises(ValueError, match="give trajectories"):
+        run(None, 1.0, 3.0, 2.0)
+
+
 def test_output_frames_uint8_and_tracks_input(tiny_pipe):
     from trackgo_data.render import render_trajectories
     from trackgo_model.conditioning import trajectory_video

@@ -44,7 +44,8 @@ def test_generate_endpoint_named_inputs_video_first_and_the_same_as_the_cli(clie
     names = [p["parameter_name"] for p in api["named_endpoints"]["/generate"]["parameters"]]
     assert names[:7] == ["image", "masks", "arrows", "frames", "steps", "strength", "seed"]
     img, mask, _ = scene(tmp_path)
-    video, trajectory, downloads, command = _call(client, img, [mask], "28,32,40,30", frames=5, seed=3)
+    video, trajectory, downloads, command = _call(client, img, [mask], "28,32,40,30", frames=5, seed=3,
+                                                  trajectory_guidance=2.5)
     frames = decode_mp4(_video_path(video))
     assert frames.shape == (5, 64, 64, 3)
     run, = server.runs()
@@ -57,6 +58,7 @@ def test_generate_endpoint_named_inputs_video_first_and_the_same_as_the_cli(clie
     # the command shown is the run: the same command, to another output, gives the same video
     argv = shlex.split(command)
     assert argv[:2] == ["trackgo", "generate"] and "--frames=5" in argv and "--seed=3" in argv
+    assert "--trajectory-guidance=2.5" in argv
     argv[argv.index("--out") + 1] = str(tmp_path / "again.mp4")
     assert cli.main(argv[1:]) == 0
     np.testing.assert_array_equal(decode_mp4(tmp_path / "again.trajectory.mp4"), P)
@@ -65,8 +67,9 @@ def test_generate_endpoint_named_inputs_video_first_and_the_same_as_the_cli(clie
     assert _psnr(decode_mp4(tmp_path / "again.mp4"), frames) > 35
     # … and the run depends on what it was asked: another seed, or another arrow (with the same
     # seed), gives another video, and the arrow another P — a generator that ignored either fails
-    other_seed = decode_mp4(_video_path(_call(client, img, [mask], "28,32,40,30", frames=5, seed=4)[0]))
-    other_arrow = decode_mp4(_video_path(_call(client, img, [mask], "28,32,20,44", frames=5, seed=3)[0]))
+    again = dict(frames=5, trajectory_guidance=2.5)
+    other_seed = decode_mp4(_video_path(_call(client, img, [mask], "28,32,40,30", seed=4, **again)[0]))
+    other_arrow = decode_mp4(_video_path(_call(client, img, [mask], "28,32,20,44", seed=3, **again)[0]))
     assert _psnr(other_seed, frames) < 30                              # measured 22 dB
     assert _psnr(other_arrow, frames) < 35                             # measured 33 dB (the same run: > 35)
     runs = server.runs()

@@ -104,7 +104,8 @@ def test_run_generation_progress_files_and_bad_input_leaves_nothing(model, tmp_p
     out = tmp_path / "runs"
     calls = []
     run = core.run_generation(model, img, [mask], "28,32,40,30", frames=4, steps=3, strength=0.5, seed=2,
-                              tau=None, guidance=2.0, out_root=out, callback=lambda d, t: calls.append((d, t)))
+                              tau=None, guidance=2.0, trajectory_guidance=3.0, out_root=out,
+                              callback=lambda d, t: calls.append((d, t)))
     assert calls == [(1, 3), (2, 3), (3, 3)]
     assert decode_mp4(run.video).shape == (4, 64, 64, 3)
     assert decode_mp4(run.trajectory_view).shape == (4, 64, 64, 3)
@@ -112,12 +113,14 @@ def test_run_generation_progress_files_and_bad_input_leaves_nothing(model, tmp_p
     record = json.loads((run.folder / "run.json").read_text())
     assert record["model"]["random_weights"] is True and record["result"]["video"] == str(run.video)
     assert "--strength=0.5" in run.command and "--max-guidance=2" in run.command and "--tau" not in run.command
+    assert "--trajectory-guidance=3" in run.command
     for masks, arrows, kw, message in [
         ([mask], "", {}, "0 arrow(s) for 1 mask(s)"),
         ([mask], "-5,3,10,10", {}, "object 1: arrow starts at (-5, 3), outside the 64×64 image"),
         ([], "28,32,40,30", {}, "no mask given"),
         ([mask], "28,32,40,30", {"frames": 2.5}, "whole numbers"),
         ([mask], "28,32,40,30", {"frames": 1}, "--frames must be >= 2"),
+        ([mask], "28,32,40,30", {"trajectory_guidance": 0.5}, "--trajectory-guidance must be >= 1"),
     ]:
         args = {"frames": 4, "steps": 1, "strength": 1.0, "seed": 0, **kw}
         with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -15,6 +15,7 @@ from trackgo_data.synthetic import SyntheticConfig, generate_videos, load_ground
 from trackgo_data.user_input import load_image, split_arrows
 from trackgo_data.video import read_frames
 from trackgo_model.pipeline import TRACKGO_FILES, MissingWeightsError
+from trackgo_model.toy.config import load_toy_config
 
 from studio import core
 from studio.app import Handlers
@@ -106,6 +107,7 @@ def test_toy_model_settings_and_generation(toy_run, tmp_path):
     vae = json.loads((toy_run / "base-model" / "vae" / "config.json").read_text())
     assert model.max_side == unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
     assert (model.steps, model.guidance) == (12, 2.0) and not model.random_weights
+    assert model.trajectory_guidance == load_toy_config("toy").eval.trajectory_guidance > 1
     assert "make toy" in model.banner() and "step 200" in model.banner()
     example = toy_examples(toy_run)[0]
     masks = core.write_masks(example.masks, tmp_path / "masks")

@@ -25,6 +25,11 @@ def test_config_validation(tmp_path):
         _cfg(tmp_path, "variants={trackgo: []}")
     with pytest.raises(ConfigError, match="unknown config key"):
         _cfg(tmp_path, "evaluation.num_clips=3")
+    with pytest.raises(ConfigError, match="trajectory_guidance must be >= 1"):
+        _cfg(tmp_path, "eval.trajectory_guidance=0.5")
+    from trackgo_model.toy.config import load_toy_config
+    with pytest.raises(ConfigError, match="base=wan takes 1"):
+        load_toy_config("toy-wan", [f"out={tmp_path}", "eval.trajectory_guidance=2"])
 
 
 def test_run_stage_skips_and_refuses_other_inputs(tmp_path):

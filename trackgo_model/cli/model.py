@@ -5,7 +5,8 @@
     trackgo model stats --base wan --config wan2.1-i2v-14b|wan2.2-i2v-a14b|tiny|tiny-2.2
     trackgo generate --image IMG --masks a.png b.png --arrows x0,y0,x1,y1 x0,y0,x1,y1 \\
         --checkpoint DIR [--svd PATH] [--frames 14] [--steps 25] [--height H --width W] \\
-        [--tau T] [--motion M] [--seed 0] [--dtype fp32|fp16|bf16] [--device cpu|cuda] \\
+        [--tau T] [--motion M] [--trajectory-guidance G] [--seed 0] [--dtype fp32|fp16|bf16] \\
+        [--device cpu|cuda] \\
         --out out.mp4 [--preview]
     trackgo generate --base wan --wan WAN_FOLDER --checkpoint DIR --frames 81 [--prompt TEXT \
         --negative-prompt TEXT --guidance 5] [--checkpoint-2 DIR --guidance-2 G] …
@@ -16,7 +17,7 @@ frames, sides multiples of 16, classifier-free guidance against the negative pro
 two-expert folder takes the high-noise expert's checkpoint as ``--checkpoint`` and the low-noise
 one's as ``--checkpoint-2`` (``--guidance-2`` its guidance, default ``--guidance``); the SVD
 knobs (--fps conditioning, --motion-bucket-id, --noise-aug-strength, --min/--max-guidance,
---decode-chunk-size, --cpu-offload) do not apply and are refused when changed.
+--trajectory-guidance, --decode-chunk-size, --cpu-offload) do not apply and are refused when changed.
 
 ``generate`` checks the masks and arrows and turns them into point tracks
 (``trackgo_data.user_input``: colours ordered by mask area as in training, at most the
@@ -97,6 +98,9 @@ def register(subparsers) -> None:
     g.add_argument("--noise-aug-strength", type=float, default=0.02)
     g.add_argument("--min-guidance", type=float, default=1.0)
     g.add_argument("--max-guidance", type=float, default=3.0)
+    g.add_argument("--trajectory-guidance", type=float, default=1.0,
+                   help="g: amplify what the trajectories change, ε + (g − 1)·(ε(P) − ε(no P)); 1 = off, "
+                   "one more UNet pass per step (TrackGoPipeline)")
     g.add_argument("--decode-chunk-size", type=int, default=None, help="frames per VAE decode (memory)")
     g.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
@@ -159,6 +163,7 @@ def sample(pipe, image, P, args: argparse.Namespace, progress: bool = False, cal
                 max_guidance_scale=args.max_guidance, fps=args.fps,
                 motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
                 decode_chunk_size=args.decode_chunk_size, seed=args.seed, tau=args.tau,
+                trajectory_guidance=getattr(args, "trajectory_guidance", 1.0),
                 motion=args.motion, mode=args.mode, progress=progress, callback=callback)
 
 
@@ -177,7 +182,7 @@ SVD_SIZE_MULTIPLE = 64
 WAN_SIZE_MULTIPLE = 16
 #: the SVD-only options and their defaults (``--base wan`` refuses other values)
 SVD_ONLY = {"motion_bucket_id": 127, "noise_aug_strength": 0.02, "min_guidance": 1.0,
-            "max_guidance": 3.0, "decode_chunk_size": None, "cpu_offload": False}
+            "max_guidance": 3.0, "trajectory_guidance": 1.0, "decode_chunk_size": None, "cpu_offload": False}
 
 
 def _resolve_wan(args: argparse.Namespace) -> Path:
@@ -255,6 +260,8 @@ def run_generate(args: argparse.Namespace, pipe=None, callback=None, max_objects
     check_base_options(args)
     if args.frames < 2 or args.steps < 1:
         raise UserInputError("--frames must be >= 2 and --steps >= 1")
+    if getattr(args, "trajectory_guidance", 1.0) < 1.0:
+        raise UserInputError("--trajectory-guidance must be >= 1 (1 = off)")
     if max_objects is None:
         max_objects = checkpoint_max_objects(args.checkpoint)
     image = load_image(args.image)

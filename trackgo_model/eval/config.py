@@ -10,7 +10,8 @@ from trackgo_data.config import atomic_write_json, config_to_dict
 OBJMC_PROTOCOLS = ("ours", "draganything")
 GENERATION_FIELDS = ("split", "masks", "num_frames", "width", "height", "max_components", "include_stuff",
                      "min_area", "tracker", "tracker_options", "seed", "num_inference_steps", "fps",
-                     "motion_bucket_id", "noise_aug_strength", "min_guidance_scale", "max_guidance_scale")
+                     "motion_bucket_id", "noise_aug_strength", "min_guidance_scale", "max_guidance_scale",
+                     "trajectory_guidance")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class EvalConfig:
     noise_aug_strength: float = 0.02
     min_guidance_scale: float = 1.0
     max_guidance_scale: float = 3.0
+    trajectory_guidance: float = 1.0  # TrackGoPipeline's g (1: off, the paper's sampler)
     decode_chunk_size: int | None = None
     device: str = "auto"
     dtype: str = "float32"
@@ -58,6 +60,8 @@ class EvalConfig:
             raise ValueError("max_components must be in 1..6 (one colour per component)")
         if self.objmc_protocol not in OBJMC_PROTOCOLS:
             raise ValueError(f"objmc_protocol must be one of {', '.join(OBJMC_PROTOCOLS)}, got {self.objmc_protocol!r}")
+        if self.trajectory_guidance < 1.0:
+            raise ValueError("trajectory_guidance must be ≥ 1 (1: off)")
         if self.objmc_grid_size < 1:
             raise ValueError("objmc_grid_size must be ≥ 1")
         if self.objmc_channel_order not in ("bgr", "rgb"):
@@ -77,8 +81,8 @@ def check_config_file(cfg: EvalConfig, out: Path, write: bool = True) -> None:
     """Reruns (and scoring) in the same folder must use the same generation settings."""
     path = out / "eval_config.json"
     if path.is_file():
-        old = json.loads(path.read_text())
         new = config_to_dict(cfg)
+        old = {**config_to_dict(EvalConfig()), **json.loads(path.read_text())}  # a newer field: its default
         diff = [k for k in GENERATION_FIELDS if old.get(k) != new.get(k)]
         if diff:
             was = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff)

@@ -108,7 +108,7 @@ def generate(cfg: EvalConfig, pipe=None) -> dict:
                    num_inference_steps=cfg.num_inference_steps, seed=cfg.seed, fps=cfg.fps,
                    motion_bucket_id=cfg.motion_bucket_id, noise_aug_strength=cfg.noise_aug_strength,
                    min_guidance_scale=cfg.min_guidance_scale, max_guidance_scale=cfg.max_guidance_scale,
-                   decode_chunk_size=cfg.decode_chunk_size)
+                   trajectory_guidance=cfg.trajectory_guidance, decode_chunk_size=cfg.decode_chunk_size)
         encode_lossless_rgb(frames, out / "real" / f"{name}.mp4", fps=cfg.save_fps)
         encode_lossless_rgb(P, out / "trajectories" / f"{name}.mp4", fps=cfg.save_fps)
         buf = io.BytesIO()

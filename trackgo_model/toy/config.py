@@ -33,6 +33,7 @@ class ToyEvalConfig:
     min_guidance_scale: float = 1.0
     max_guidance_scale: float = 2.0
     noise_aug_strength: float = 0.02
+    trajectory_guidance: float = 1.0   # g of the SVD pipeline's trajectory guidance (1: off); TrackGo rows only
     seed: int = 0                      # clip i is sampled with seed + i, the same for every row
     curve_clips: int = 12              # clips scored at every intermediate checkpoint (ObjMC vs steps)
     side_by_side_clips: int = 4
@@ -44,6 +45,8 @@ class ToyEvalConfig:
         if self.num_clips < 0 or self.num_inference_steps < 1 or self.bootstrap_replicates < 100:
             raise ValueError("eval.num_clips must be >= 0, eval.num_inference_steps >= 1, "
                              "eval.bootstrap_replicates >= 100")
+        if self.trajectory_guidance < 1.0:
+            raise ValueError("eval.trajectory_guidance must be >= 1 (1: off)")
         if self.curve_clips < 0 or self.side_by_side_clips < 0 or self.side_by_side_scale < 1:
             raise ValueError("eval.curve_clips/side_by_side_clips must be >= 0, side_by_side_scale >= 1")
 
@@ -107,6 +110,8 @@ class ToyConfig:
             raise ValueError("train_videos.seed and heldout_videos.seed must differ (held-out clips are unseen)")
         if self.base not in REQUIRED_VARIANTS:
             raise ValueError(f"base must be one of {sorted(REQUIRED_VARIANTS)}, got {self.base!r}")
+        if self.base == "wan" and self.eval.trajectory_guidance != 1.0:
+            raise ValueError("eval.trajectory_guidance is the SVD pipeline's; base=wan takes 1 (off)")
         if isinstance(self.variants, dict):
             required = REQUIRED_VARIANTS[self.base]
             missing = [v for v in required if v not in self.variants]

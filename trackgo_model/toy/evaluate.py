@@ -128,6 +128,7 @@ def generate(cfg: ToyConfig, job: GenerationJob, size: tuple[int, int], num_fram
                       num_frames=num_frames, height=size[1], width=size[0],
                       num_inference_steps=ev.num_inference_steps, min_guidance_scale=ev.min_guidance_scale,
                       max_guidance_scale=ev.max_guidance_scale, noise_aug_strength=ev.noise_aug_strength,
+                      trajectory_guidance=ev.trajectory_guidance if job.trackgo_dir is not None else 1.0,
                       seed=ev.seed + order[key], fps=int(round(sample.meta.get("fps", 7))))
         encode_lossless_rgb(frames, Path(job.folder) / f"{key}.mp4", fps=float(sample.meta.get("fps", 7)))
     return len(todo)

@@ -92,7 +92,8 @@ def results_markdown(results: dict[str, Any], cfg) -> str:
     sampling = (f"Sampling: {ev.num_inference_steps} steps of the UniPC flow scheduler, no guidance, seed {ev.seed} + "
                 "clip index." if wan else
                 f"Sampling: {ev.num_inference_steps} Euler steps, guidance {ev.min_guidance_scale}→"
-                f"{ev.max_guidance_scale}, seed {ev.seed} + clip index.")
+                f"{ev.max_guidance_scale}, trajectory guidance {ev.trajectory_guidance:g} (rows with trajectories), "
+                f"seed {ev.seed} + clip index.")
     claims = [] if wan else [
         "## Table 2's claims on this world", "",
         "The paper's Table 2 compares FVD (video quality) on its internal set; here the same rows are "
