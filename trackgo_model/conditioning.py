@@ -240,10 +240,10 @@ def trajectory_to_tensor(P: Any) -> torch.Tensor:
 
 @dataclass
 class GuidanceBranches:
-    """What every denoising step of ``TrackGoPipeline`` is conditioned on, one batch row per branch: [unconditional (with
-    ``guidance``)], conditional, [conditional with the empty P (``trajectory_guidance`` > 1)].
-    clip (B, 1, D), image_latents (B, F, 4, h, w), time_ids (B, 3), trajectories
-    (``EncodedTrajectories`` of batch B, or None)."""
+    """What every denoising step of ``TrackGoPipeline`` is conditioned on, one batch row per
+    branch: [unconditional (with ``guidance``)], conditional, [conditional with the empty P
+    (``trajectory_guidance`` > 1)]. clip (B, 1, D), image_latents (B, F, 4, h, w), time_ids (B, 3),
+    trajectories (``EncodedTrajectories`` of batch B, or None)."""
 
     clip: torch.Tensor
     image_latents: torch.Tensor
