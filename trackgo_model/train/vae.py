@@ -319,8 +319,7 @@ def train_vae(cfg: VAETrainConfig, *, resume: bool = True) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     images = iter(_stream(cfg, train_urls, cfg.seed + step, cfg.image_batch_size)) if step < cfg.image_steps else None
     stream = iter(_stream(cfg, train_urls, cfg.seed + step, cfg.batch_size))
-    later = range(step, cfg.max_steps)
-    code = teacher_code(cfg, train_urls) if any(teaching(cfg, at) for at in later) else None
+    code = teacher_code(cfg, train_urls) if any(teaching(cfg, at) for at in range(step, cfg.max_steps)) else None
     vae.train()
     t0, first = time.perf_counter(), step
     with open(run / "metrics.jsonl", "a") as metrics:
