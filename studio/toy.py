@@ -77,7 +77,8 @@ def load_toy_model(run: str | Path = TOY_RUN, variant: str = "trackgo", *, devic
     side = max(unet.sample_size) if isinstance(unet.sample_size, (list, tuple)) else unet.sample_size
     ev = load_toy_config("toy").eval   # the settings `make toy` evaluates with
     return dataclasses.replace(model, max_side=int(side * model.pipe.vae_scale_factor), steps=ev.num_inference_steps,
-                               guidance=ev.max_guidance_scale, trajectory_guidance=ev.trajectory_guidance, toy=f"{Path(run)} · `{variant}` at step {step}")
+                               guidance=ev.max_guidance_scale, trajectory_guidance=ev.trajectory_guidance,
+                               toy=f"{Path(run)} · `{variant}` at step {step}")
 
 
 def toy_examples(run: str | Path = TOY_RUN, count: int = 6) -> list[ToyExample]:

@@ -326,19 +326,18 @@ class TrackGoPipeline:
         emb, img_lat = emb.to(device, dtype), img_lat.to(device, dtype)
         img_lat = img_lat.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
         time_ids = cond.make_added_time_ids(fps, motion_bucket_id, noise_aug_strength, 1, dtype, device)
-        with_p = [True] + ([False] if trajectory_guidance > 1.0 else [])
-        with_image = ([False] if guidance else []) + [True] * len(with_p)
-        with_p = ([True] if guidance else []) + with_p
+        branches = ([(False, True)] if guidance else []) + [(True, True)]  # (with the image, with P)
+        if trajectory_guidance > 1.0:
+            branches.append((True, False))
         traj = None
         if P is not None:  # the encoder trunk runs once per branch; every step reuses it
             with self._on_device(self.unet):
-                videos = [cond.trajectory_to_tensor(P if keep else np.zeros_like(P)) for keep in with_p]
+                videos = [cond.trajectory_to_tensor(P if with_p else np.zeros_like(P)) for _, with_p in branches]
                 traj = self.unet.encode(torch.cat(videos).to(device, dtype))
-        n = len(with_image)
-        pick = lambda x, keep: x if keep else torch.zeros_like(x)  # noqa: E731
-        return cond.GuidanceBranches(torch.cat([pick(emb, k) for k in with_image]),
-                                     torch.cat([pick(img_lat, k) for k in with_image]),
-                                     torch.cat([time_ids] * n), traj, guidance, float(trajectory_guidance))
+        emb = torch.cat([emb if with_image else torch.zeros_like(emb) for with_image, _ in branches])
+        img_lat = torch.cat([img_lat if with_image else torch.zeros_like(img_lat) for with_image, _ in branches])
+        return cond.GuidanceBranches(emb, img_lat, torch.cat([time_ids] * len(branches)), traj, guidance,
+                                     float(trajectory_guidance))
 
     def _denoise(self, conditions: cond.GuidanceBranches, size: tuple[int, int], num_frames: int, steps: int,
                  latents: torch.Tensor | None, generator: torch.Generator, *, guidance: tuple[float, float],
