@@ -10,6 +10,8 @@ import math
 import numpy as np
 import pytest
 
+from trackgo_model.eval.bootstrap import MIN_GAP
+
 WORLD = ("width=64", "height=64", "min_radius=6.0", "max_radius=9.0", "min_speed=2.0", "max_speed=4.0",
          "max_pan_speed=0.5")
 SMOKE = [
@@ -91,12 +93,21 @@ def test_results_have_their_schema(toy_run):
     res = json.loads((out / "results.json").read_text())
     assert set(res["rows"]) == {"base", *VARIANTS}
     assert set(res["references"]) == {"static", "vae_roundtrip", "real"}
+    # G is defined only when the floor leaves a gap below the static reference (MIN_GAP); a VAE
+    # trained for two steps sometimes does not, and then every G and its interval are NaN
+    static, floor = res["references"]["static"]["objmc"], res["references"]["vae_roundtrip"]["objmc"]
+    has_gap = static - floor > MIN_GAP * static
     for stats in [*res["rows"].values(), *res["references"].values()]:
         for name in ("objmc", "gap_closed", "psnr"):
             lo, hi = stats[f"{name}_ci95"]
+            if name == "gap_closed" and not has_gap:
+                assert math.isnan(stats[name]) and math.isnan(lo) and math.isnan(hi)
+                continue
             assert math.isfinite(stats[name]) and lo <= stats[name] <= hi, name
         assert 0.0 <= stats["lost_points"] <= 1.0 and stats["num_clips"] == 2
-    assert res["references"]["static"]["gap_closed"] == 0.0 and res["references"]["vae_roundtrip"]["gap_closed"] == 1.0
+    if has_gap:
+        assert res["references"]["static"]["gap_closed"] == 0.0
+        assert res["references"]["vae_roundtrip"]["gap_closed"] == 1.0
     # the metric itself: the real clip re-tracked sits far below a clip that does not move
     assert res["references"]["real"]["objmc"] < 0.5 * res["references"]["static"]["objmc"]
     assert "trackgo-no_attn_loss" in res["differences"] and "trackgo-base" in res["differences"]
