@@ -36,6 +36,7 @@ import torch
 from trackgo_data.config import atomic_write_json
 from trackgo_model import conditioning as cond
 from trackgo_model.configs import size_multiple
+from trackgo_model.model import EncodedTrajectories
 
 log = logging.getLogger(__name__)
 
@@ -315,9 +316,8 @@ class TrackGoPipeline:
                     motion_bucket_id: int, noise_aug_strength: float, generator: torch.Generator,
                     guidance: bool, trajectory_guidance: float = 1.0) -> cond.GuidanceBranches:
         """CLIP token (no randomness), noise-augmented image latents (the first random draw), added
-        time ids and the encoded P, as a batch of branches: with ``guidance`` the unconditional one
-        first (zero CLIP token and image latents, the same P), then the conditional one, then with
-        ``trajectory_guidance`` > 1 the conditional one with the empty P."""
+        time ids and the encoded P, one batch row per branch in the order ``GuidanceBranches`` states
+        (the unconditional one: zero CLIP token and image latents, the same P)."""
         dtype, device = next(self.unet.parameters()).dtype, self.device
         with self._on_device(self.image_encoder):
             emb = cond.encode_image_clip(self.image_encoder, self.feature_extractor, img.to(device))
@@ -330,10 +330,11 @@ class TrackGoPipeline:
         if trajectory_guidance > 1.0:
             branches.append((True, False))
         traj = None
-        if P is not None:  # the encoder trunk runs once per branch; every step reuses it
+        if P is not None:  # the encoder trunk runs once per distinct P; every step reuses it
             with self._on_device(self.unet):
-                videos = [cond.trajectory_to_tensor(P if with_p else np.zeros_like(P)) for _, with_p in branches]
-                traj = self.unet.encode(torch.cat(videos).to(device, dtype))
+                trunks = {keep: self.unet.encode(cond.trajectory_to_tensor(P if keep else np.zeros_like(P))
+                                                 .to(device, dtype)).trunk for keep in {k for _, k in branches}}
+            traj = EncodedTrajectories(torch.cat([trunks[k] for _, k in branches]), len(branches), num_frames)
         emb = torch.cat([emb if with_image else torch.zeros_like(emb) for with_image, _ in branches])
         img_lat = torch.cat([img_lat if with_image else torch.zeros_like(img_lat) for with_image, _ in branches])
         return cond.GuidanceBranches(emb, img_lat, torch.cat([time_ids] * len(branches)), traj, guidance,
